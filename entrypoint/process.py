@@ -1,0 +1,61 @@
+"""Run vLLM in its own process group and forward signals to the whole group.
+
+``vllm serve`` forks an EngineCore and workers; SIGKILL of the API server alone orphans them
+(FACTS.md section 3). Starting it as a session leader and signalling the group means a
+``docker stop``, a Ctrl-C or a test teardown never leaves a child holding memory or a port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from types import FrameType
+
+STOP_GRACE_S = 10.0
+
+
+def signal_group(pgid: int, sig: int) -> None:
+    """Signal a process group, ignoring one that is already gone."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
+
+
+def stop_group(proc: subprocess.Popen[bytes], grace_s: float = STOP_GRACE_S) -> int:
+    """SIGTERM the group, wait up to ``grace_s``, then SIGKILL whatever is left."""
+    signal_group(proc.pid, signal.SIGTERM)
+    try:
+        return proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        signal_group(proc.pid, signal.SIGKILL)
+        return proc.wait()
+    finally:
+        signal_group(proc.pid, signal.SIGKILL)  # stragglers that outlived their parent
+
+
+def run_group(argv: Sequence[str], env: Mapping[str, str], grace_s: float = STOP_GRACE_S) -> int:
+    """Run ``argv`` as a new session; forward SIGTERM/SIGINT/SIGHUP to its group; return its code."""
+    proc = subprocess.Popen(list(argv), env=dict(env), start_new_session=True)
+    stopping = threading.Event()
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        if stopping.is_set():
+            return
+        stopping.set()
+        print(
+            f"entrypoint: got signal {signum}, stopping vLLM process group {proc.pid}",
+            file=sys.stderr,
+            flush=True,
+        )
+        threading.Thread(target=stop_group, args=(proc, grace_s), daemon=True).start()
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    code = proc.wait()
+    # The API server exited on its own (e.g. the engine died): take its children with it.
+    signal_group(proc.pid, signal.SIGKILL)
+    return 0 if stopping.is_set() and code in (0, -signal.SIGTERM, -signal.SIGINT) else code

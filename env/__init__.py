@@ -1,0 +1,1 @@
+"""Deployment profiles (``*.env``) and the typed settings model that reads them."""

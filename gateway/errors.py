@@ -1,0 +1,72 @@
+"""OpenAI-shaped errors: one exception type, one JSON body, one place that picks status codes.
+
+Every refusal the gateway makes (validation, auth, admission, engine state) is an ``OpenAIError``
+so that clients written against the OpenAI API (and the official SDK's exception mapping) see
+the shape they expect: ``{"error": {"message", "type", "param", "code"}}``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+# OpenAI's ``type`` values for each status class (the SDK maps on status, humans read ``type``).
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "server_error",
+    502: "server_error",
+    503: "service_unavailable",
+    504: "server_error",
+}
+
+
+@dataclass
+class OpenAIError(Exception):
+    """A refusal with everything needed to answer it: status, body fields and extra headers."""
+
+    status: int
+    message: str
+    code: str | None = None
+    param: str | None = None
+    type: str | None = None
+    retry_after: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
+        if self.type is None:
+            self.type = _TYPES.get(self.status, "invalid_request_error")
+
+    def payload(self) -> dict[str, dict[str, str | None]]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+    def body(self) -> bytes:
+        return json.dumps(self.payload(), separators=(",", ":")).encode()
+
+    def sse_event(self) -> bytes:
+        """The terminal SSE event for an error that happens after the stream has started."""
+        return b"data: " + self.body() + b"\n\ndata: [DONE]\n\n"
+
+    def header_list(self) -> list[tuple[bytes, bytes]]:
+        out = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
+        if self.retry_after is not None:
+            out.append((b"retry-after", str(self.retry_after).encode()))
+        return out
+
+
+def bad_request(message: str, param: str | None = None, code: str = "invalid_value") -> OpenAIError:
+    return OpenAIError(400, message, code=code, param=param)

@@ -1,0 +1,135 @@
+"""Serving state: is the engine up, and has the warm-up passed for *this* engine process?
+
+``/health`` of the engine only says its API server answers; it says nothing about compiled
+shapes, chat templates or parsers. The gateway therefore serves only when the engine answers AND
+the warm-up sidecar reported "passed" for the engine instance currently running (see
+``identity.py``). A restart produces a new instance, which starts again at ``warming_up``.
+
+Pure state machine (no I/O): the engine monitor feeds observations in, the internal warm-up
+endpoint feeds reports in, routes read ``snapshot()``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+State = Literal["engine_down", "warming_up", "warmup_failed", "ready"]
+STATES: tuple[State, ...] = ("engine_down", "warming_up", "warmup_failed", "ready")
+ReportStatus = Literal["running", "passed", "failed"]
+
+
+class StaleInstance(Exception):
+    """A warm-up report names an engine instance that is not the one running now."""
+
+    def __init__(self, reported: str, current: str | None) -> None:
+        super().__init__(f"warm-up reported for engine instance {reported}, current is {current}")
+        self.reported = reported
+        self.current = current
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    state: State
+    engine_instance: str | None
+    step: str | None
+    detail: str | None
+    since: float
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    @property
+    def status_text(self) -> str:
+        """The ``/health`` status string: ``ok`` or the reason it is not served."""
+        if self.state == "ready":
+            return "ok"
+        if self.state == "warmup_failed":
+            return f"warmup_failed: {self.step or 'unknown'}"
+        return self.state
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "state": self.state,
+            "engine_instance": self.engine_instance,
+            "step": self.step,
+            "detail": self.detail,
+            "since": self.since,
+        }
+
+
+@dataclass
+class _WarmRecord:
+    state: State = "warming_up"
+    step: str | None = None
+    detail: str | None = None
+
+
+class HealthTracker:
+    """Engine liveness x per-instance warm-up record -> one serving state."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._engine_up = False
+        self._instance: str | None = None
+        self._warm = _WarmRecord()
+        self._since = clock()
+        self._listeners: list[Callable[[Snapshot], None]] = []
+        self._snapshot = self._make()
+
+    def subscribe(self, listener: Callable[[Snapshot], None]) -> None:
+        """Call ``listener`` with each new snapshot (metrics, admission wake-ups)."""
+        self._listeners.append(listener)
+        listener(self._snapshot)
+
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    @property
+    def instance(self) -> str | None:
+        return self._instance
+
+    def observe_engine(self, up: bool, instance: str | None = None) -> Snapshot:
+        """Record what the monitor saw. A different instance resets the warm-up record."""
+        if up and instance is not None and instance != self._instance:
+            self._instance = instance
+            self._warm = _WarmRecord()
+        self._engine_up = up and self._instance is not None
+        return self._update()
+
+    def report_warmup(
+        self, instance: str, status: ReportStatus, step: str | None, detail: str | None
+    ) -> Snapshot:
+        """Apply a warm-up sidecar report; raises ``StaleInstance`` for another instance."""
+        if instance != self._instance:
+            raise StaleInstance(instance, self._instance)
+        state: State = {"running": "warming_up", "passed": "ready", "failed": "warmup_failed"}[
+            status
+        ]
+        self._warm = _WarmRecord(state, step, detail)
+        return self._update()
+
+    def _make(self) -> Snapshot:
+        if not self._engine_up:
+            return Snapshot("engine_down", self._instance, None, None, self._since)
+        w = self._warm
+        return Snapshot(w.state, self._instance, w.step, w.detail, self._since)
+
+    def _update(self) -> Snapshot:
+        new = self._make()
+        old = self._snapshot
+        if (new.state, new.engine_instance, new.step, new.detail) != (
+            old.state,
+            old.engine_instance,
+            old.step,
+            old.detail,
+        ):
+            self._since = self._clock()
+            new = self._make()
+            self._snapshot = new
+            for listener in self._listeners:
+                listener(new)
+        return self._snapshot
