@@ -45,6 +45,11 @@ render: ## print the exact engine command and environment for PROFILE
 check: ## run the preflight for PROFILE
 	$(PY) -m entrypoint check --profile $(PROFILE)
 
+# (warmup/ is a directory: without .PHONY make would call the target up to date)
+.PHONY: warmup
+warmup: ## warm the running stack for PROFILE once (report in .cache/warmup/report.json)
+	$(PY) -m warmup --profile $(PROFILE)
+
 test: install ## the whole suite (unit + integration against the real CPU engine + compose smoke)
 	$(PY) -m pytest
 

@@ -68,13 +68,20 @@ def geometry_from_config(path: Path) -> KVGeometry | None:
     types = cfg.get("layer_types") or []
     sliding = sum(1 for t in types if t == "sliding_attention")
     kv = cfg.get("num_key_value_heads", 1)
+    head_dim = cfg.get("head_dim", 256)
+    # transformers >= 5 stores the full layers' head size per layer: {"1": {"head_dim": 64}}.
+    per_layer = cfg.get("per_layer_config") or {}
+    full_idx = [str(i) for i, t in enumerate(types) if t != "sliding_attention"]
+    full_head = next(
+        (per_layer[i]["head_dim"] for i in full_idx if "head_dim" in per_layer.get(i, {})), None
+    )
     return KVGeometry(
         sliding_layers=sliding,
         full_layers=len(types) - sliding,
         kv_heads_sliding=kv,
         kv_heads_full=cfg.get("num_global_key_value_heads") or kv,
-        head_dim_sliding=cfg.get("head_dim", 256),
-        head_dim_full=cfg.get("global_head_dim") or cfg.get("head_dim", 256),
+        head_dim_sliding=head_dim,
+        head_dim_full=cfg.get("global_head_dim") or full_head or head_dim,
         window=cfg.get("sliding_window", 1024),
         k_eq_v=bool(cfg.get("attention_k_eq_v", False)),
         params=0.0,  # unknown here; CPU KV space is set explicitly, weights are not subtracted

@@ -41,7 +41,7 @@ SPECIAL_TOKENS = [
     '<|"|>',
 ]
 VOCAB_SIZE = 4096
-BUILD_VERSION = "1"  # bump when the recipe changes so old builds are rebuilt
+BUILD_VERSION = "2"  # bump when the recipe changes so old builds are rebuilt
 
 # A Gemma-4-shaped chat template: system/user/assistant/tool turns, tools declared in the system
 # turn, assistant tool calls rendered with <|tool_call>, thinking opened with <|channel> when the
@@ -49,10 +49,10 @@ BUILD_VERSION = "1"  # bump when the recipe changes so old builds are rebuilt
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{%- if tools %}<|turn>system\n<|tool>"
-    "{%- for t in tools %}{{ t | tojson }}{% endfor %}<tool|><turn|>\n{%- endif %}"
+    "{%- for t in tools %}{{ t | tojson }}{% endfor %}<tool|><turn|>{{ '\\n' }}{%- endif %}"
     "{%- for m in messages %}"
     "{%- set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
-    "<|turn>{{ role }}\n"
+    "<|turn>{{ role }}{{ '\\n' }}"
     "{%- if m['content'] is string %}{{ m['content'] }}"
     "{%- elif m['content'] %}{%- for part in m['content'] %}"
     "{%- if part['type'] == 'text' %}{{ part['text'] }}"
@@ -61,9 +61,9 @@ CHAT_TEMPLATE = (
     "{%- if m.get('tool_calls') %}{%- for c in m['tool_calls'] %}"
     "<|tool_call>call:{{ c['function']['name'] }}{{ c['function']['arguments'] }}<tool_call|>"
     "{%- endfor %}{%- endif %}"
-    "<turn|>\n"
+    "<turn|>{{ '\\n' }}"
     "{%- endfor %}"
-    "{%- if add_generation_prompt %}<|turn>model\n"
+    "{%- if add_generation_prompt %}<|turn>model{{ '\\n' }}"
     "{%- if enable_thinking is defined and enable_thinking %}<|channel>{%- endif %}"
     "{%- endif %}"
 )

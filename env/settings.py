@@ -61,7 +61,7 @@ class EngineSettings(_Slice):
 
     platform: Platform = "cpu"
     image: str = "gemma4-serving/engine-cpu:latest"
-    model: str = "/models/tiny-gemma4"
+    model: str = ".cache/models/tiny-gemma4"
     served_model_name: str = "gemma-4-tiny"
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)

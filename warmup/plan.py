@@ -56,6 +56,11 @@ class Step:
     # The prefix step's second hit is *meant* to be faster (cache hit): never a stall.
     stall_check: bool = True
 
+    def params(self) -> dict[str, Any]:
+        """The request parameters (what distinguishes this shape), without the labels."""
+        skip = ("name", "kind", "why")
+        return {k: v for k, v in asdict(self).items() if v is not None and k not in skip}
+
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
@@ -88,7 +93,9 @@ class Plan:
         }
 
 
-def token_buckets(max_tokens: int, padding_gap: int = 0, minimum: int = MIN_TOKEN_BUCKET) -> list[int]:
+def token_buckets(
+    max_tokens: int, padding_gap: int = 0, minimum: int = MIN_TOKEN_BUCKET
+) -> list[int]:
     """Token paddings as tpu-inference computes them.
 
     Gap 0: 16, 32, ... doubling up to the first value >= ``max_tokens``. Gap > 0: double while
@@ -185,14 +192,29 @@ def build_plan(engine: EngineSettings, engine_env: EngineEnv, warmup: WarmupSett
     ]
     if engine.enable_auto_tool_choice:
         steps.append(
-            Step("tools", "tools", f"tool_choice auto, parser {engine.tool_call_parser}", max_tokens=gen)
+            Step(
+                "tools",
+                "tools",
+                f"tool_choice auto, parser {engine.tool_call_parser}",
+                max_tokens=gen,
+            )
         )
     if engine.reasoning_parser:
         steps.append(
-            Step("reasoning", "reasoning", f"enable_thinking, parser {engine.reasoning_parser}", max_tokens=gen)
+            Step(
+                "reasoning",
+                "reasoning",
+                f"enable_thinking, parser {engine.reasoning_parser}",
+                max_tokens=gen,
+            )
         )
     steps += [
-        Step(f"prompt_{n}", "prompt", f"token bucket {n}: prefill of exactly {n} tokens", prompt_tokens=n)
+        Step(
+            f"prompt_{n}",
+            "prompt",
+            f"token bucket {n}: prefill of exactly {n} tokens",
+            prompt_tokens=n,
+        )
         for n in bucket_prompts
     ]
     steps += [
@@ -200,22 +222,52 @@ def build_plan(engine: EngineSettings, engine_env: EngineEnv, warmup: WarmupSett
         for n in longs
     ]
     steps += [
-        Step(f"concurrency_{r}", "concurrency", f"request bucket {r}: {r} requests at once", concurrency=r, max_tokens=gen)
+        Step(
+            f"concurrency_{r}",
+            "concurrency",
+            f"request bucket {r}: {r} requests at once",
+            concurrency=r,
+            max_tokens=gen,
+        )
         for r in requests
     ]
     steps += [
-        Step(f"image_{h}x{w}", "image", f"vision encoder at {h}x{w}", image_shape=(h, w), max_tokens=gen)
+        Step(
+            f"image_{h}x{w}",
+            "image",
+            f"vision encoder at {h}x{w}",
+            image_shape=(h, w),
+            max_tokens=gen,
+        )
         for h, w in shapes
     ]
     if warmup.logprobs > 0:
         n = min(limit, PROMPT_LOGPROBS_TOKENS)
         steps += [
-            Step("logprobs", "logprobs", f"sampled top-{warmup.logprobs} logprobs", logprobs=warmup.logprobs, max_tokens=gen),
-            Step(f"prompt_logprobs_{n}", "prompt_logprobs", f"prompt_logprobs on {n} tokens", prompt_tokens=n, logprobs=1),
+            Step(
+                "logprobs",
+                "logprobs",
+                f"sampled top-{warmup.logprobs} logprobs",
+                logprobs=warmup.logprobs,
+                max_tokens=gen,
+            ),
+            Step(
+                f"prompt_logprobs_{n}",
+                "prompt_logprobs",
+                f"prompt_logprobs on {n} tokens",
+                prompt_tokens=n,
+                logprobs=1,
+            ),
         ]
     if warmup.system_prompt:
         steps.append(
-            Step("prefix", "prefix", "prime the prefix cache with the shared system prompt", max_tokens=gen, stall_check=False)
+            Step(
+                "prefix",
+                "prefix",
+                "prime the prefix cache with the shared system prompt",
+                max_tokens=gen,
+                stall_check=False,
+            )
         )
     return Plan(
         token_buckets=tokens,

@@ -19,12 +19,57 @@ import httpx
 
 # Plain ASCII words: byte-level tokenizers never split them into partial UTF-8 sequences, so a
 # detokenized slice always re-tokenizes cleanly.
-WORDS = (
-    "river stone morning garden window paper silver quiet orange market winter bridge "
-    "engine letter forest yellow harbor candle island mirror planet thunder velvet violin "
-    "meadow lantern copper basket anchor circle falcon granite hollow jacket kettle ladder "
-    "marble needle oyster pepper quartz ribbon saddle timber umbrella valley walnut yarn zephyr"
-).split()
+WORDS = [
+    "river",
+    "stone",
+    "morning",
+    "garden",
+    "window",
+    "paper",
+    "silver",
+    "quiet",
+    "orange",
+    "market",
+    "winter",
+    "bridge",
+    "engine",
+    "letter",
+    "forest",
+    "yellow",
+    "harbor",
+    "candle",
+    "island",
+    "mirror",
+    "planet",
+    "thunder",
+    "velvet",
+    "violin",
+    "meadow",
+    "lantern",
+    "copper",
+    "basket",
+    "anchor",
+    "circle",
+    "falcon",
+    "granite",
+    "hollow",
+    "jacket",
+    "kettle",
+    "ladder",
+    "marble",
+    "needle",
+    "oyster",
+    "pepper",
+    "quartz",
+    "ribbon",
+    "saddle",
+    "timber",
+    "umbrella",
+    "valley",
+    "walnut",
+    "yarn",
+    "zephyr",
+]
 
 
 class PromptError(RuntimeError):

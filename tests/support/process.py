@@ -67,9 +67,14 @@ class ServerProcess:
         raise TimeoutError(f"{self.ready_url} not ready after {timeout_s}s:\n{self.log_tail()}")
 
     def stop(self, grace_s: float = 15.0) -> int | None:
-        """SIGTERM the group, then SIGKILL after ``grace_s``. Returns the exit code."""
+        """SIGTERM the group, then SIGKILL after ``grace_s``. Returns the exit code.
+
+        Groups the server made for its own children (the entrypoint runs vLLM as a session
+        leader) are SIGKILLed at the end too, so even a failed graceful stop orphans nothing.
+        """
         if self.proc is None:
             return None
+        groups = {p for p in (_pgid(c) for c in descendants(self.proc.pid)) if p}
         for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
             try:
                 os.killpg(self.proc.pid, sig)
@@ -80,8 +85,9 @@ class ServerProcess:
                 break
             except subprocess.TimeoutExpired:
                 continue
-        with contextlib.suppress(ProcessLookupError):  # children that outlived the leader
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        for pgid in {self.proc.pid, *groups}:  # children that outlived the leader
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
         return self.proc.returncode
 
     def log_tail(self, lines: int = 40) -> str:
@@ -89,6 +95,34 @@ class ServerProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _pgid(pid: int) -> int | None:
+    fields = _stat(pid)
+    return int(fields[2]) if fields else None
+
+
+def descendants(pid: int) -> list[int]:
+    """All live descendants of ``pid`` (children, grandchildren, ...), from /proc."""
+    parent: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))):
+            parent[int(entry.name)] = int(fields[1])
+    out: list[int] = []
+    frontier = [pid]
+    while frontier:
+        p = frontier.pop()
+        kids = [c for c, pp in parent.items() if pp == p]
+        out += kids
+        frontier += kids
+    return out
 
 
 def group_members(pgid: int) -> list[int]:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the local base image that replaces `python:3.11-slim-bookworm` where no registry answers.
 #
-#   .ci/base-image.sh [IMAGE]        (default gemma4-serving/base:bookworm; `make docker-base`)
+#   docker/base-image.sh [IMAGE]        (default gemma4-serving/base:bookworm; `make docker-base`)
 #
 # Nothing can be pulled on these machines (../shared/FACTS.md section 4), so every Dockerfile
 # takes `ARG BASE_IMAGE` (default the public python:3.11-slim-bookworm) and the Makefile passes
@@ -11,7 +11,7 @@
 # image is kept unless FORCE=1.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-. "$here/lib.sh"
+. "$here/../.ci/lib.sh"
 
 image=${1:-${BASE_IMAGE_LOCAL:-gemma4-serving/base:bookworm}}
 if [ "${FORCE:-0}" != 1 ] && docker image inspect "$image" >/dev/null 2>&1; then

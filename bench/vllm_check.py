@@ -1,0 +1,5 @@
+"""(work in progress)"""
+
+
+def add_parser(sub):
+    pass

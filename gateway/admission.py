@@ -1,0 +1,234 @@
+"""Admission control: a global in-flight cap, a bounded FIFO queue, a per-key cap.
+
+Why: the engine alone accepts everything and then queues without bound, preempts, or OOMs; a
+client that waits minutes times out and retries, doubling the load. The gateway instead keeps
+at most ``max_inflight`` requests upstream, lets a bounded number wait in arrival order for at
+most ``queue_timeout_s``, and refuses the rest at once with a ``Retry-After`` computed from the
+rate at which slots have actually been freed (a constant would either hammer or starve).
+
+While the engine reports saturation (its own waiting queue or KV cache above a threshold, or
+its metrics are stale), new work queues even if gateway slots are free: the engine's view wins.
+
+Single event loop, no locks: every method runs to completion without awaiting, except
+``Waiter.wait``. Time comes from an injectable clock so the drain-rate maths is unit-testable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from gateway.errors import OpenAIError
+
+# Drain-rate window: the last N releases within W seconds.
+_DRAIN_SAMPLES = 256
+_DRAIN_WINDOW_S = 60.0
+
+
+class Rejected(OpenAIError):
+    """429 from admission; ``code`` is the reason (queue_full, wait_timeout, per_key_limit)."""
+
+
+def _rejected(code: str, message: str, retry_after: int) -> Rejected:
+    return Rejected(429, message, code=code, retry_after=retry_after)
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One admitted request. Release exactly once (``Admission.release`` is idempotent)."""
+
+    key: str
+    admitted_at: float
+    queued_s: float = 0.0
+    released: bool = False
+
+
+@dataclass(eq=False)
+class Waiter:
+    """A queued request; ``future`` resolves to its ticket when a slot frees up."""
+
+    key: str
+    enqueued_at: float
+    future: asyncio.Future[Ticket]
+    cancelled: bool = field(default=False)
+
+
+class Admission:
+    def __init__(
+        self,
+        max_inflight: int,
+        queue_depth: int,
+        queue_timeout_s: float,
+        per_key_limit: int = 0,
+        max_retry_after_s: int = 120,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_inflight < 1:
+            raise ValueError("max_inflight must be >= 1")
+        self.max_inflight = max_inflight
+        self.queue_depth = queue_depth
+        self.queue_timeout_s = queue_timeout_s
+        self.per_key_limit = per_key_limit
+        self.max_retry_after_s = max_retry_after_s
+        self._clock = clock
+        self._inflight = 0
+        self._queue: deque[Waiter] = deque()
+        self._queued = 0  # live waiters in _queue (cancelled ones are skipped lazily)
+        self._per_key: dict[str, int] = {}
+        self._releases: deque[float] = deque(maxlen=_DRAIN_SAMPLES)
+        self._saturated = False
+
+    # -- observation -------------------------------------------------------------------------
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    @property
+    def queued(self) -> int:
+        return self._queued
+
+    @property
+    def saturated(self) -> bool:
+        return self._saturated
+
+    def set_saturated(self, saturated: bool) -> None:
+        """Engine saturation signal: while set, nothing new goes upstream (it queues instead)."""
+        self._saturated = saturated
+        if not saturated:
+            self._pump()
+
+    def drain_rate(self) -> float | None:
+        """Observed slot releases per second over the recent window, None before enough data."""
+        now = self._clock()
+        while self._releases and now - self._releases[0] > _DRAIN_WINDOW_S:
+            self._releases.popleft()
+        if len(self._releases) < 2:
+            return None
+        span = now - self._releases[0]
+        return (len(self._releases) - 1) / span if span > 0 else None
+
+    def retry_after(self, ahead: int) -> int:
+        """Seconds until ``ahead`` more requests have drained at the observed rate (>= 1 s).
+
+        Without observations yet (cold start, or nothing finished in the window) the honest
+        answer is the queue's own time budget: that is how long the current queue may take.
+        """
+        rate = self.drain_rate()
+        estimate = self.queue_timeout_s if rate is None else (ahead + 1) / rate
+        return max(1, min(self.max_retry_after_s, math.ceil(estimate)))
+
+    # -- admission ---------------------------------------------------------------------------
+
+    def try_admit(self, key: str) -> Ticket | None:
+        """Admit at once if a slot is free and nobody queues; None means "queue".
+
+        Raises ``Rejected`` when the key is over its own concurrency limit.
+        """
+        if self.per_key_limit and self._per_key.get(key, 0) >= self.per_key_limit:
+            raise _rejected(
+                "per_key_limit",
+                f"too many concurrent requests for this API key (limit {self.per_key_limit})",
+                self.retry_after(self.per_key_limit - 1),
+            )
+        if self._queued == 0 and self._inflight < self.max_inflight and not self._saturated:
+            return self._grant(key, self._clock(), 0.0)
+        return None
+
+    def enqueue(self, key: str) -> Waiter:
+        """Join the FIFO queue, or raise ``Rejected`` (queue_full) when it is full."""
+        if self._queued >= self.queue_depth:
+            raise _rejected(
+                "queue_full",
+                f"the server is at capacity ({self._inflight} running, {self._queued} queued); "
+                "retry after the indicated time",
+                self.retry_after(self._queued),
+            )
+        waiter = Waiter(key, self._clock(), asyncio.get_running_loop().create_future())
+        self._queue.append(waiter)
+        self._queued += 1
+        self._per_key[key] = self._per_key.get(key, 0) + 1
+        self._pump()
+        return waiter
+
+    async def wait(self, waiter: Waiter, timeout: float | None) -> Ticket | None:
+        """Wait up to ``timeout`` for a slot; None on timeout (the waiter keeps its place)."""
+        if not waiter.future.done():
+            await asyncio.wait((waiter.future,), timeout=timeout)
+        if waiter.future.done() and not waiter.future.cancelled():
+            return waiter.future.result()
+        return None
+
+    def timed_out(self, waiter: Waiter) -> Rejected:
+        """Leave the queue after the wait budget; returns the 429 to answer with."""
+        ahead = self.position(waiter)
+        self.cancel(waiter)
+        return _rejected(
+            "wait_timeout",
+            f"request waited {self.queue_timeout_s:g} s in the queue without a free slot",
+            self.retry_after(ahead),
+        )
+
+    def position(self, waiter: Waiter) -> int:
+        n = 0
+        for w in self._queue:
+            if w is waiter:
+                return n
+            if not w.cancelled:
+                n += 1
+        return n
+
+    def cancel(self, waiter: Waiter) -> None:
+        """Give up a queued place (disconnect, timeout). A slot granted meanwhile is released."""
+        if waiter.cancelled:
+            return
+        fut = waiter.future
+        if fut.done() and not fut.cancelled():
+            self.release(fut.result())
+            waiter.cancelled = True
+            return
+        waiter.cancelled = True
+        fut.cancel()
+        self._queued -= 1
+        self._dec_key(waiter.key)
+
+    def release(self, ticket: Ticket) -> None:
+        """Free the slot (idempotent) and hand it to the head of the queue."""
+        if ticket.released:
+            return
+        ticket.released = True
+        self._inflight -= 1
+        self._dec_key(ticket.key)
+        self._releases.append(self._clock())
+        self._pump()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _grant(self, key: str, now: float, queued_s: float) -> Ticket:
+        self._inflight += 1
+        self._per_key[key] = self._per_key.get(key, 0) + 1
+        return Ticket(key, now, queued_s)
+
+    def _dec_key(self, key: str) -> None:
+        n = self._per_key.get(key, 0) - 1
+        if n > 0:
+            self._per_key[key] = n
+        else:
+            self._per_key.pop(key, None)
+
+    def _pump(self) -> None:
+        while self._queue and self._inflight < self.max_inflight and not self._saturated:
+            waiter = self._queue.popleft()
+            if waiter.cancelled:
+                continue
+            self._queued -= 1
+            self._dec_key(waiter.key)  # the queued count moves into the in-flight count
+            now = self._clock()
+            waiter.future.set_result(self._grant(waiter.key, now, now - waiter.enqueued_at))
+        # Drop cancelled entries at the head so the deque does not grow with dead waiters.
+        while self._queue and self._queue[0].cancelled:
+            self._queue.popleft()

@@ -1,0 +1,143 @@
+"""Minimal ASGI plumbing: body reading with a size cap, JSON answers, disconnect detection.
+
+The gateway talks raw ASGI rather than through a framework's Request/Response objects because
+it sits on every streamed token (issue 7): no middleware stack wrapping ``send`` per chunk, no
+response object per request, headers built once as byte pairs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import secrets
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from gateway.errors import OpenAIError
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+JSON = b"application/json"
+_REQUEST_ID_RE = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def header(scope: Scope, name: bytes) -> bytes | None:
+    for k, v in scope["headers"]:
+        if k == name:
+            return v
+    return None
+
+
+def request_id(scope: Scope) -> bytes:
+    """The caller's ``X-Request-Id`` if it is sane, else a fresh one."""
+    rid = header(scope, b"x-request-id")
+    if rid is not None and _REQUEST_ID_RE.match(rid):
+        return rid
+    return secrets.token_hex(12).encode()
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole request body, refusing (413) as soon as it is known to exceed ``limit``."""
+    length = header(scope, b"content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise OpenAIError(
+            413, f"request body is {int(length)} bytes; the limit is {limit}",
+            code="request_too_large",
+        )  # fmt: skip
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise OpenAIError(
+                    413, f"request body exceeds the limit of {limit} bytes",
+                    code="request_too_large",
+                )  # fmt: skip
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+class ClientGone(Exception):
+    """The client disconnected before the answer was complete."""
+
+
+async def send_bytes(
+    send: Send,
+    status: int,
+    body: bytes,
+    content_type: bytes = JSON,
+    headers: list[tuple[bytes, bytes]] | None = None,
+) -> None:
+    h = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    if headers:
+        h.extend(headers)
+    await send({"type": "http.response.start", "status": status, "headers": h})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_json(
+    send: Send, status: int, data: Any, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    await send_bytes(send, status, json.dumps(data).encode(), JSON, headers)
+
+
+async def send_error(
+    send: Send, err: OpenAIError, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    h = err.header_list()
+    if headers:
+        h.extend(headers)
+    await send_bytes(send, err.status, err.body(), JSON, h)
+
+
+class DisconnectGuard:
+    """Cancels the request's task when the client disconnects (while queued or streaming).
+
+    uvicorn's ``send`` silently drops data for a gone client, so without this a proxy would
+    keep an engine slot generating for nobody. Once the body is read, ``receive()`` only
+    returns on disconnect (or after the response completed, which ``finish()`` marks first).
+    """
+
+    __slots__ = ("_task", "_watch", "disconnected", "finished")
+
+    def __init__(self, receive: Receive) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self.disconnected = False
+        self.finished = False
+        self._watch = asyncio.get_running_loop().create_task(self._run(receive))
+
+    async def _run(self, receive: Receive) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                if not self.finished:
+                    self.disconnected = True
+                    self._task.cancel()
+                return
+
+    def finish(self) -> None:
+        """The response is about to complete: a later "disconnect" is just the end of it."""
+        self.finished = True
+
+    def close(self) -> None:
+        self.finished = True
+        self._watch.cancel()
+
+    def absorb(self) -> bool:
+        """In an ``except CancelledError``: True (and un-cancel) if the cause was a disconnect."""
+        if self.disconnected:
+            self._task.uncancel()
+            return True
+        return False

@@ -1,0 +1,123 @@
+"""Background polling of one engine: ``/metrics`` for saturation and identity, ``/health``.
+
+Two loops because the two signals have different cadences: saturation must be fresh (sub-second,
+or admissions stall on stale data), liveness once a second is enough; a proxy that sees the
+upstream fail calls ``poke()`` to re-check liveness at once, so ``/health`` turns 503 within a
+poll interval of an engine crash rather than a timeout later.
+
+Feeds ``HealthTracker`` (engine up + instance) and ``Admission.set_saturated``. One monitor per
+engine; several replicas would each get one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import httpx
+
+from gateway.admission import Admission
+from gateway.health import HealthTracker
+from gateway.saturation import EngineSample, SaturationPolicy, parse_engine_metrics
+
+log = logging.getLogger("gateway.monitor")
+
+
+class EngineMonitor:
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        health: HealthTracker,
+        admission: Admission,
+        policy: SaturationPolicy,
+        metrics_poll_s: float,
+        health_poll_s: float,
+    ) -> None:
+        self.client = client
+        self.health = health
+        self.admission = admission
+        self.policy = policy
+        self.metrics_poll_s = metrics_poll_s
+        self.health_poll_s = health_poll_s
+        self.sample: EngineSample | None = None
+        self.saturation_reason: str | None = "no_metrics"
+        self._health_ok = False
+        self._metrics_ok = False
+        self._poke = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._metrics_loop(), name="engine-metrics"),
+            asyncio.create_task(self._health_loop(), name="engine-health"),
+        ]
+
+    async def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+
+    def poke(self) -> None:
+        """Something looked wrong upstream: check liveness now instead of at the next tick."""
+        self._poke.set()
+
+    def metrics_age(self) -> float:
+        return time.monotonic() - self.sample.at if self.sample else float("inf")
+
+    async def poll_metrics(self) -> None:
+        try:
+            r = await self.client.get("/metrics", timeout=self.policy.max_age_s)
+            ok = r.status_code == 200
+            if ok:
+                self.sample = parse_engine_metrics(r.text, time.monotonic())
+        except httpx.HTTPError:
+            ok = False
+        if ok != self._metrics_ok or not ok:
+            self._metrics_ok = ok
+            self._publish()
+        elif self.sample is not None and self.sample.instance != self.health.instance:
+            self._publish()  # restarted between two health polls
+        self._evaluate()
+
+    async def poll_health(self) -> None:
+        try:
+            r = await self.client.get("/health", timeout=max(1.0, 2 * self.health_poll_s))
+            self._health_ok = r.status_code == 200
+        except httpx.HTTPError:
+            self._health_ok = False
+        self._publish()
+
+    def _publish(self) -> None:
+        instance = self.sample.instance if self.sample else None
+        up = self._health_ok and self._metrics_ok
+        self.health.observe_engine(up, instance)
+
+    def _evaluate(self) -> None:
+        self.saturation_reason = self.policy.reason(self.sample, time.monotonic())
+        saturated = self.saturation_reason is not None
+        if saturated != self.admission.saturated:
+            self.admission.set_saturated(saturated)
+
+    async def _metrics_loop(self) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                await self.poll_metrics()
+            except Exception:  # never let the monitor die: fail closed instead
+                log.exception("metrics poll failed")
+                self._evaluate()
+            await asyncio.sleep(max(0.0, self.metrics_poll_s - (time.monotonic() - started)))
+
+    async def _health_loop(self) -> None:
+        while True:
+            try:
+                await self.poll_health()
+            except Exception:
+                log.exception("health poll failed")
+            self._poke.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poke.wait(), self.health_poll_s)

@@ -1,0 +1,82 @@
+"""Engine saturation from its own ``/metrics``: is the engine's queue or KV cache too full?
+
+The gateway's in-flight cap alone cannot see the engine's side: preemption, long prompts or a
+second client talking to the engine directly can fill its queue while the gateway still has
+slots. So the gateway also reads ``vllm:num_requests_waiting`` and ``vllm:kv_cache_usage_perc``
+and holds admissions while either is above its threshold. A sample older than
+``max_age_s`` counts as saturated: when the engine cannot even answer ``/metrics`` in time, it
+is not the moment to send it more work (fail closed, like llm-d's endpoint picker).
+
+Pure: parsing and the decision; polling lives in ``monitor.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.identity import engine_instance
+
+WAITING = "vllm:num_requests_waiting"
+RUNNING = "vllm:num_requests_running"
+KV_USAGE = "vllm:kv_cache_usage_perc"
+
+
+@dataclass(frozen=True)
+class EngineSample:
+    at: float  # monotonic time the sample was taken
+    waiting: float
+    running: float
+    kv_usage: float
+    instance: str | None
+
+
+def _values(text: str, name: str) -> list[float]:
+    """Every sample value of an unlabelled or labelled metric ``name`` (fast ``str.find`` scan)."""
+    out: list[float] = []
+    start = 0
+    while True:
+        i = text.find(name, start)
+        if i < 0:
+            return out
+        start = i + len(name)
+        at_line_start = i == 0 or text[i - 1] == "\n"
+        nxt = text[start : start + 1]
+        if not at_line_start or nxt not in ("{", " "):
+            continue
+        end = text.find("\n", start)
+        line = text[start : end if end >= 0 else len(text)]
+        try:
+            out.append(float(line.rsplit("}", 1)[-1].split()[0]))
+        except (ValueError, IndexError):
+            continue
+
+
+def parse_engine_metrics(text: str, at: float) -> EngineSample:
+    """Sum waiting/running over engines (data-parallel ranks); KV usage is the worst rank."""
+    kv = _values(text, KV_USAGE)
+    return EngineSample(
+        at=at,
+        waiting=sum(_values(text, WAITING)),
+        running=sum(_values(text, RUNNING)),
+        kv_usage=max(kv) if kv else 0.0,
+        instance=engine_instance(text),
+    )
+
+
+@dataclass(frozen=True)
+class SaturationPolicy:
+    waiting_threshold: int
+    kv_usage_threshold: float
+    max_age_s: float
+
+    def reason(self, sample: EngineSample | None, now: float) -> str | None:
+        """Why the engine counts as saturated now, or None when it can take more work."""
+        if sample is None:
+            return "no_metrics"
+        if now - sample.at > self.max_age_s:
+            return "stale_metrics"
+        if sample.waiting > self.waiting_threshold:
+            return "engine_queue"
+        if sample.kv_usage > self.kv_usage_threshold:
+            return "kv_cache"
+        return None

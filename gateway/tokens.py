@@ -1,0 +1,95 @@
+"""Prompt token counting with the engine's own tokenizer and chat template (``/tokenize``).
+
+Counting with anything else (a character heuristic, another tokenizer) makes the context-length
+check wrong exactly at the boundary, which is where it matters. vLLM's ``/tokenize`` renders the
+chat template with the same tools and template arguments as the real request, so its count is
+the one the engine will see. It only runs when ``validation.needs_count`` says the prompt could
+break a limit; short prompts never pay for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+
+from gateway.errors import OpenAIError
+from gateway.validation import Parsed
+
+# Chat request fields that change the rendered prompt, forwarded to /tokenize.
+_CHAT_KEYS = (
+    "messages",
+    "tools",
+    "add_generation_prompt",
+    "continue_final_message",
+    "add_special_tokens",
+    "chat_template",
+    "chat_template_kwargs",
+    "documents",
+    "mm_processor_kwargs",
+)
+
+
+class TokenCounter:
+    def __init__(self, client: httpx.AsyncClient, timeout_s: float) -> None:
+        self.client = client
+        self.timeout_s = timeout_s
+
+    async def count(self, parsed: Parsed, request_id: str) -> int:
+        """Prompt tokens of the request (the longest prompt for batched completions)."""
+        body = parsed.body
+        if parsed.kind == "chat":
+            payload = {k: body[k] for k in _CHAT_KEYS if k in body}
+            payload["model"] = body["model"]
+            return await self._tokenize(payload, request_id, "messages")
+        prompts = parsed.prompt_strings
+        counts = await asyncio.gather(
+            *(
+                self._tokenize({"model": body["model"], "prompt": p}, request_id, "prompt")
+                for p in prompts
+            )
+        )
+        return max(counts)
+
+    async def _tokenize(self, payload: dict[str, Any], request_id: str, param: str) -> int:
+        try:
+            r = await self.client.post(
+                "/tokenize",
+                content=json.dumps(payload).encode(),
+                headers={"content-type": "application/json", "x-request-id": request_id},
+                timeout=self.timeout_s,
+            )
+        except httpx.TimeoutException:
+            raise OpenAIError(
+                503, "the engine did not count the prompt in time", code="tokenize_timeout",
+                retry_after=5,
+            ) from None  # fmt: skip
+        except httpx.HTTPError:
+            raise OpenAIError(
+                503, "the engine is not reachable", code="engine_down", retry_after=5
+            ) from None
+        if r.status_code == 200:
+            try:
+                return int(r.json()["count"])
+            except (ValueError, KeyError, TypeError):
+                raise OpenAIError(502, "bad /tokenize answer from the engine") from None
+        # The engine rejected the prompt itself (bad message structure, bad template args):
+        # a client error, reported with the engine's own message.
+        message = _engine_message(r)
+        if 400 <= r.status_code < 500:
+            return_status = 400 if r.status_code != 404 else 404
+            raise OpenAIError(return_status, message, code="invalid_prompt", param=param)
+        raise OpenAIError(503, f"the engine failed to count the prompt: {message}",
+                          code="engine_error", retry_after=5)  # fmt: skip
+
+
+def _engine_message(r: httpx.Response) -> str:
+    try:
+        data = r.json()
+        err = data.get("error", data)
+        msg = err.get("message") if isinstance(err, dict) else None
+        return str(msg or data)[:500]
+    except ValueError:
+        return r.text[:500] or f"HTTP {r.status_code}"

@@ -1,0 +1,93 @@
+"""The engine connection: a pooled httpx client, byte-exact SSE relay, upstream fault mapping.
+
+Streaming is a passthrough of the engine's bytes (``aiter_raw``: no decoding, no re-framing, no
+JSON parsing per chunk). The relay only counts SSE event separators (``bytes.count``, in C) and
+keeps the last two chunks so the token count can be read once from the final usage event.
+
+Timeouts: a stream times out on *silence* (httpx's read timeout applies per read), never on its
+total duration, so a long generation is fine while a hung engine is not. Cancellation (client
+disconnect) closes the upstream connection, which makes vLLM abort the request and free its slot.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import httpx
+
+from gateway.asgi import Send
+from gateway.errors import OpenAIError
+
+_USAGE_RE = re.compile(rb'"usage":\{[^{}]*?"completion_tokens":(\d+)')
+_DONE = b"data: [DONE]"
+
+
+def make_client(
+    base_url: str, max_connections: int, connect_timeout_s: float, read_timeout_s: float
+) -> httpx.AsyncClient:
+    """A keep-alive pool sized so admitted requests never wait for a connection."""
+    return httpx.AsyncClient(
+        base_url=base_url,
+        limits=httpx.Limits(
+            max_connections=max_connections,
+            max_keepalive_connections=max_connections,
+            keepalive_expiry=60,
+        ),
+        timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s, pool=connect_timeout_s),
+        headers={"accept-encoding": "identity", "user-agent": "gemma4-gateway"},
+        trust_env=False,  # never route the engine through an environment proxy
+    )
+
+
+def upstream_error(exc: httpx.HTTPError, *, streaming: bool = False) -> OpenAIError:
+    """An httpx failure as the OpenAI error the client gets (status, code, Retry-After)."""
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return OpenAIError(503, "the engine is not reachable", code="engine_down", retry_after=5)
+    if isinstance(exc, httpx.PoolTimeout):
+        return OpenAIError(
+            503, "no upstream connection available", code="upstream_pool", retry_after=1
+        )
+    if isinstance(exc, httpx.ReadTimeout):
+        what = "sent nothing for too long" if streaming else "did not answer in time"
+        return OpenAIError(504, f"the engine {what}", code="upstream_timeout")
+    return OpenAIError(
+        502, f"the connection to the engine was lost ({type(exc).__name__})",
+        code="engine_connection_lost", retry_after=5,
+    )  # fmt: skip
+
+
+class StreamStats:
+    """What the relay learned about one stream, without parsing it."""
+
+    __slots__ = ("done", "events", "first_chunk_at", "tail")
+
+    def __init__(self) -> None:
+        self.events = 0
+        self.tail = b""
+        self.done = False
+        self.first_chunk_at: float | None = None
+
+    def completion_tokens(self, role_events: int) -> int:
+        """From the usage event when the client asked for it, else one token per event."""
+        m = _USAGE_RE.search(self.tail)
+        if m:
+            return int(m.group(1))
+        return max(0, self.events - role_events - (1 if self.done else 0))
+
+
+async def relay_sse(response: httpx.Response, send: Send, stats: StreamStats) -> None:
+    """Send the engine's SSE bytes to the client as they arrive. Raises ``httpx.HTTPError``."""
+    prev = last = b""
+    events = 0
+    try:
+        async for chunk in response.aiter_raw():
+            if stats.first_chunk_at is None:
+                stats.first_chunk_at = time.perf_counter()
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            events += chunk.count(b"\n\n")
+            prev, last = last, chunk
+    finally:
+        stats.events = events
+        stats.tail = prev[-512:] + last
+        stats.done = _DONE in stats.tail[-64:]

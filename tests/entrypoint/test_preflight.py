@@ -1,0 +1,240 @@
+"""Preflight: each rule has a case that triggers it and one that passes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from entrypoint import preflight
+from env.settings import ENV_DIR, read_profile
+
+
+@pytest.fixture
+def tpu_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Write the real v6e4-26b profile with overrides; caches, token and chips made valid."""
+    monkeypatch.delenv("TPU_VISIBLE_CHIPS", raising=False)
+    for d in ("hot", "persist", "hf"):
+        (tmp_path / d).mkdir()
+    token = tmp_path / "hf_token"
+    token.write_text("hf_x\n")
+    chips = tmp_path / "dev"
+    chips.mkdir()
+    for i in range(4):
+        (chips / f"accel{i}").touch()
+
+    def write(base: str = "v6e4-gemma4-26b", **overrides: str | None) -> Path:
+        values = {k: v for k, v in read_profile(ENV_DIR / f"{base}.env").items() if v is not None}
+        values |= {
+            "CACHE_HOT_DIR": str(tmp_path / "hot"),
+            "CACHE_PERSIST_DIR": str(tmp_path / "persist"),
+            "CACHE_HF_DIR": str(tmp_path / "hf"),
+            "ENGINE_HF_TOKEN_FILE": str(token),
+        }
+        for k, v in overrides.items():
+            if v is None:
+                values.pop(k, None)
+            else:
+                values[k] = v
+        path = tmp_path / "profile.env"
+        path.write_text("".join(f"{k}='{v}'\n" for k, v in values.items()))
+        return path
+
+    write.tmp = tmp_path  # type: ignore[attr-defined]
+    write.chips = chips  # type: ignore[attr-defined]
+    return write
+
+
+def keys(findings: list[preflight.Finding], level: str = "error") -> list[str]:
+    return [f.key for f in findings if f.level == level]
+
+
+def check(profile: Path, chip_dir: Path) -> list[preflight.Finding]:
+    return preflight.run(profile, chip_dir=chip_dir)
+
+
+def test_real_tpu_profile_passes(tpu_profile) -> None:
+    assert keys(check(tpu_profile(), tpu_profile.chips)) == []
+
+
+@pytest.mark.parametrize("base", ["v6e4-gemma4-26b-batch", "v6e1-gemma4-e4b", "v6e8-gemma4-31b"])
+def test_other_tpu_profiles_pass(tpu_profile, base: str, tmp_path: Path) -> None:
+    chips = tmp_path / f"dev-{base}"
+    chips.mkdir()
+    tp = int(read_profile(ENV_DIR / f"{base}.env")["ENGINE_TENSOR_PARALLEL_SIZE"] or 1)
+    for i in range(tp):
+        (chips / f"accel{i}").touch()
+    assert keys(check(tpu_profile(base), chips)) == []
+
+
+def test_unknown_key(tpu_profile) -> None:
+    f = check(tpu_profile(ENGINE_MAX_MODEL_LENN="4096"), tpu_profile.chips)
+    assert keys(f) == ["ENGINE_MAX_MODEL_LENN"]
+
+
+def test_all_problems_reported_at_once(tpu_profile) -> None:
+    profile = tpu_profile(
+        ENGINE_GPU_MEMORY_UTILIZATION="0.98",
+        ENGINE_ASYNC_SCHEDULING=None,
+        ENGINE_LIMIT_MM_PER_PROMPT='{"image":4,"audio":1}',
+    )
+    assert set(keys(check(profile, tpu_profile.chips))) == {
+        "ENGINE_GPU_MEMORY_UTILIZATION",
+        "ENGINE_ASYNC_SCHEDULING",
+        "ENGINE_LIMIT_MM_PER_PROMPT",
+    }
+
+
+def test_generation_buffer_trap(tpu_profile) -> None:
+    bad = tpu_profile(ENGINE_MAX_PROMPT_TOKENS="16384")
+    assert keys(check(bad, tpu_profile.chips)) == ["ENGINE_MAX_PROMPT_TOKENS"]
+    ok = tpu_profile(ENGINE_MAX_PROMPT_TOKENS="15360")
+    assert keys(check(ok, tpu_profile.chips)) == []
+
+
+@pytest.mark.parametrize("modality", ["audio", "video"])
+def test_tpu_audio_video(tpu_profile, modality: str) -> None:
+    bad = tpu_profile(ENGINE_LIMIT_MM_PER_PROMPT=f'{{"image":4,"{modality}":1}}')
+    assert keys(check(bad, tpu_profile.chips)) == ["ENGINE_LIMIT_MM_PER_PROMPT"]
+
+
+def test_audio_allowed_off_tpu(tpu_profile) -> None:
+    gpu = tpu_profile("gpu-gemma4-26b", ENGINE_LIMIT_MM_PER_PROMPT='{"image":4,"audio":1}')
+    assert "ENGINE_LIMIT_MM_PER_PROMPT" not in keys(check(gpu, tpu_profile.chips))
+
+
+def test_ngram_needs_no_async_scheduling(tpu_profile) -> None:
+    assert keys(check(tpu_profile(ENGINE_ASYNC_SCHEDULING="true"), tpu_profile.chips)) == [
+        "ENGINE_ASYNC_SCHEDULING"
+    ]
+    assert (
+        keys(
+            check(
+                tpu_profile(ENGINE_SPECULATIVE_CONFIG=None, ENGINE_ASYNC_SCHEDULING="true"),
+                tpu_profile.chips,
+            )
+        )
+        == []
+    )
+
+
+def test_chunked_mm_input_missing(tpu_profile) -> None:
+    bad = tpu_profile(ENGINE_DISABLE_CHUNKED_MM_INPUT="false")
+    assert keys(check(bad, tpu_profile.chips)) == ["ENGINE_DISABLE_CHUNKED_MM_INPUT"]
+    text_only = tpu_profile(
+        ENGINE_DISABLE_CHUNKED_MM_INPUT="false", ENGINE_LIMIT_MM_PER_PROMPT='{"image":0}'
+    )
+    assert keys(check(text_only, tpu_profile.chips)) == []
+
+
+def test_chunked_mm_input_needs_2496_batched_tokens(tpu_profile) -> None:
+    bad = tpu_profile(ENGINE_MAX_NUM_BATCHED_TOKENS="2048")
+    assert keys(check(bad, tpu_profile.chips)) == ["ENGINE_MAX_NUM_BATCHED_TOKENS"]
+    assert keys(check(tpu_profile(ENGINE_MAX_NUM_BATCHED_TOKENS="2496"), tpu_profile.chips)) == []
+
+
+def test_tpu_memory_utilization(tpu_profile) -> None:
+    assert keys(check(tpu_profile(ENGINE_GPU_MEMORY_UTILIZATION="0.98"), tpu_profile.chips)) == [
+        "ENGINE_GPU_MEMORY_UTILIZATION"
+    ]
+    assert keys(check(tpu_profile(ENGINE_GPU_MEMORY_UTILIZATION="0.95"), tpu_profile.chips)) == []
+
+
+def test_tensor_parallel_vs_chips(tpu_profile, monkeypatch: pytest.MonkeyPatch) -> None:
+    bad = tpu_profile(ENGINE_TENSOR_PARALLEL_SIZE="8")
+    assert keys(check(bad, tpu_profile.chips)) == ["ENGINE_TENSOR_PARALLEL_SIZE"]
+    monkeypatch.setenv("TPU_VISIBLE_CHIPS", "0,1,2,3,4,5,6,7")
+    assert "ENGINE_TENSOR_PARALLEL_SIZE" not in keys(check(bad, tpu_profile.chips))
+
+
+def test_unknown_chip_count_is_not_an_error(tpu_profile) -> None:
+    empty = tpu_profile.tmp / "nochips"
+    empty.mkdir()
+    assert keys(check(tpu_profile(ENGINE_TENSOR_PARALLEL_SIZE="8"), empty)) == []
+
+
+def test_cache_dir_missing_and_unwritable(tpu_profile) -> None:
+    missing = tpu_profile(CACHE_HOT_DIR=str(tpu_profile.tmp / "nope"))
+    assert keys(check(missing, tpu_profile.chips)) == ["CACHE_HOT_DIR"]
+    if os.geteuid() != 0:  # root writes anywhere
+        ro = tpu_profile.tmp / "ro"
+        ro.mkdir(mode=0o555)
+        assert keys(check(tpu_profile(CACHE_HF_DIR=str(ro)), tpu_profile.chips)) == ["CACHE_HF_DIR"]
+    not_a_dir = tpu_profile.tmp / "file"
+    not_a_dir.write_text("x")
+    assert keys(check(tpu_profile(CACHE_HF_DIR=str(not_a_dir)), tpu_profile.chips)) == [
+        "CACHE_HF_DIR"
+    ]
+
+
+def test_hf_token_file_absent(tpu_profile) -> None:
+    bad = tpu_profile(ENGINE_HF_TOKEN_FILE=str(tpu_profile.tmp / "missing_token"))
+    findings = check(bad, tpu_profile.chips)
+    assert keys(findings) == ["ENGINE_HF_TOKEN_FILE"]
+    assert "hf_x" not in " ".join(map(str, findings))
+
+
+def test_cpu_block_size(tpu_profile, tmp_path: Path) -> None:
+    bad = tpu_profile("cpu", ENGINE_BLOCK_SIZE="16", ENGINE_HF_TOKEN_FILE=None)
+    assert keys(check(bad, tmp_path)) == ["ENGINE_BLOCK_SIZE"]
+    assert (
+        keys(check(tpu_profile("cpu", ENGINE_BLOCK_SIZE="64", ENGINE_HF_TOKEN_FILE=None), tmp_path))
+        == []
+    )
+
+
+def test_cpu_head_size(tpu_profile, tmp_path: Path) -> None:
+    model = tmp_path / "model16"
+    model.mkdir()
+    (model / "config.json").write_text(
+        '{"layer_types": ["sliding_attention", "full_attention"], "head_dim": 16, "global_head_dim": 64, "num_key_value_heads": 2}'
+    )
+    bad = tpu_profile("cpu", ENGINE_MODEL=str(model), ENGINE_HF_TOKEN_FILE=None)
+    findings = check(bad, tmp_path)
+    assert keys(findings) == ["ENGINE_MODEL"]
+    assert "head_dim=16" in str(findings[0])
+
+
+def test_warning_forced_block_size_32_on_tpu(tpu_profile) -> None:
+    f = check(tpu_profile(ENGINE_BLOCK_SIZE="32"), tpu_profile.chips)
+    assert keys(f) == [] and "ENGINE_BLOCK_SIZE" in keys(f, "warning")
+    assert "ENGINE_BLOCK_SIZE" not in keys(check(tpu_profile(), tpu_profile.chips), "warning")
+
+
+def test_warning_batched_tokens_not_power_of_two(tpu_profile) -> None:
+    f = check(tpu_profile(ENGINE_MAX_NUM_BATCHED_TOKENS="3000"), tpu_profile.chips)
+    assert keys(f) == [] and "ENGINE_MAX_NUM_BATCHED_TOKENS" in keys(f, "warning")
+
+
+def test_warning_more_seqs_than_kv_cache_holds(tpu_profile) -> None:
+    f = check(tpu_profile(ENGINE_MAX_NUM_SEQS="1024"), tpu_profile.chips)
+    assert keys(f) == [] and "ENGINE_MAX_NUM_SEQS" in keys(f, "warning")
+    assert "ENGINE_MAX_NUM_SEQS" not in keys(check(tpu_profile(), tpu_profile.chips), "warning")
+
+
+def test_check_cli_exit_codes(tpu_profile) -> None:
+    bad = tpu_profile(ENGINE_GPU_MEMORY_UTILIZATION="0.99", ENGINE_BLOCK_SIZE="32")
+    env = {**os.environ, "TPU_VISIBLE_CHIPS": "0,1,2,3"}
+    r = subprocess.run(
+        [sys.executable, "-m", "entrypoint", "check", "--profile", str(bad)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert r.returncode == 1
+    assert (
+        "ERROR ENGINE_GPU_MEMORY_UTILIZATION" in r.stderr
+        and "WARNING ENGINE_BLOCK_SIZE" in r.stderr
+    )
+    ok = subprocess.run(
+        [sys.executable, "-m", "entrypoint", "check", "--profile", str(tpu_profile())],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert ok.returncode == 0, ok.stderr

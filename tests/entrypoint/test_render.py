@@ -1,0 +1,124 @@
+"""Rendering: every profile renders, and vLLM's own `vllm serve` parser accepts the argv."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from entrypoint.render import render
+from env.settings import ENV_DIR, CacheSettings, EngineEnv, EngineSettings
+
+PROFILES = sorted(ENV_DIR.glob("*.env"))
+
+
+def rendered(profile: Path):
+    return render(
+        EngineSettings.load(profile), EngineEnv.load(profile), CacheSettings.load(profile)
+    )
+
+
+def vllm_parse(argv: list[str]) -> argparse.Namespace:
+    """Parse ``serve ...`` with the parser `vllm serve` builds, plus its post-parse validation."""
+    from vllm.entrypoints.cli import serve
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = FlexibleArgumentParser()
+    subparsers = parser.add_subparsers(dest="subparser")
+    (cmd,) = serve.cmd_init()
+    cmd.subparser_init(subparsers)
+    args = parser.parse_args(argv)
+    cmd.validate(args)
+    return args
+
+
+@pytest.mark.parametrize("profile", PROFILES, ids=lambda p: p.stem)
+def test_vllm_parser_accepts_rendered_argv(profile: Path) -> None:
+    r = rendered(profile)
+    assert r.argv[1] == "serve"
+    args = vllm_parse(r.argv[1:])
+    engine = EngineSettings.load(profile)
+    assert args.model_tag == engine.model
+    assert args.max_model_len == engine.max_model_len
+    assert args.max_num_seqs == engine.max_num_seqs
+    assert args.tensor_parallel_size == engine.tensor_parallel_size
+    assert args.served_model_name == [engine.served_model_name]
+    assert args.host == "127.0.0.1"
+
+
+def test_vllm_parser_rejects_a_bad_flag() -> None:
+    """The check above can fail: an unknown flag is refused by the same parser."""
+    with pytest.raises(SystemExit):
+        vllm_parse(["serve", "m", "--max-model-lenn", "5"])
+
+
+def test_tpu_26b_flags_match_facts() -> None:
+    r = rendered(ENV_DIR / "v6e4-gemma4-26b.env")
+    a = vllm_parse(r.argv[1:])
+    assert a.kv_cache_dtype == "fp8"
+    assert a.gpu_memory_utilization == pytest.approx(0.90)
+    assert a.max_num_batched_tokens == 4096
+    assert a.disable_chunked_mm_input is True
+    assert a.async_scheduling is False
+    assert (
+        a.enable_auto_tool_choice
+        and a.tool_call_parser == "gemma4"
+        and a.reasoning_parser == "gemma4"
+    )
+    spec = (
+        a.speculative_config
+        if isinstance(a.speculative_config, dict)
+        else json.loads(a.speculative_config)
+    )
+    assert spec["method"] == "ngram" and spec["num_speculative_tokens"] == 3
+    mm = (
+        a.limit_mm_per_prompt
+        if isinstance(a.limit_mm_per_prompt, dict)
+        else json.loads(a.limit_mm_per_prompt)
+    )
+    assert mm.get("audio", 0) == 0 and mm.get("video", 0) == 0 and mm["image"] > 0
+    assert a.block_size is None, "no forced block size on TPU"
+    assert r.env["VLLM_ENGINE_READY_TIMEOUT_S"] == "1800"
+    assert r.env["VLLM_XLA_CACHE_PATH"] == r.env["JAX_COMPILATION_CACHE_DIR"]
+    assert r.env["USE_BATCHED_RPA_KERNEL"] == "1" and r.env["MODEL_IMPL_TYPE"] == "flax_nnx"
+
+
+def test_batch_profile_has_no_speculation() -> None:
+    a = vllm_parse(rendered(ENV_DIR / "v6e4-gemma4-26b-batch.env").argv[1:])
+    assert a.max_num_seqs == 512
+    assert a.speculative_config is None
+
+
+def test_31b_ready_timeout() -> None:
+    assert rendered(ENV_DIR / "v6e8-gemma4-31b.env").env["VLLM_ENGINE_READY_TIMEOUT_S"] == "3600"
+
+
+def test_hf_token_is_a_path_not_a_value(tmp_path: Path) -> None:
+    token = tmp_path / "hf_token"
+    token.write_text("hf_supersecret\n")
+    engine = EngineSettings(platform="tpu", hf_token_file=token)
+    r = render(engine, EngineEnv(), CacheSettings())
+    assert r.env["HF_TOKEN_PATH"] == str(token)
+    assert "hf_supersecret" not in r.shell()
+    assert "hf_supersecret" not in " ".join(r.argv)
+
+
+def test_secret_values_are_masked() -> None:
+    r = render(EngineSettings(), EngineEnv(), CacheSettings())
+    r.env["HF_TOKEN"] = "hf_abc"
+    assert "hf_abc" not in r.shell()
+    assert r.masked_env()["HF_TOKEN"] == "***"
+
+
+def test_render_cli_prints_command() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "entrypoint", "render", "--profile", "v6e4-gemma4-26b"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    assert "vllm \\\n    serve" in out
+    assert "--no-async-scheduling" in out
+    assert "VLLM_XLA_CACHE_PATH=" in out
