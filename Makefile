@@ -63,3 +63,91 @@ lint: ## ruff
 fmt: ## ruff format + fixes
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+# ---- Compose stack and local dev stack (docs/deploy.md) --------------------------------------
+# `make up PROFILE=v6e4-gemma4-26b` on a TPU VM; `make up` alone runs the CPU stack.
+# The platform override file (docker-compose.<cpu|tpu|gpu>.yml) follows the profile's
+# ENGINE_PLATFORM. Ports, sizes and the gateway address come from the profile; the environment
+# overrides them (`make up GATEWAY_PORT=9090`). PROJECT names the compose project.
+PROJECT ?= gemma4
+PROFILE_FILE = $(firstword $(wildcard $(PROFILE) env/$(PROFILE).env) env/$(PROFILE).env)
+stack_platform = $(or $(shell sed -n 's/^[[:space:]]*ENGINE_PLATFORM[[:space:]]*=[[:space:]]*//p' \
+	$(PROFILE_FILE) 2>/dev/null | tail -n1 | tr -d "\"' \r"),cpu)
+# Without a registry (CI, this machine) images build FROM the local debootstrap base
+# (`make docker-base`); elsewhere from the public python:3.11-slim-bookworm.
+BASE_IMAGE_LOCAL := gemma4-serving/base:bookworm
+BASE_IMAGE ?= $(shell docker image inspect $(BASE_IMAGE_LOCAL) >/dev/null 2>&1 \
+	&& echo $(BASE_IMAGE_LOCAL) || echo python:3.11-slim-bookworm)
+PY_HOST = $(if $(wildcard $(PY)),$(PY),python3)
+COMPOSE = env PROFILE_FILE=$(PROFILE_FILE) BASE_IMAGE=$(BASE_IMAGE) docker compose -p $(PROJECT) \
+	--env-file $(PROFILE_FILE) -f docker-compose.yml -f docker-compose.$(stack_platform).yml
+UP_TIMEOUT ?= 0
+SERVICE ?=
+TAIL ?= 200
+WHEELS := .cache/wheels
+wheels_mode = $(if $(filter cpu,$(stack_platform)),full,light)
+
+.PHONY: up down logs ps config config-all docker-base docker-wheels docker-build stack-warmup dev
+
+docker-base: ## build the local base image (debootstrap; for machines without a registry)
+	deploy/base-image.sh $(BASE_IMAGE_LOCAL)
+
+# Stamps live outside the wheelhouse: its content is part of the image layers' cache keys.
+$(WHEELS).stamp-full: $(LOCK) pyproject.toml entrypoint/cpu/vllm-alias/pyproject.toml
+	PIP="$(PY_HOST) -m pip" deploy/wheels.sh $(WHEELS)
+	touch $@ $(WHEELS).stamp-light
+$(WHEELS).stamp-light: $(LOCK) pyproject.toml
+	PIP="$(PY_HOST) -m pip" deploy/wheels.sh --light $(WHEELS)
+	touch $@
+
+docker-wheels: $(WHEELS).stamp-$(wheels_mode) ## fill the wheelhouse the images install from (.cache/wheels)
+
+docker-build: docker-wheels ## build the images of the stack for PROFILE
+	@docker image inspect $(BASE_IMAGE) >/dev/null 2>&1 || docker pull -q $(BASE_IMAGE) \
+		|| { echo "no base image $(BASE_IMAGE) and no registry: run 'make docker-base'"; exit 1; }
+	$(COMPOSE) build
+
+up: docker-build ## start the stack for PROFILE and wait for the gateway's /health 200
+	$(PY_HOST) -m deploy.up --profile-file $(PROFILE_FILE) --timeout $(UP_TIMEOUT) -- $(COMPOSE)
+
+down: ## stop and remove the stack's containers (volumes kept; DOWN_FLAGS=-v drops them)
+	$(COMPOSE) down --remove-orphans $(DOWN_FLAGS)
+
+logs: ## follow the stack's logs (SERVICE=engine|warmup|gateway, TAIL=200)
+	$(COMPOSE) logs -f --tail $(TAIL) $(SERVICE)
+
+ps: ## the stack's containers and their health
+	$(COMPOSE) ps -a
+
+config: ## validate PROFILE's keys and types and the compose files it selects
+	@$(PY_HOST) -c "import sys; from env.settings import unknown_keys, validation_problems as v; \
+		p = sys.argv[1]; bad = [f'unknown key {k}' for k in unknown_keys(p)] + v(p); \
+		print(*bad, sep='\n'); sys.exit(1 if bad else 0)" $(PROFILE_FILE)
+	$(COMPOSE) config -q
+	@echo "config: $(PROFILE_FILE) ($(stack_platform)) OK"
+
+config-all: ## `make config` for every profile in env/
+	@for f in env/*.env; do $(MAKE) --no-print-directory config PROFILE=$$f || exit 1; done
+
+stack-warmup: ## run the warm-up once more inside the running stack (report in its volume)
+	$(COMPOSE) run --rm --no-deps warmup sh -c 'exec python -m warmup --profile "$$PROFILE" --plain'
+
+dev: install ## engine + gateway (127.0.0.1:8080) + warm-up as local processes; Ctrl-C stops all
+	$(PY) -m deploy.dev --profile $(PROFILE)
+
+# --- bench (issues 6 and 7): see bench/README.md -----------------------------------------
+BENCH_URL ?= http://127.0.0.1:8000
+BENCH_ARGS ?=
+.PHONY: bench bench-quick bench-gateway bench-vllm
+
+bench: ## the full concurrency x context sweep against BENCH_URL (results/bench/<time>/)
+	$(PY) -m bench sweep --profile $(PROFILE) --url $(BENCH_URL) $(BENCH_ARGS)
+
+bench-quick: ## a 3 x 2 sweep sized for the CPU engine (about a minute)
+	$(PY) -m bench sweep --quick --profile $(PROFILE) --url $(BENCH_URL) $(BENCH_ARGS)
+
+bench-gateway: ## gateway overhead vs direct on a synthetic upstream, alternating (1..512 streams)
+	$(PY) -m bench gateway --profile $(PROFILE) $(BENCH_ARGS)
+
+bench-vllm: ## one cell measured by our client and by `vllm bench serve`, side by side
+	$(PY) -m bench vllm-check --url $(BENCH_URL) $(BENCH_ARGS)

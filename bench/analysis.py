@@ -18,6 +18,7 @@ Definitions (also in bench/README.md):
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 CLIENT_BOUND_RATIO = 0.95
@@ -105,7 +106,7 @@ def knees(rows: list[dict], gain: float) -> list[Knee]:
     for ctx in sorted({r["context"] for r in _ok(rows)}):
         line = sorted((r for r in _ok(rows) if r["context"] == ctx), key=lambda r: r["concurrency"])
         knee = None
-        for here, nxt in zip(line, line[1:], strict=False):
+        for here, nxt in itertools.pairwise(line):
             if nxt["output_throughput"] < (1.0 + gain) * here["output_throughput"]:
                 knee = (here, nxt)
                 break

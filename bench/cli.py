@@ -63,27 +63,49 @@ def add_target_args(p: argparse.ArgumentParser) -> None:
 def sweep_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="the concurrency x context sweep")
     add_target_args(p)
-    p.add_argument("--quick", action="store_true",
-                   help="CPU-engine preset: concurrency 1,8,32 x context 128,1024, output 64")
-    p.add_argument("--concurrency", type=int_list,
-                   help="list (1,4,16) or power-of-two range (1..2048); default 1..2048")
-    p.add_argument("--context", type=int_list,
-                   help="prompt tokens, list or range; default 4..16384")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="CPU-engine preset: concurrency 1,8,32 x context 128,1024, output 64",
+    )
+    p.add_argument(
+        "--concurrency",
+        type=int_list,
+        help="list (1,4,16) or power-of-two range (1..2048); default 1..2048",
+    )
+    p.add_argument(
+        "--context", type=int_list, help="prompt tokens, list or range; default 4..16384"
+    )
     p.add_argument("--output-len", type=int, help="output tokens per request (default 128)")
-    p.add_argument("--requests", type=int,
-                   help="requests per cell (default max(--min-requests, multiplier x conc))")
+    p.add_argument(
+        "--requests",
+        type=int,
+        help="requests per cell (default max(--min-requests, multiplier x conc))",
+    )
     p.add_argument("--requests-multiplier", type=float, default=None)
     p.add_argument("--min-requests", type=int, default=None)
-    p.add_argument("--warmup", type=int, default=2,
-                   help="warm-up requests per cell at its own lengths (default 2)")
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=2,
+        help="warm-up requests per cell at its own lengths (default 2)",
+    )
     p.add_argument("--timeout", type=float, default=600.0, help="per-request timeout, s")
-    p.add_argument("--max-error-rate", type=float, default=0.05,
-                   help="error+timeout rate above which a cell fails (default 0.05)")
+    p.add_argument(
+        "--max-error-rate",
+        type=float,
+        default=0.05,
+        help="error+timeout rate above which a cell fails (default 0.05)",
+    )
     p.add_argument("--slo-ttft-ms", type=float, default=1000.0)
     p.add_argument("--slo-tpot-ms", type=float, default=100.0)
     p.add_argument("--slo-e2el-ms", type=float, default=None)
-    p.add_argument("--slo-attainment", type=float, default=0.99,
-                   help="share of requests that must meet every SLO for a cell to pass")
+    p.add_argument(
+        "--slo-attainment",
+        type=float,
+        default=0.99,
+        help="share of requests that must meet every SLO for a cell to pass",
+    )
     p.add_argument("--price-per-chip-hour", type=float, default=2.70)
     p.add_argument("--chips", type=int, help="chips billed (default: the profile's TP size)")
     p.add_argument("--knee-gain", type=float, default=0.10)
@@ -91,12 +113,23 @@ def sweep_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stall-min-ms", type=float, default=100.0)
     p.add_argument("--out", type=Path, help="output dir (default results/bench/<timestamp>)")
     p.add_argument("--seed", type=int, help="prompt seed (default: random per run)")
-    p.add_argument("--shared-prefix", type=float, nargs="?", const=0.9, default=0.0,
-                   help="share this fraction of each prompt across a cell (default 0; bare: 0.9)")
-    p.add_argument("--streams-per-process", type=int, default=512,
-                   help="client processes: ceil(concurrency / this)")
-    p.add_argument("--max-model-len", type=int,
-                   help="override the server's max-model-len for skip decisions")
+    p.add_argument(
+        "--shared-prefix",
+        type=float,
+        nargs="?",
+        const=0.9,
+        default=0.0,
+        help="share this fraction of each prompt across a cell (default 0; bare: 0.9)",
+    )
+    p.add_argument(
+        "--streams-per-process",
+        type=int,
+        default=512,
+        help="client processes: ceil(concurrency / this)",
+    )
+    p.add_argument(
+        "--max-model-len", type=int, help="override the server's max-model-len for skip decisions"
+    )
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--no-plots", action="store_true")
     p.set_defaults(func=cmd_sweep)
@@ -151,10 +184,15 @@ def compare_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="deltas between two sweeps (dirs or cells.json)")
     p.add_argument("a")
     p.add_argument("b")
-    p.add_argument("--threshold", type=float, default=0.05,
-                   help="relative change that counts as a regression (default 0.05)")
-    p.add_argument("--fail-on-regression", action="store_true",
-                   help="exit 1 when any cell regressed (for CI)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=0.05,
+        help="relative change that counts as a regression (default 0.05)",
+    )
+    p.add_argument(
+        "--fail-on-regression", action="store_true", help="exit 1 when any cell regressed (for CI)"
+    )
     p.set_defaults(func=cmd_compare)
 
 

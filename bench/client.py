@@ -173,13 +173,25 @@ async def stream_one(
     return rec
 
 
+# httpcore's pool scans every connection on each request (O(pool size) per request, so
+# O(concurrency^2) per round): one pool of 256 connections costs seconds of CPU per cell and
+# stalls the event loop. Small pools, one per group of workers, keep that cost flat.
+POOL_SIZE = 8
+_SSL = None
+
+
 def make_client(target: Target, concurrency: int) -> httpx.AsyncClient:
-    """A client whose pool holds ``concurrency`` connections (never the bottleneck)."""
+    """A client whose pool holds ``concurrency`` connections, so the pool never queues."""
+    global _SSL
+    if _SSL is None:  # loading CA certificates per client would cost ~10 ms each
+        _SSL = httpx.create_ssl_context()
     size = max(1, concurrency)
     return httpx.AsyncClient(
         headers=target.headers(),
         limits=httpx.Limits(max_connections=size, max_keepalive_connections=size),
         timeout=httpx.Timeout(target.timeout_s, connect=target.connect_timeout_s),
+        verify=_SSL,
+        trust_env=False,
     )
 
 
@@ -209,8 +221,16 @@ async def run_load(
     ``should_stop``: polled by the loop-lag monitor; when true the run is cancelled and what
     finished so far stays in ``sink``.
     """
+    workers_n = max(1, concurrency)
     own = client is None
-    client = client or make_client(target, concurrency)
+    clients = (
+        [client]
+        if client is not None
+        else [
+            make_client(target, min(POOL_SIZE, workers_n - k))
+            for k in range(0, workers_n, POOL_SIZE)
+        ]
+    )
     counter = iter(indices)
     lags: list[float] = []
     result = LoadResult()
@@ -218,7 +238,7 @@ async def run_load(
         await asyncio.sleep(max(0.0, start_at - time.perf_counter()))
     arrival = time.perf_counter()
 
-    async def worker() -> None:
+    async def worker(client: httpx.AsyncClient) -> None:
         for i in counter:
             body = target.payload(prompts.text(i), max_tokens)
             rec = RequestRecord(arrival=arrival, start=0.0, prompt_tokens=prompts.tokens)
@@ -228,7 +248,10 @@ async def run_load(
                 on_done(rec)
 
     monitor = asyncio.ensure_future(_loop_lag(lags))
-    workers = [asyncio.ensure_future(worker()) for _ in range(max(1, concurrency))]
+    workers = [
+        asyncio.ensure_future(worker(clients[(k // POOL_SIZE) % len(clients)]))
+        for k in range(workers_n)
+    ]
     everything = asyncio.gather(*workers)
     try:
         while not everything.done():
@@ -250,7 +273,8 @@ async def run_load(
         with contextlib.suppress(asyncio.CancelledError):
             await monitor
         if own:
-            await client.aclose()
+            for c in clients:
+                await c.aclose()
         if lags:
             result.loop_lag_ms_p99 = float(np.percentile(lags, 99)) * 1000.0
             result.loop_lag_ms_max = max(lags) * 1000.0

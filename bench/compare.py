@@ -93,8 +93,10 @@ def print_compare(a: str | Path, b: str | Path, console: Console, threshold: flo
     for label, _ in METRICS.values():
         table.add_column(label, justify="right")
     for item in items:
-        status = item["status_a"] if item["status_a"] == item["status_b"] else (
-            f"{item['status_a']} -> {item['status_b']}"
+        status = (
+            item["status_a"]
+            if item["status_a"] == item["status_b"]
+            else (f"{item['status_a']} -> {item['status_b']}")
         )
         cells = [
             _cell(*item[key], higher_better, threshold)

@@ -121,9 +121,7 @@ class Grid:
         cell.metrics = metrics
         if metrics.get("error_rate", 0.0) > max_error_rate:
             cell.status = FAILED
-            cell.reason = (
-                f"error+timeout rate {metrics['error_rate']:.1%} > {max_error_rate:.0%}"
-            )
+            cell.reason = f"error+timeout rate {metrics['error_rate']:.1%} > {max_error_rate:.0%}"
             for other in self.cells:
                 if (
                     other.context == cell.context

@@ -137,9 +137,7 @@ def summarize(records: Sequence[RequestRecord], slo: Slo | None = None) -> dict:
     e2els = [r.e2el for r in ok if r.e2el is not None]
     tpots = [t for t in (tpot(r) for r in ok) if t is not None]
     itls = np.concatenate([np.frombuffer(r.itl, dtype=float) for r in ok]) if ok else []
-    good = sum(
-        1 for r in ok if slo.met_by(r.ttft or 0.0, tpot(r) or 0.0, r.e2el or 0.0)
-    )
+    good = sum(1 for r in ok if slo.met_by(r.ttft or 0.0, tpot(r) or 0.0, r.e2el or 0.0))
     errors = sum(1 for r in records if r.outcome == "error")
     timeouts = sum(1 for r in records if r.outcome == "timeout")
     observed, peak = concurrency_profile(records)

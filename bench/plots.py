@@ -35,8 +35,7 @@ def heatmap(rows: list[dict], key: str, title: str, cmap: str, label: str, path:
             if r and r.get("requests") and r.get(key) is not None:
                 data[i, j] = float(r[key])
     fig, ax = plt.subplots(figsize=(1.0 + 0.75 * len(concs), 1.2 + 0.45 * len(contexts)))
-    cm = plt.get_cmap(cmap).copy()
-    cm.set_bad("#d9d9d9")
+    cm = plt.get_cmap(cmap).with_extremes(bad="#d9d9d9")
     im = ax.imshow(np.ma.masked_invalid(data), cmap=cm, aspect="auto", origin="lower")
     fig.colorbar(im, ax=ax, shrink=0.8)
     ax.set_xticks(range(len(concs)), [str(c) for c in concs])

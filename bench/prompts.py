@@ -36,16 +36,16 @@ number group problem fact water room mother area money story month lot right stu
 side kind head house service friend father power hour game line end member law car city name
 team minute idea body back parent face level office door health person art war history party
 result change morning reason research girl guy moment air teacher force education food river
-tree stone light music table paper market letter field class road state song voice dog cat
-horse bird fish apple bread milk green blue red black white small large long short old young
-good great high little big early late open close simple clear free full hard easy real sure
-run walk talk read write sing play make take give find tell ask work feel try leave call keep
-let begin seem help show hear turn start move live believe bring happen stand lose pay meet
-include continue set learn lead understand watch follow stop create speak allow add spend grow
-offer remember love consider appear buy wait serve die send expect build stay fall cut reach
-kill remain suggest raise pass sell require report decide pull north south east west summer
-winter spring autumn garden window street village island mountain ocean forest valley desert
-""".split()
+tree stone light music table paper market letter field class road state song voice dog cat horse
+bird fish apple bread milk green blue red black white small large long short old young good
+great high little big early late open close simple clear free full hard easy real sure run walk
+talk read write sing play make take give find tell ask work feel try leave call keep let begin
+seem help show hear turn start move live believe bring happen stand lose pay meet include
+continue set learn lead understand watch follow stop create speak allow add spend grow offer
+remember love consider appear buy wait serve die send expect build stay fall cut reach kill
+remain suggest raise pass sell require report decide pull north south east west summer winter
+spring autumn garden window street village island mountain ocean forest valley desert
+""".split()  # noqa: SIM905 (a word list reads better as prose)
 
 
 @dataclass(frozen=True)

@@ -64,8 +64,12 @@ def write_csv(rows: list[dict], path: Path) -> None:
 
 
 def write_json(meta: dict, rows: list[dict], path: Path) -> None:
-    doc = {"schema": "gemma4-serving/bench-sweep/1", "meta": meta, "columns": COLUMNS,
-           "cells": [{k: row.get(k) for k in COLUMNS} for row in rows]}
+    doc = {
+        "schema": "gemma4-serving/bench-sweep/1",
+        "meta": meta,
+        "columns": COLUMNS,
+        "cells": [{k: row.get(k) for k in COLUMNS} for row in rows],
+    }
     path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
 
 
@@ -141,11 +145,11 @@ def markdown(meta: dict, rows: list[dict], policy: Policy) -> str:
     top = analysis.peak(rows)
     if top:
         L.append(
-            f"- **Peak throughput**: {fmt(top['output_throughput'])} output tok/s "
-            f"({fmt(top['total_throughput'])} total tok/s) at {_where(top)}; "
-            f"TTFT p50 {fmt(top['ttft_ms_p50'])} ms, p99 {fmt(top['ttft_ms_p99'])} ms; "
-            f"{fmt(top['cost_per_1m_output_usd'], 4)} USD per 1M output tokens, "
-            f"{fmt(top['cost_per_1m_total_usd'], 4)} USD per 1M total tokens."
+            f"- **Peak throughput**: {fmt(top.get('output_throughput'))} output tok/s "
+            f"({fmt(top.get('total_throughput'))} total tok/s) at {_where(top)}; "
+            f"TTFT p50 {fmt(top.get('ttft_ms_p50'))} ms, p99 {fmt(top.get('ttft_ms_p99'))} ms; "
+            f"{fmt(top.get('cost_per_1m_output_usd'), 4)} USD per 1M output tokens, "
+            f"{fmt(top.get('cost_per_1m_total_usd'), 4)} USD per 1M total tokens."
         )
     else:
         L.append("- **Peak throughput**: no cell completed.")
@@ -153,9 +157,9 @@ def markdown(meta: dict, rows: list[dict], policy: Policy) -> str:
     if best:
         L.append(
             f"- **Best interactive cell** (meets the SLOs, most output tok/s): {_where(best)}: "
-            f"{fmt(best['output_throughput'])} output tok/s, TTFT p99 "
-            f"{fmt(best['ttft_ms_p99'])} ms, TPOT p99 {fmt(best['tpot_ms_p99'])} ms; "
-            f"{fmt(best['cost_per_1m_output_usd'], 4)} USD per 1M output tokens."
+            f"{fmt(best.get('output_throughput'))} output tok/s, TTFT p99 "
+            f"{fmt(best.get('ttft_ms_p99'))} ms, TPOT p99 {fmt(best.get('tpot_ms_p99'))} ms; "
+            f"{fmt(best.get('cost_per_1m_output_usd'), 4)} USD per 1M output tokens."
         )
     else:
         L.append("- **Best interactive cell**: no cell meets the SLOs.")

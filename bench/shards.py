@@ -63,7 +63,13 @@ def run_local(
         with asyncio.Runner(loop_factory=new_loop) as runner:
             res = runner.run(
                 run_load(
-                    target, prompts, indices, concurrency, max_tokens, out.records, on_done,
+                    target,
+                    prompts,
+                    indices,
+                    concurrency,
+                    max_tokens,
+                    out.records,
+                    on_done,
                     **kwargs,
                 )
             )
@@ -93,15 +99,27 @@ def _count(_: RequestRecord) -> None:
 
 
 def _worker(
-    target: Target, prompts: PromptSet, indices: range, concurrency: int, max_tokens: int
+    target: Target,
+    prompts: PromptSet,
+    indices: range,
+    concurrency: int,
+    max_tokens: int,
+    chunk_lag: bool,
 ) -> tuple[list[RequestRecord], LoadResult]:
     _BARRIER.wait(timeout=120)
     records: list[RequestRecord] = []
     with asyncio.Runner(loop_factory=new_loop) as runner:
         res = runner.run(
             run_load(
-                target, prompts, indices, concurrency, max_tokens, records, _count,
+                target,
+                prompts,
+                indices,
+                concurrency,
+                max_tokens,
+                records,
+                _count,
                 should_stop=_STOP.is_set,
+                chunk_lag=chunk_lag,
             )
         )
     return records, res
@@ -115,18 +133,21 @@ def run_sharded(
     max_tokens: int,
     processes: int,
     on_progress: Callable[[int], None] | None = None,
+    chunk_lag: bool = False,
 ) -> CellLoad:
     """The load split over ``processes`` client processes; ``on_progress(n_done)`` is polled."""
     ctx = mp.get_context("spawn")
     counter, stop, barrier = ctx.Value("i", 0), ctx.Event(), ctx.Barrier(processes)
-    conc = [concurrency // processes + (1 if k < concurrency % processes else 0)
-            for k in range(processes)]
+    conc = [
+        concurrency // processes + (1 if k < concurrency % processes else 0)
+        for k in range(processes)
+    ]
     out = CellLoad(processes=processes)
     with ProcessPoolExecutor(
         processes, mp_context=ctx, initializer=_init_worker, initargs=(counter, stop, barrier)
     ) as pool:
         futures = [
-            pool.submit(_worker, target, prompts, part, c, max_tokens)
+            pool.submit(_worker, target, prompts, part, c, max_tokens, chunk_lag)
             for part, c in zip(chunks(indices, processes), conc, strict=True)
         ]
         try:
@@ -155,6 +176,7 @@ def run_cell_load(
     max_tokens: int,
     per_process: int = 512,
     on_progress: Callable[[int], None] | None = None,
+    chunk_lag: bool = False,
 ) -> CellLoad:
     """In this process up to ``per_process`` streams, else ceil(concurrency / per_process)."""
     processes = max(1, math.ceil(concurrency / max(1, per_process)))
@@ -167,5 +189,9 @@ def run_cell_load(
             if on_progress is not None:
                 on_progress(done)
 
-        return run_local(target, prompts, indices, concurrency, max_tokens, tick)
-    return run_sharded(target, prompts, indices, concurrency, max_tokens, processes, on_progress)
+        return run_local(
+            target, prompts, indices, concurrency, max_tokens, tick, chunk_lag=chunk_lag
+        )
+    return run_sharded(
+        target, prompts, indices, concurrency, max_tokens, processes, on_progress, chunk_lag
+    )

@@ -274,7 +274,8 @@ class Sweep:
                 skipped_w = sum(
                     c.requests * cell_weight(c)
                     for c in grid
-                    if c.status in SKIPPED and c.reason.startswith(f"concurrency {cell.concurrency}")
+                    if c.status in SKIPPED
+                    and c.reason.startswith(f"concurrency {cell.concurrency}")
                     and c.context == cell.context
                 )
                 total_w -= skipped_w

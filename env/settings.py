@@ -208,12 +208,31 @@ class WarmupSettings(_Slice):
     watch_interval_s: float = Field(5, gt=0)
 
 
+class StackSettings(_Slice):
+    """Compose-only knobs: what the containers get from Docker, not from the roles.
+
+    Compose reads these from the profile (``--env-file``) to size the tmpfs cache volumes,
+    ``/dev/shm`` and the GPU reservation, and to pick the gateway's listen address inside the
+    stack. No role reads them at run time; the slice exists so profiles can carry them without
+    tripping the unknown-key check, and so a typo'd size fails ``make config``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="STACK_")
+
+    gateway_host: str = "0.0.0.0"
+    compile_cache_size: str = Field("2g", pattern=r"^[0-9]+[kmgKMG]?$")
+    hf_cache_size: str = Field("1g", pattern=r"^[0-9]+[kmgKMG]?$")
+    shm_size: str = Field("1g", pattern=r"^[0-9]+[kmgKMG]?$")
+    gpu_count: str = Field("all", pattern=r"^(all|[0-9]+)$")
+
+
 SLICES: tuple[type[_Slice], ...] = (
     EngineSettings,
     EngineEnv,
     CacheSettings,
     GatewaySettings,
     WarmupSettings,
+    StackSettings,
 )
 
 # Keys a profile may carry that no slice reads: PROFILE names the file itself (compose reads it).

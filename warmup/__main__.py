@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -31,6 +33,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+async def watch_until_terminated(sidecar: Sidecar) -> None:
+    """``--watch`` until SIGTERM (compose stop): a clean exit 0, not a traceback."""
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await sidecar.watch()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     profile = str(profile_path(args.profile))
@@ -45,12 +56,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         if args.watch:
-            asyncio.run(sidecar.watch())
+            asyncio.run(watch_until_terminated(sidecar))
             return 0
         outcome = asyncio.run(sidecar.run_once())
     except KeyboardInterrupt:
         return 130
-    if outcome.status != "passed":
+    if outcome.status == "gateway_error":
+        print(f"warmup: {outcome.result}, but {outcome.gateway_error}", file=sys.stderr)
+    elif outcome.status != "passed":
         print(f"warmup: {outcome.status}: {outcome.message}", file=sys.stderr)
     return outcome.exit_code
 

@@ -116,8 +116,8 @@ def cache_save(profile: str, timeout_s: float = 900) -> tuple[bool, str]:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return False, f"cache save did not run: {exc}"
-    output = (done.stdout + done.stderr).strip().splitlines()
-    tail = output[-1] if output else ""
+    output = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    tail = " | ".join(output[-3:])
     if done.returncode != 0:
         return False, f"cache save exited {done.returncode}: {tail}"
     return True, tail

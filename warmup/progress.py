@@ -65,7 +65,7 @@ class RichReporter:
     """A live status line while waiting and a progress bar while the plan runs."""
 
     def __init__(self, console: Console | None = None) -> None:
-        self.console = console or Console(stderr=True)
+        self.console = console or Console(stderr=True, log_path=False)
         self._status = None
         self._progress: Progress | None = None
         self._task = None
@@ -116,7 +116,7 @@ class RichReporter:
 
 def make_reporter(force_plain: bool = False) -> Reporter:
     """Rich on an interactive terminal, plain lines otherwise (compose logs, CI, pipes)."""
-    console = Console(stderr=True)
+    console = Console(stderr=True, log_path=False)
     if console.is_terminal and not force_plain:
         return RichReporter(console)
     return PlainReporter()

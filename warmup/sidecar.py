@@ -61,6 +61,7 @@ class Outcome:
     message: str | None = None
     result: str | None = None
     posted: str | None = None
+    gateway_error: str | None = None
     report: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
@@ -181,9 +182,11 @@ class Sidecar:
             error=outcome.message,
             thresholds={"stall_ratio": w.stall_ratio, "stall_min_s": w.stall_min_s},
         )
+        outcome.report["result"] = outcome.result
         outcome.report["gateway"] = {
             "url": self.gateway.url if self.gateway else None,
             "posted": outcome.posted,
+            "error": outcome.gateway_error,
         }
         write_report(outcome.report, self.report_path)
         print_summary(outcome.report, self.console)
@@ -219,13 +222,12 @@ class Sidecar:
                 await self.gateway.report(
                     outcome.instance, outcome.result, outcome.step, detail, timeout_s=timeout_s
                 )
-                outcome.posted = outcome.result
+                outcome.posted, outcome.gateway_error = outcome.result, None
                 outcome.status = outcome.result  # type: ignore[assignment]
                 self.reporter.log(f"gateway told: {outcome.result} for instance {outcome.instance}")
                 return
             except GatewayUnavailable as exc:
-                outcome.status = "gateway_error"
-                outcome.message = f"{outcome.message + '; ' if outcome.message else ''}{exc}"
+                outcome.status, outcome.gateway_error = "gateway_error", str(exc)
                 return
             except GatewayStale:
                 try:
@@ -238,7 +240,7 @@ class Sidecar:
                     return
                 if time.monotonic() >= deadline:  # the gateway never saw this instance
                     outcome.status = "gateway_error"
-                    outcome.message = f"gateway {self.gateway.url} does not see instance {now}"
+                    outcome.gateway_error = f"gateway {self.gateway.url} does not see {now}"
                     return
                 await asyncio.sleep(1.0)
 

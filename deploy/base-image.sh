@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the local base image that replaces `python:3.11-slim-bookworm` where no registry answers.
 #
-#   docker/base-image.sh [IMAGE]        (default gemma4-serving/base:bookworm; `make docker-base`)
+#   deploy/base-image.sh [IMAGE]        (default gemma4-serving/base:bookworm; `make docker-base`)
 #
 # Nothing can be pulled on these machines (../shared/FACTS.md section 4), so every Dockerfile
 # takes `ARG BASE_IMAGE` (default the public python:3.11-slim-bookworm) and the Makefile passes

@@ -1,0 +1,40 @@
+"""Gateway fixtures: one warmed gateway process in front of the session's real CPU engine.
+
+Its in-flight cap and queue are small on purpose (4 and 4) so that overload and queueing
+behaviour shows up with a handful of requests instead of hundreds on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.support.engine import Engine
+from tests.support.gateway import RunningGateway, mark_warm, run_gateway
+
+SMALL = {
+    "GATEWAY_MAX_INFLIGHT": "4",
+    "GATEWAY_QUEUE_DEPTH": "4",
+    "GATEWAY_QUEUE_TIMEOUT_S": "20",
+    "GATEWAY_QUEUE_KEEPALIVE_S": "0.5",
+}
+
+
+@pytest.fixture(scope="session")
+def gateway(engine: Engine) -> Iterator[RunningGateway]:
+    with run_gateway(engine.url, env=SMALL) as gw:
+        mark_warm(gw)
+        yield gw
+
+
+def engine_metric(engine_url: str, name: str, **labels: str) -> float:
+    """Sum of a metric's samples on the engine's /metrics (optionally filtered by labels)."""
+    total = 0.0
+    for line in httpx.get(f"{engine_url}/metrics", timeout=10).text.splitlines():
+        if not line.startswith(name) or line[len(name) : len(name) + 1] not in ("{", " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total

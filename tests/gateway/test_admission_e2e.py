@@ -1,0 +1,158 @@
+"""Overload and disconnects through the real gateway and engine (cap 4, queue 4)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import pytest
+
+from tests.gateway.conftest import SMALL, engine_metric
+from tests.support.engine import Engine
+from tests.support.gateway import RunningGateway
+
+pytestmark = [pytest.mark.engine, pytest.mark.anyio]
+MODEL = "gemma-4-tiny"
+CAP = int(SMALL["GATEWAY_MAX_INFLIGHT"])
+
+
+def stream_body(max_tokens: int) -> dict[str, object]:
+    return {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "Count"}],
+        "max_tokens": max_tokens,
+        "stream": True,
+        "ignore_eos": True,
+    }
+
+
+def gateway_metric(gw: RunningGateway, name: str) -> float:
+    text = httpx.get(f"{gw.url}/metrics", headers=gw.internal_headers, timeout=5).text
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in gateway metrics")
+
+
+async def wait_until(predicate, timeout_s: float = 10.0) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        if predicate():
+            return time.monotonic() - start
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"condition not met within {timeout_s}s")
+
+
+async def test_overload_4x_cap_only_200_or_429_and_admitted_complete(
+    gateway: RunningGateway,
+) -> None:
+    n = 4 * CAP
+    limits = httpx.Limits(max_connections=n)
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=60, limits=limits) as client:
+
+        async def one() -> tuple[int, str | None, list[str]]:
+            async with client.stream(
+                "POST", "/v1/chat/completions", json=stream_body(200)
+            ) as r:
+                lines = [ln async for ln in r.aiter_lines() if ln.startswith("data: ")]
+                return r.status_code, r.headers.get("retry-after"), lines
+
+        results = await asyncio.wait_for(asyncio.gather(*(one() for _ in range(n))), 90)
+    statuses = [s for s, _, _ in results]
+    assert set(statuses) <= {200, 429}, statuses
+    assert statuses.count(200) >= CAP  # the cap and the queue both served
+    assert statuses.count(429) >= 1  # 16 at once into 4 + 4 places: some refused
+    for status, retry_after, lines in results:
+        if status == 429:
+            assert retry_after is not None and int(retry_after) >= 1
+        else:
+            assert lines[-1] == "data: [DONE]" and not any('"error"' in ln for ln in lines)
+    assert gateway_metric(gateway, "gateway_inflight") == 0
+    assert gateway_metric(gateway, "gateway_queue_depth") == 0
+
+
+async def test_disconnect_mid_stream_frees_the_engine(
+    gateway: RunningGateway, engine: Engine
+) -> None:
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as client:
+        async with client.stream("POST", "/v1/chat/completions", json=stream_body(1500)) as r:
+            assert r.status_code == 200
+            got = 0
+            async for _ in r.aiter_raw():
+                got += 1
+                if got >= 3:
+                    break
+            running = engine_metric(engine.url, "vllm:num_requests_running")
+            assert running >= 1
+        # leaving the block closes the connection mid-stream
+    took = await wait_until(
+        lambda: engine_metric(engine.url, "vllm:num_requests_running") == 0, 10
+    )
+    assert took < 10
+    await wait_until(lambda: gateway_metric(gateway, "gateway_inflight") == 0, 5)
+
+
+async def hold_slots(client: httpx.AsyncClient, n: int) -> list[asyncio.Task[int]]:
+    """Start ``n`` long streams and return once each has its response headers, i.e. is admitted
+    and upstream (the gateway answers a stream only after the engine did); they run on in the
+    background and end normally."""
+    admitted: list[asyncio.Future[None]] = []
+
+    async def one(ready: asyncio.Future[None]) -> int:
+        async with client.stream("POST", "/v1/chat/completions", json=stream_body(1500)) as r:
+            ready.set_result(None)
+            async for _ in r.aiter_raw():
+                pass
+            return r.status_code
+
+    loop = asyncio.get_running_loop()
+    tasks = []
+    for _ in range(n):
+        fut = loop.create_future()
+        admitted.append(fut)
+        tasks.append(asyncio.create_task(one(fut)))
+    await asyncio.wait_for(asyncio.gather(*admitted), 60)
+    return tasks
+
+
+async def test_disconnect_while_queued_frees_the_place(
+    gateway: RunningGateway, engine: Engine
+) -> None:
+    before = engine_metric(engine.url, "http_requests_total", handler="/v1/chat/completions")
+    gone_before = gateway_disconnects(gateway, "queued")
+    async with httpx.AsyncClient(
+        base_url=gateway.url, timeout=60, limits=httpx.Limits(max_connections=CAP + 2)
+    ) as client:
+        hold = await hold_slots(client, CAP)
+        queued = asyncio.create_task(client.post("/v1/chat/completions", json=stream_body(8)))
+        await asyncio.sleep(0.5)
+        assert not any(t.done() for t in hold), "slots freed too early to test queueing"
+        queued.cancel()  # the client gives up while queued
+        assert await asyncio.gather(*hold) == [200] * CAP
+    after = engine_metric(engine.url, "http_requests_total", handler="/v1/chat/completions")
+    assert after - before == CAP  # the cancelled request never reached the engine
+    assert gateway_disconnects(gateway, "queued") == gone_before + 1
+    assert gateway_metric(gateway, "gateway_queue_depth") == 0
+    assert gateway_metric(gateway, "gateway_inflight") == 0
+
+
+async def test_queued_stream_gets_keepalive_comments(gateway: RunningGateway) -> None:
+    async with httpx.AsyncClient(
+        base_url=gateway.url, timeout=60, limits=httpx.Limits(max_connections=CAP + 2)
+    ) as client:
+        hold = await hold_slots(client, CAP)
+        async with client.stream("POST", "/v1/chat/completions", json=stream_body(4)) as r:
+            assert r.status_code == 200
+            lines = [ln async for ln in r.aiter_lines() if ln]
+        await asyncio.gather(*hold)
+    assert ": queued" in lines  # sent while it waited for a slot
+    assert lines[-1] == "data: [DONE]"
+
+
+def gateway_disconnects(gw: RunningGateway, phase: str) -> float:
+    text = httpx.get(f"{gw.url}/metrics", headers=gw.internal_headers, timeout=5).text
+    for line in text.splitlines():
+        if line.startswith(f'gateway_client_disconnects_total{{phase="{phase}"}}'):
+            return float(line.split()[1])
+    return 0.0

@@ -1,0 +1,90 @@
+"""Keys, the internal token and the warm-up handshake through a keyed gateway process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from gateway.auth import hash_key
+from tests.support.engine import Engine
+from tests.support.gateway import RunningGateway, run_gateway, wait_for_instance
+
+pytestmark = pytest.mark.engine
+KEY = "sk-gw-test-0123456789abcdef"
+HASHED_KEY = "sk-gw-hashed-0123456789abcdef"
+CHAT = {"model": "gemma-4-tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}
+
+
+@pytest.fixture(scope="module")
+def keyed(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
+    keys = tmp_path_factory.mktemp("keys") / "api-keys"
+    keys.write_text(f"{KEY} tester\n{hash_key(HASHED_KEY)} hashed\n")
+    with run_gateway(engine.url, env={"GATEWAY_API_KEYS_FILE": str(keys)}) as gw:
+        yield gw
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_warmup_handshake_gates_service(keyed: RunningGateway) -> None:
+    url = keyed.url
+    instance = wait_for_instance(keyed)
+    r = httpx.get(f"{url}/health", timeout=5)
+    assert r.status_code == 503 and r.json()["status"] == "warming_up"
+    assert int(r.headers["retry-after"]) >= 1
+    r = httpx.post(f"{url}/v1/chat/completions", json=CHAT, headers=auth(KEY), timeout=10)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "warming_up"
+    assert "retry-after" in r.headers
+
+    report = {"engine_instance": instance, "status": "running", "step": "chat", "detail": None}
+    assert httpx.post(f"{url}/internal/warmup", json=report, timeout=5).status_code == 401
+    wrong = {"Authorization": "Bearer not-the-token-not-the-token"}
+    assert httpx.post(f"{url}/internal/warmup", json=report, headers=wrong).status_code == 401
+    stale = {**report, "engine_instance": "12345.0"}
+    r = httpx.post(f"{url}/internal/warmup", json=stale, headers=keyed.internal_headers)
+    assert r.status_code == 409 and r.json()["error"]["code"] == "stale_engine_instance"
+
+    failed = {**report, "status": "failed", "step": "tool_call", "detail": "no tool call"}
+    r = httpx.post(f"{url}/internal/warmup", json=failed, headers=keyed.internal_headers)
+    assert r.status_code == 200 and r.json()["state"] == "warmup_failed"
+    assert httpx.get(f"{url}/health").json()["status"] == "warmup_failed: tool_call"
+
+    passed = {**report, "status": "passed", "step": None}
+    r = httpx.post(f"{url}/internal/warmup", json=passed, headers=keyed.internal_headers)
+    assert r.json()["state"] == "ready"
+    h = httpx.get(f"{url}/health", timeout=5)
+    assert h.status_code == 200 and h.json()["status"] == "ok"
+    got = httpx.get(f"{url}/internal/warmup", headers=keyed.internal_headers).json()
+    assert set(got) == {"state", "engine_instance", "step", "detail", "since"}
+
+
+def test_api_keys(keyed: RunningGateway) -> None:
+    url = f"{keyed.url}/v1/chat/completions"
+    r = httpx.post(url, json=CHAT, timeout=10)
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.post(url, json=CHAT, headers=auth("sk-wrong-0123456789abcdef")).status_code == 401
+    assert httpx.get(f"{keyed.url}/v1/models").status_code == 401
+    assert httpx.post(f"{keyed.url}/tokenize", json={"prompt": "x"}).status_code == 401
+    for key in (KEY, HASHED_KEY):
+        r = httpx.post(url, json=CHAT, headers=auth(key), timeout=30)
+        assert r.status_code in (200, 503), r.text  # 503 only if warm-up not posted yet
+    log = Path(keyed.workdir / "gateway.log").read_text()
+    assert KEY not in log and HASHED_KEY not in log and keyed.internal_token not in log
+
+
+def test_metrics_need_a_key_or_the_token(keyed: RunningGateway) -> None:
+    url = f"{keyed.url}/metrics"
+    assert httpx.get(url).status_code == 401
+    assert httpx.get(url, headers=auth(KEY)).status_code == 200
+    r = httpx.get(url, headers=keyed.internal_headers)
+    assert r.status_code == 200
+    for name in ("gateway_requests_total", "gateway_rejections_total", "gateway_queue_depth",
+                 "gateway_inflight", "gateway_queue_wait_seconds", "gateway_ttft_seconds",
+                 "gateway_request_duration_seconds", "gateway_streamed_tokens_total",
+                 "gateway_engine_saturated", "gateway_warmup_state"):  # fmt: skip
+        assert name in r.text
+    assert 'gateway_rejections_total{reason="auth"}' in r.text

@@ -1,0 +1,294 @@
+"""Validation is pure: raw body + policy -> normalised request or an OpenAI error naming the field."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from env.settings import EngineSettings, GatewaySettings
+from gateway.errors import OpenAIError
+from gateway.validation import Kind, Policy, finalize, needs_count, parse
+
+ENV = {"GATEWAY_API_KEYS_FILE": "", "GATEWAY_UNSUPPORTED_SAMPLING": "reject"}
+
+
+def cpu_policy(**overrides: Any) -> Policy:
+    base = Policy.from_settings(EngineSettings.load("cpu"), GatewaySettings.load("cpu"))
+    return Policy(**{**base.__dict__, **overrides})
+
+
+def tpu_policy(**overrides: Any) -> Policy:
+    base = Policy.from_settings(
+        EngineSettings.load("v6e4-gemma4-26b"), GatewaySettings.load("v6e4-gemma4-26b")
+    )
+    return Policy(**{**base.__dict__, **overrides})
+
+
+CPU = cpu_policy()
+MODEL = CPU.served_model_names and next(iter(CPU.served_model_names))
+TPU = tpu_policy()
+TPU_MODEL = next(iter(TPU.served_model_names))
+
+
+def chat(**kw: Any) -> dict[str, Any]:
+    return {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], **kw}
+
+
+def run(body: dict[str, Any] | bytes, kind: Kind = "chat", policy: Policy = CPU, tokens=None):
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    parsed = parse(kind, raw, policy)
+    return finalize(parsed, tokens, policy)
+
+
+def refused(body: dict[str, Any] | bytes, kind: Kind = "chat", policy: Policy = CPU, tokens=None):
+    with pytest.raises(OpenAIError) as info:
+        run(body, kind, policy, tokens)
+    return info.value
+
+
+def test_profiles_resolve_policy() -> None:
+    assert CPU.platform == "cpu" and not CPU.tpu
+    assert CPU.max_model_len == 2048
+    assert CPU.prompt_limit == 2048 - 256
+    assert TPU.tpu and TPU.mm_limits.get("image", 0) > 0
+
+
+def test_valid_request_is_forwarded_byte_for_byte() -> None:
+    raw = json.dumps(chat(max_tokens=8, stream=True)).encode()
+    final = finalize(parse("chat", raw, CPU), None, CPU)
+    assert final.body is raw  # no re-serialisation on the common path
+    assert final.stream and final.max_tokens == 8
+
+
+def test_missing_max_tokens_gets_the_default() -> None:
+    final = run(chat())
+    assert final.max_tokens == CPU.default_max_tokens
+    assert json.loads(final.body)["max_tokens"] == CPU.default_max_tokens
+
+
+def test_default_max_tokens_shrinks_to_the_room_left() -> None:
+    final = run(chat(), tokens=CPU.prompt_limit)
+    assert final.max_tokens == min(CPU.default_max_tokens, CPU.max_model_len - CPU.prompt_limit)
+    # Room left is only the generation buffer here: the prompt limit applies first.
+    policy = cpu_policy(prompt_limit=2048)
+    assert run(chat(), policy=policy, tokens=2040).max_tokens == 8
+
+
+def test_max_completion_tokens_wins() -> None:
+    final = run(chat(max_tokens=5, max_completion_tokens=7))
+    assert final.max_tokens == 7
+
+
+def test_short_prompts_skip_the_count_long_ones_do_not() -> None:
+    short = parse("chat", json.dumps(chat(max_tokens=10)).encode(), CPU)
+    assert not needs_count(short, CPU)
+    long_text = "x" * 3000
+    long = parse("chat", json.dumps(chat(messages=[{"role": "user", "content": long_text}],
+                                         max_tokens=10)).encode(), CPU)  # fmt: skip
+    assert needs_count(long, CPU)
+    big_gen = parse("chat", json.dumps(chat(max_tokens=2000, stream=True)).encode(), CPU)
+    assert needs_count(big_gen, CPU)  # the bound plus 2000 could pass 2048
+
+
+def test_tools_and_media_always_count() -> None:
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    parsed = parse("chat", json.dumps(chat(tools=tools, max_tokens=4)).encode(), CPU)
+    assert parsed.prompt_upper_bound is None and needs_count(parsed, CPU)
+
+
+def test_token_id_prompts_are_counted_by_length() -> None:
+    body = {"model": MODEL, "prompt": list(range(10, 1010)), "max_tokens": 1048, "stream": True}
+    parsed = parse("completions", json.dumps(body).encode(), CPU)
+    assert not needs_count(parsed, CPU)
+    assert finalize(parsed, None, CPU).max_tokens == 1048
+    body["max_tokens"] = 1049
+    err = refused(body, "completions")
+    assert err.status == 400 and err.param == "max_tokens"
+
+
+def test_context_boundary_exact_passes_one_over_fails() -> None:
+    limit = CPU.max_model_len
+    ok = run(chat(max_tokens=limit - 1000, stream=True), tokens=1000)
+    assert ok.max_tokens == limit - 1000
+    err = refused(chat(max_tokens=limit - 999, stream=True), tokens=1000)
+    assert (err.status, err.code, err.param) == (400, "context_length_exceeded", "max_tokens")
+    assert str(limit - 1000) in err.message  # says what would fit
+
+
+def test_prompt_over_the_prompt_limit() -> None:
+    err = refused(chat(max_tokens=1, stream=True), tokens=CPU.prompt_limit + 1)
+    assert (err.status, err.code, err.param) == (400, "context_length_exceeded", "messages")
+    assert run(chat(max_tokens=1, stream=True), tokens=CPU.prompt_limit).max_tokens == 1
+
+
+def test_truncate_prompt_tokens_is_honoured() -> None:
+    body = chat(max_tokens=10, stream=True, truncate_prompt_tokens=100)
+    assert run(body, tokens=5000).prompt_tokens == 100
+
+
+def test_streaming_required_for_long_generations_and_prompts() -> None:
+    policy = cpu_policy(stream_required_max_tokens=100, stream_required_prompt_tokens=500)
+    err = refused(chat(max_tokens=101), policy=policy)
+    assert (err.code, err.param) == ("stream_required", "stream")
+    assert '"stream": true' in err.message
+    assert run(chat(max_tokens=101, stream=True), policy=policy).stream
+    assert run(chat(max_tokens=100), policy=policy).max_tokens == 100
+    err = refused(chat(max_tokens=10), policy=policy, tokens=501)
+    assert err.code == "stream_required"
+
+
+def test_body_size_limit_is_413() -> None:
+    policy = cpu_policy(max_body_bytes=2048)
+    err = refused(chat(messages=[{"role": "user", "content": "x" * 4096}]), policy=policy)
+    assert err.status == 413
+
+
+def test_unknown_model_is_404() -> None:
+    err = refused(chat(model="gpt-4"))
+    assert (err.status, err.code, err.param) == (404, "model_not_found", "model")
+
+
+IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+AUDIO = {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}
+
+
+def test_media_limits() -> None:
+    err = refused(chat(messages=[{"role": "user", "content": [IMAGE]}]))
+    assert err.code == "too_many_images"  # cpu: images not enabled at all
+    n = TPU.mm_limits["image"]
+    ok = [{"role": "user", "content": [IMAGE] * n}]
+    parsed = parse("chat", json.dumps(chat(model=TPU_MODEL, messages=ok)).encode(), TPU)
+    assert parsed.prompt_upper_bound is None  # images: always counted
+    over = [{"role": "user", "content": [IMAGE] * (n + 1)}]
+    err = refused(chat(model=TPU_MODEL, messages=over), policy=TPU)
+    assert err.code == "too_many_images" and err.param == "messages"
+
+
+def test_audio_and_video_rejected_on_tpu_even_if_limits_allow() -> None:
+    policy = tpu_policy(mm_limits={"image": 4, "audio": 4, "video": 4})
+    err = refused(chat(model=TPU_MODEL, messages=[{"role": "user", "content": [AUDIO]}]),
+                  policy=policy)  # fmt: skip
+    assert err.code == "unsupported_modality" and "TPU" in err.message
+    video = {"type": "video_url", "video_url": {"url": "http://x/v.mp4"}}
+    err = refused(chat(model=TPU_MODEL, messages=[{"role": "user", "content": [video]}]),
+                  policy=policy)  # fmt: skip
+    assert err.code == "unsupported_modality"
+
+
+def test_tpu_rejects_seed_with_the_reason() -> None:
+    err = refused(chat(model=TPU_MODEL, seed=42), policy=TPU)
+    assert (err.param, err.code) == ("seed", "unsupported_on_tpu")
+    assert "JAX" in err.message
+    assert run(chat(seed=42)).max_tokens  # cpu: fine
+
+
+@pytest.mark.parametrize(
+    "param,value",
+    [
+        ("presence_penalty", 0.5),
+        ("frequency_penalty", -0.5),
+        ("repetition_penalty", 1.2),
+        ("min_p", 0.1),
+        ("logit_bias", {"42": 5}),
+        ("bad_words", ["x"]),
+        ("min_tokens", 3),
+    ],
+)
+def test_tpu_ignored_sampling_rejected_or_stripped(param: str, value: Any) -> None:
+    body = chat(model=TPU_MODEL, max_tokens=10, **{param: value})
+    err = refused(body, policy=TPU)
+    assert (err.param, err.code) == (param, "unsupported_on_tpu")
+    stripped = run(body, policy=tpu_policy(unsupported_sampling="strip"))
+    assert stripped.stripped == [param]
+    assert param not in json.loads(stripped.body)
+    assert run(chat(max_tokens=10, **{param: value})).stripped == []  # cpu keeps them
+
+
+def test_tpu_default_valued_sampling_is_not_flagged() -> None:
+    body = chat(model=TPU_MODEL, presence_penalty=0, repetition_penalty=1, min_tokens=0)
+    assert run(body, policy=TPU).stripped == []
+
+
+def test_tpu_structured_output_refused() -> None:
+    err = refused(chat(model=TPU_MODEL, response_format={"type": "json_object"}), policy=TPU)
+    assert err.code == "unsupported_on_tpu"
+    assert run(chat(model=TPU_MODEL, response_format={"type": "text"}), policy=TPU)
+
+
+# The bad-input corpus: every entry is a 4xx OpenAI error, never a crash.
+M = MODEL
+BAD: list[tuple[str, Kind, Any]] = [
+    ("not json", "chat", b"{not json"),
+    ("empty body", "chat", b""),
+    ("json array", "chat", b"[1, 2]"),
+    ("json string", "chat", b'"hello"'),
+    ("invalid utf-8", "chat", b'{"model": "\xff\xfe"}'),
+    ("no model", "chat", {"messages": [{"role": "user", "content": "x"}]}),
+    ("model not a string", "chat", {"model": 3, "messages": [{"role": "user", "content": "x"}]}),
+    ("unknown model", "chat", chat(model="nope")),
+    ("no messages", "chat", {"model": M}),
+    ("messages not a list", "chat", {"model": M, "messages": "hi"}),
+    ("messages empty", "chat", {"model": M, "messages": []}),
+    ("message not an object", "chat", {"model": M, "messages": ["hi"]}),
+    ("role missing", "chat", {"model": M, "messages": [{"content": "hi"}]}),
+    ("role unknown", "chat", {"model": M, "messages": [{"role": "robot", "content": "hi"}]}),
+    ("content wrong type", "chat", {"model": M, "messages": [{"role": "user", "content": 5}]}),
+    ("content missing", "chat", {"model": M, "messages": [{"role": "user"}]}),
+    ("part not object", "chat", {"model": M, "messages": [{"role": "user", "content": ["x"]}]}),
+    ("part text wrong", "chat",
+     {"model": M, "messages": [{"role": "user", "content": [{"type": "text", "text": 1}]}]}),
+    ("image without url", "chat",
+     {"model": M, "messages": [{"role": "user", "content": [{"type": "image_url"}]}]}),
+    ("max_tokens string", "chat", chat(max_tokens="10")),
+    ("max_tokens zero", "chat", chat(max_tokens=0)),
+    ("max_tokens negative", "chat", chat(max_tokens=-5)),
+    ("max_tokens float", "chat", chat(max_tokens=1.5)),
+    ("max_tokens bool", "chat", chat(max_tokens=True)),
+    ("max_tokens huge", "chat", chat(max_tokens=10**9, stream=True)),
+    ("temperature string", "chat", chat(temperature="hot")),
+    ("temperature negative", "chat", chat(temperature=-1)),
+    ("temperature too high", "chat", chat(temperature=5)),
+    ("top_p zero", "chat", chat(top_p=0)),
+    ("top_p above one", "chat", chat(top_p=1.5)),
+    ("n zero", "chat", chat(n=0)),
+    ("stream not bool", "chat", chat(stream="yes")),
+    ("stream_options without stream", "chat", chat(stream_options={"include_usage": True})),
+    ("stream_options wrong type", "chat", chat(stream=True, stream_options=[1])),
+    ("stop wrong type", "chat", chat(stop=5)),
+    ("logit_bias wrong", "chat", chat(logit_bias={"abc": 1})),
+    ("logit_bias out of range", "chat", chat(logit_bias={"5": 500})),
+    ("top_logprobs without logprobs", "chat", chat(top_logprobs=3)),
+    ("top_logprobs too high", "chat", chat(logprobs=True, top_logprobs=50)),
+    ("tools not a list", "chat", chat(tools={"type": "function"})),
+    ("tool without name", "chat", chat(tools=[{"type": "function", "function": {}}])),
+    ("tool_choice without tools", "chat", chat(tool_choice="required")),
+    ("tool_choice bogus", "chat", chat(tool_choice="sometimes")),
+    ("response_format bogus", "chat", chat(response_format={"type": "xml"})),
+    ("min_tokens above max_tokens", "chat", chat(max_tokens=3, min_tokens=10)),
+    ("non-stream too long", "chat", chat(max_tokens=1500)),
+    ("presence_penalty out of range", "chat", chat(presence_penalty=3)),
+    ("seed not int", "chat", chat(seed="abc")),
+    ("prompt missing", "completions", {"model": M}),
+    ("prompt empty", "completions", {"model": M, "prompt": ""}),
+    ("prompt wrong type", "completions", {"model": M, "prompt": {"a": 1}}),
+    ("prompt mixed list", "completions", {"model": M, "prompt": ["a", 1]}),
+    ("prompt negative ids", "completions", {"model": M, "prompt": [1, -2]}),
+    ("completions logprobs too high", "completions", {"model": M, "prompt": "x", "logprobs": 99}),
+    ("best_of below n", "completions", {"model": M, "prompt": "x", "n": 3, "best_of": 2}),
+    ("echo not bool", "completions", {"model": M, "prompt": "x", "echo": "y"}),
+]  # fmt: skip
+
+
+def test_bad_input_corpus_is_large_enough() -> None:
+    assert len(BAD) >= 30
+
+
+@pytest.mark.parametrize("name,kind,body", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_is_a_4xx_openai_error(name: str, kind: Kind, body: Any) -> None:
+    err = refused(body, kind)
+    assert 400 <= err.status < 500
+    payload = err.payload()["error"]
+    assert set(payload) == {"message", "type", "param", "code"}
+    assert payload["message"] and payload["type"]
