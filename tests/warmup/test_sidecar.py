@@ -184,7 +184,7 @@ def test_a_failing_step_keeps_health_503_with_that_step(engine: Engine, tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(480)
 def test_engine_restart_returns_health_to_503_until_the_watcher_rewarms(
     engine: Engine, tmp_path: Path
 ) -> None:
