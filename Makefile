@@ -50,6 +50,11 @@ check: ## run the preflight for PROFILE
 warmup: ## warm the running stack for PROFILE once (report in .cache/warmup/report.json)
 	$(PY) -m warmup --profile $(PROFILE)
 
+# (gateway/ is a directory too)
+.PHONY: gateway
+gateway: ## serve the OpenAI-compatible gateway for PROFILE (127.0.0.1:8080 -> the engine)
+	$(PY) -m gateway --profile $(PROFILE)
+
 test: install ## the whole suite (unit + integration against the real CPU engine + compose smoke)
 	$(PY) -m pytest
 

@@ -201,6 +201,8 @@ def measure(
                     chunk_lag=True,
                 )
                 cpu1 = watch.cpu_seconds()
+                if load.interrupted:  # Ctrl-C: stop here; the context managers clean up
+                    raise KeyboardInterrupt
                 m = summarize(load.records)
                 side = sides[mode]
                 side.records += load.records
@@ -291,13 +293,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("gateway", help="gateway overhead: gateway vs direct, alternating")
     p.add_argument("--profile", help="env profile for the gateway (default cpu)")
     p.add_argument("--concurrency", default="1,16,64,256,512")
-    p.add_argument("--tokens", type=int, default=64, help="tokens per response")
+    p.add_argument("--tokens", type=int, default=32, help="tokens per response")
     p.add_argument("--itl-ms", type=float, default=50.0, help="synthetic inter-token delay")
     p.add_argument("--ttft-ms", type=float, default=0.0, help="synthetic time to first token")
     p.add_argument("--prompt-words", type=int, default=16)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--requests-per-stream", type=int, default=2)
-    p.add_argument("--min-requests", type=int, default=32)
+    p.add_argument("--min-requests", type=int, default=8)
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--streams-per-process", type=int, default=512)
     p.add_argument("--upstream-url", help="a real upstream (engine) instead of the synthetic")

@@ -31,7 +31,9 @@ def synthetic_upstream(tmp_path: Path) -> ServerProcess:
     )
 
 
-def stream_then_kill(gw: RunningGateway, kill: ServerProcess, body: dict) -> tuple[list, float]:
+def stream_then_kill(
+    gw: RunningGateway, kill: ServerProcess, body: dict, after_events: int = 3
+) -> tuple[list, float]:
     """Stream, SIGKILL the upstream's process group after a few events, read to the end."""
     events: list[str] = []
     killed_at = 0.0
@@ -41,7 +43,7 @@ def stream_then_kill(gw: RunningGateway, kill: ServerProcess, body: dict) -> tup
             if not line.startswith("data: "):
                 continue
             events.append(line[6:])
-            if len(events) == 3:
+            if len(events) == after_events:
                 os.killpg(kill.pid, signal.SIGKILL)
                 killed_at = time.monotonic()
     return events, killed_at
@@ -102,8 +104,10 @@ def test_real_engine_killed_mid_stream(tmp_path: Path, tiny_model: None) -> None
     try:
         with run_gateway(eng.url, env={"GATEWAY_HEALTH_POLL_S": "1"}) as gw:
             mark_warm(gw)
-            body = {**CHAT, "max_tokens": 1500, "ignore_eos": True}
-            events, killed_at = stream_then_kill(gw, eng.server, body)
+            body = {**CHAT, "max_tokens": 1900, "ignore_eos": True}
+            # Kill at the first event: a fast engine could otherwise finish before the kill.
+            events, killed_at = stream_then_kill(gw, eng.server, body, after_events=1)
+            assert len(events) < 1900, "the stream finished before the kill: inconclusive"
             assert_terminal_error(events)
             assert wait_health_503(gw, killed_at) <= 5.0
     finally:
