@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -25,6 +26,8 @@ import urllib.request
 from dataclasses import dataclass
 
 from deploy.profile import Profile
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 class StackFailed(Exception):
@@ -87,7 +90,9 @@ class Compose:
         return state
 
     def logs(self, service: str, tail: int) -> str:
-        return self.run("logs", "--no-color", "--tail", str(tail), service, timeout=60).stdout
+        """The service's last lines, without the terminal escapes compose adds to them."""
+        out = self.run("logs", "--no-color", "--tail", str(tail), service, timeout=60).stdout
+        return _ANSI.sub("", out)
 
 
 def engine_problem(state: dict[str, object] | None) -> str | None:
