@@ -37,6 +37,12 @@ def new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+def run_on_new_loop(*args: Any, **kwargs: Any) -> LoadResult:
+    """``run_load(*args, **kwargs)`` to completion on a fresh (uv)loop in this thread."""
+    with asyncio.Runner(loop_factory=new_loop) as runner:
+        return runner.run(run_load(*args, **kwargs))
+
+
 @dataclass
 class CellLoad:
     """Records of a cell's measured requests plus client-side facts."""
@@ -60,19 +66,9 @@ def run_local(
     """The load in this process; Ctrl-C keeps the finished records and marks it interrupted."""
     out = CellLoad()
     try:
-        with asyncio.Runner(loop_factory=new_loop) as runner:
-            res = runner.run(
-                run_load(
-                    target,
-                    prompts,
-                    indices,
-                    concurrency,
-                    max_tokens,
-                    out.records,
-                    on_done,
-                    **kwargs,
-                )
-            )
+        res = run_on_new_loop(
+            target, prompts, indices, concurrency, max_tokens, out.records, on_done, **kwargs
+        )
         out.loop_lag_ms_p99, out.loop_lag_ms_max = res.loop_lag_ms_p99, res.loop_lag_ms_max
         out.interrupted = res.interrupted
     except KeyboardInterrupt:
@@ -108,20 +104,10 @@ def _worker(
 ) -> tuple[list[RequestRecord], LoadResult]:
     _BARRIER.wait(timeout=120)
     records: list[RequestRecord] = []
-    with asyncio.Runner(loop_factory=new_loop) as runner:
-        res = runner.run(
-            run_load(
-                target,
-                prompts,
-                indices,
-                concurrency,
-                max_tokens,
-                records,
-                _count,
-                should_stop=_STOP.is_set,
-                chunk_lag=chunk_lag,
-            )
-        )
+    res = run_on_new_loop(
+        target, prompts, indices, concurrency, max_tokens, records, _count,
+        should_stop=_STOP.is_set, chunk_lag=chunk_lag,
+    )  # fmt: skip
     return records, res
 
 
