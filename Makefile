@@ -84,7 +84,9 @@ BASE_IMAGE_LOCAL := gemma4-serving/base:bookworm
 BASE_IMAGE ?= $(shell docker image inspect $(BASE_IMAGE_LOCAL) >/dev/null 2>&1 \
 	&& echo $(BASE_IMAGE_LOCAL) || echo python:3.11-slim-bookworm)
 PY_HOST = $(if $(wildcard $(PY)),$(PY),python3)
-COMPOSE = env PROFILE_FILE=$(PROFILE_FILE) BASE_IMAGE=$(BASE_IMAGE) docker compose -p $(PROJECT) \
+PROFILE_NAME = $(basename $(notdir $(PROFILE_FILE)))
+COMPOSE = env PROFILE_FILE=$(PROFILE_FILE) PROFILE_NAME=$(PROFILE_NAME) BASE_IMAGE=$(BASE_IMAGE) \
+	docker compose -p $(PROJECT) \
 	--env-file $(PROFILE_FILE) -f docker-compose.yml -f docker-compose.$(stack_platform).yml
 UP_TIMEOUT ?= 0
 SERVICE ?=
@@ -107,12 +109,12 @@ $(WHEELS).stamp-light: $(LOCK) pyproject.toml
 
 docker-wheels: $(WHEELS).stamp-$(wheels_mode) ## fill the wheelhouse the images install from (.cache/wheels)
 
-docker-build: docker-wheels ## build the images of the stack for PROFILE
+docker-build: docker-wheels ## build the stack's images for PROFILE (engine + one light gateway/warm-up image)
 	@docker image inspect $(BASE_IMAGE) >/dev/null 2>&1 || docker pull -q $(BASE_IMAGE) \
 		|| { echo "no base image $(BASE_IMAGE) and no registry: run 'make docker-base'"; exit 1; }
 	$(COMPOSE) build
 
-up: docker-build ## start the stack for PROFILE and wait for the gateway's /health 200
+up: docker-build ## build + start the stack for PROFILE, wait for gateway /health 200 (or say why not)
 	$(PY_HOST) -m deploy.up --profile-file $(PROFILE_FILE) --timeout $(UP_TIMEOUT) -- $(COMPOSE)
 
 down: ## stop and remove the stack's containers (volumes kept; DOWN_FLAGS=-v drops them)
@@ -135,7 +137,7 @@ config-all: ## `make config` for every profile in env/
 	@for f in env/*.env; do $(MAKE) --no-print-directory config PROFILE=$$f || exit 1; done
 
 stack-warmup: ## run the warm-up once more inside the running stack (report in its volume)
-	$(COMPOSE) run --rm --no-deps warmup sh -c 'exec python -m warmup --profile "$$PROFILE" --plain'
+	$(COMPOSE) run --rm --no-deps warmup python -m warmup --plain
 
 dev: install ## engine + gateway (127.0.0.1:8080) + warm-up as local processes; Ctrl-C stops all
 	$(PY) -m deploy.dev --profile $(PROFILE)

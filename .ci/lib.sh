@@ -13,8 +13,10 @@ ci_phase() {
   shift
   ci_log "phase ${name}: start"
   start=$(date +%s)
+  # A subshell with errexit: a failing step inside a shell-function phase fails the phase (the
+  # caller's `set -e` does not reach into a function whose status is being collected).
   set +e
-  "$@"
+  (set -e; "$@")
   rc=$?
   set -e
   local secs=$(($(date +%s) - start))

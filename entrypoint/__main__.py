@@ -78,10 +78,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    layout = cache.CacheLayout.for_settings(
-        EngineSettings.load(args.profile), CacheSettings.load(args.profile)
-    )
-    print(cache.save(layout) if args.action == "save" else cache.seed(layout))
+    engine, cache_settings = EngineSettings.load(args.profile), CacheSettings.load(args.profile)
+    if args.action == "save":
+        # The engine's recorded key: the warm-up image that runs this has no vLLM to compute it.
+        print(cache.save(cache.CacheLayout.active(engine, cache_settings)))
+    else:
+        print(cache.seed(cache.CacheLayout.for_settings(engine, cache_settings)))
     return 0
 
 

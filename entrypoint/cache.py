@@ -6,6 +6,10 @@ persistent dir at start and written back by the warm-up after it has proved the 
 
 Entries are keyed by engine image / vLLM version, model and TP size: JAX artifacts from another
 libtpu or another sharding must never be loaded, so a changed stack starts cold in a fresh key.
+
+``cache save`` runs in the warm-up sidecar, whose image has no vLLM: it cannot recompute the key
+(the version part would differ). So ``seed`` records the key the engine uses in the hot dir
+(``.active-key``) and ``save`` persists that key: always the one of the engine just warmed.
 """
 
 from __future__ import annotations
@@ -58,6 +62,35 @@ class CacheLayout:
         persist = cache.persist_dir / key if cache.persist_dir else None
         return cls(key=key, hot=cache.hot_dir / key, persist=persist)
 
+    @classmethod
+    def active(cls, engine: EngineSettings, cache: CacheSettings) -> CacheLayout:
+        """The layout the running engine seeded (its recorded key), else the computed one."""
+        computed = cls.for_settings(engine, cache)
+        key = active_key(cache.hot_dir)
+        if key is None or key == computed.key:
+            return computed
+        persist = cache.persist_dir / key if cache.persist_dir else None
+        return cls(key=key, hot=cache.hot_dir / key, persist=persist)
+
+
+ACTIVE_KEY_FILE = ".active-key"
+
+
+def active_key(hot_dir: Path) -> str | None:
+    """The key recorded by the last ``seed`` in ``hot_dir``, if any."""
+    try:
+        key = (hot_dir / ACTIVE_KEY_FILE).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    return key if key and "/" not in key and not key.startswith(".") else None
+
+
+def _record_active(layout: CacheLayout) -> None:
+    marker = layout.hot.parent / ACTIVE_KEY_FILE
+    tmp = marker.with_name(f"{marker.name}.tmp-{time.monotonic_ns()}")
+    tmp.write_text(layout.key + "\n", encoding="utf-8")
+    tmp.replace(marker)
+
 
 def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
@@ -75,8 +108,11 @@ def _copy_atomically(src: Path, dst: Path) -> None:
 
 
 def seed(layout: CacheLayout) -> str:
-    """Fill an empty hot dir from the persistent copy. Returns a one-line account."""
+    """Fill an empty hot dir from the persistent copy and record its key for ``save``.
+
+    Returns a one-line account."""
     layout.hot.mkdir(parents=True, exist_ok=True)
+    _record_active(layout)
     if layout.persist is None:
         return f"compile cache {layout.key}: no persistent dir configured, starting with the hot dir only"
     if any(layout.hot.iterdir()):

@@ -42,9 +42,12 @@ class GatewayMetrics:
             registry=r,
         )
         self.disconnects = Counter(
-            "gateway_client_disconnects", "Clients gone before the answer ended, by phase",
-            ["phase"], registry=r,
-        )  # fmt: skip
+            "gateway_client_disconnects",
+            "Clients gone before the answer ended, by phase (request: while sending the body; "
+            "queued; upstream: waiting for or streaming the engine's answer)",
+            ["phase"],
+            registry=r,
+        )
         self.upstream_errors = Counter(
             "gateway_upstream_errors", "Upstream failures, by kind", ["kind"], registry=r
         )

@@ -44,7 +44,6 @@ class EngineMonitor:
         self.sample: EngineSample | None = None
         self.saturation_reason: str | None = "no_metrics"
         self._health_ok = False
-        self._metrics_ok = False
         self._poke = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -69,18 +68,19 @@ class EngineMonitor:
         return time.monotonic() - self.sample.at if self.sample else float("inf")
 
     async def poll_metrics(self) -> None:
+        """Refresh the saturation sample (and the instance). A failure is not "down" by itself:
+        a slow ``/metrics`` under load only makes the sample stale (saturated); a refused
+        connection asks the health loop to confirm at once."""
         try:
             r = await self.client.get("/metrics", timeout=self.policy.max_age_s)
-            ok = r.status_code == 200
-            if ok:
+            if r.status_code == 200:
                 self.sample = parse_engine_metrics(r.text, time.monotonic())
+                if self.sample.instance != self.health.instance or not self._up:
+                    self._publish()  # first sample after a start, or a restart between polls
+        except httpx.ConnectError:
+            self.poke()
         except httpx.HTTPError:
-            ok = False
-        if ok != self._metrics_ok or not ok:
-            self._metrics_ok = ok
-            self._publish()
-        elif self.sample is not None and self.sample.instance != self.health.instance:
-            self._publish()  # restarted between two health polls
+            pass
         self._evaluate()
 
     async def poll_health(self) -> None:
@@ -89,12 +89,18 @@ class EngineMonitor:
             self._health_ok = r.status_code == 200
         except httpx.HTTPError:
             self._health_ok = False
+        if not self._health_ok:
+            # Forget the instance: when the engine answers again it may be a new process, and
+            # it must not be served under the old one's warm-up until /metrics says which it is.
+            self.sample = None
         self._publish()
 
+    @property
+    def _up(self) -> bool:
+        return self._health_ok and self.sample is not None
+
     def _publish(self) -> None:
-        instance = self.sample.instance if self.sample else None
-        up = self._health_ok and self._metrics_ok
-        self.health.observe_engine(up, instance)
+        self.health.observe_engine(self._up, self.sample.instance if self.sample else None)
 
     def _evaluate(self) -> None:
         self.saturation_reason = self.policy.reason(self.sample, time.monotonic())

@@ -134,6 +134,10 @@ class CompletionsEndpoint:
         gw.metrics.queue_wait.observe(ticket.queued_s)
         try:
             return await self._forward(final, rid, sse, guard, t0)
+        except asyncio.CancelledError:
+            if guard.disconnected:
+                gw.metrics.disconnects.labels("upstream").inc()
+            raise
         finally:
             gw.admission.release(ticket)
 

@@ -37,7 +37,7 @@ def compose_config(profile: Path, *extra: str) -> subprocess.CompletedProcess[st
             "config", *extra,
         ],
         capture_output=True, text=True, timeout=60, check=False, cwd=REPO,
-        env={**env, "PROFILE_FILE": str(profile)},
+        env={**env, "PROFILE_FILE": str(profile), "PROFILE_NAME": profile.stem},
     )  # fmt: skip
 
 
@@ -64,10 +64,21 @@ def test_rendered_stack_shape(profile: Path) -> None:
         assert svc["init"] is True, name
         assert svc["restart"] == "unless-stopped", name
         assert svc["logging"]["options"]["max-size"], name
-        assert svc["environment"]["PROFILE"] == "/etc/gemma4/profile.env", name
+        assert svc["environment"]["PROFILE"] == f"/etc/gemma4/{profile.stem}.env", name
+        mounts = {v["target"]: v for v in svc["volumes"]}
+        assert mounts[f"/etc/gemma4/{profile.stem}.env"]["read_only"] is True, name
     for name in ("gateway", "warmup"):
         assert services[name]["user"] == "10001:10001"
         assert services[name]["read_only"] is True
+        assert services[name]["image"] == "gemma4-serving/app:latest"
+    assert services["gateway"]["command"] == ["python", "-m", "gateway"]
+    assert services["warmup"]["command"] == ["python", "-m", "warmup", "--watch"]
+    # `cache save` runs in the warm-up container: it needs both compile-cache volumes.
+    warm_mounts = {v.get("source"): v for v in services["warmup"]["volumes"]}
+    assert (
+        warm_mounts["compile-hot"]["target"] == services["warmup"]["environment"]["CACHE_HOT_DIR"]
+    )
+    assert "read_only" not in warm_mounts["compile-persist"]
     assert "depends_on" not in services["gateway"], "the gateway must not wait for warm-up"
     assert services["warmup"]["depends_on"]["engine"]["condition"] == "service_healthy"
 

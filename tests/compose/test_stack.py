@@ -20,6 +20,7 @@ import pytest
 
 from tests.compose.docker import engine_problem, require
 from tests.support.process import REPO, free_port
+from tests.support.stack import chat_once
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -100,20 +101,7 @@ def test_up_chat_down(stack: Stack) -> None:
 
         health = httpx.get(f"{stack.url}/health", timeout=10)
         assert health.status_code == 200, health.text
-        reply = httpx.post(
-            f"{stack.url}/v1/chat/completions",
-            json={
-                "model": "gemma-4-tiny",
-                "messages": [{"role": "user", "content": "Say hello."}],
-                "max_tokens": 8,
-                "temperature": 0,
-            },
-            timeout=60,
-        )
-        assert reply.status_code == 200, reply.text
-        body = reply.json()
-        assert body["choices"][0]["message"]["content"]
-        assert body["usage"]["completion_tokens"] > 0
+        chat_once(stack.url)
         # The engine port is loopback-only and distinct from the gateway's.
         assert (
             httpx.get(f"http://127.0.0.1:{stack.engine_port}/health", timeout=5).status_code == 200

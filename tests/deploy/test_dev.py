@@ -1,26 +1,29 @@
 """`make dev` (deploy.dev): roles come up, the gateway turns ready, Ctrl-C leaves no process.
 
-Uses the session's real engine through ``--engine-url`` (no second vLLM on a 2-core machine);
-the supervisor code that stops a self-started engine is the same Role.stop used here for the
-gateway and the warm-up.
+Two runs of ``python -m deploy.dev`` (what ``make dev`` execs): one exactly as a developer gets it,
+starting its own engine (the real vLLM CPU engine, whose EngineCore and workers live in process
+groups of their own: the orphan case that matters), and one with ``--engine-url`` against the
+session's engine, which must be left running. Ctrl-C is delivered as a terminal does: SIGINT to
+the foreground process group.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from deploy.dev import descendants
-from tests.support.process import REPO, free_port
+from tests.support.process import ServerProcess, free_port
+from tests.support.stack import chat_once
 
 pytestmark = pytest.mark.engine
+
+READY_S = 420  # engine start (40-150 s on 2 shared cores) + warm-up
 
 
 def _alive(pid: int) -> bool:
@@ -31,52 +34,68 @@ def _alive(pid: int) -> bool:
         return False
 
 
-@pytest.mark.timeout(300)
-def test_dev_ready_then_ctrl_c_stops_everything(engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    port = free_port()
-    env = {
-        **os.environ,
-        "GATEWAY_PORT": str(port),
-        "GATEWAY_INTERNAL_TOKEN_FILE": str(tmp_path / "internal-token"),
-        "WARMUP_REPORT_PATH": str(tmp_path / "report.json"),
-        "CACHE_HOT_DIR": str(tmp_path / "hot"),
-        "CACHE_PERSIST_DIR": str(tmp_path / "persist"),
-    }
-    log = (tmp_path / "dev.log").open("wb")
-    dev = subprocess.Popen(
-        [sys.executable, "-m", "deploy.dev", "--profile", "cpu", "--engine-url", engine.url],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 200
-        ready = False
-        while time.monotonic() < deadline and dev.poll() is None:
-            try:
-                ready = httpx.get(f"http://127.0.0.1:{port}/health", timeout=3).status_code == 200
-            except httpx.HTTPError:
-                ready = False
-            if ready:
-                break
-            time.sleep(1)
-        output = (tmp_path / "dev.log").read_text(errors="replace")
-        assert ready, f"gateway never turned ready:\n{output[-3000:]}"
-        children = descendants(dev.pid)
-        assert children, "dev started no role processes"
+def _dev(tmp_path: Path, gateway_port: int, *args: str, **env: str) -> ServerProcess:
+    """``python -m deploy.dev --profile cpu ARGS``, ready when the gateway's /health is 200."""
+    return ServerProcess(
+        argv=[sys.executable, "-m", "deploy.dev", "--profile", "cpu", *args],
+        env={
+            "GATEWAY_PORT": str(gateway_port),
+            "GATEWAY_INTERNAL_TOKEN_FILE": str(tmp_path / "internal-token"),
+            "WARMUP_REPORT_PATH": str(tmp_path / "report.json"),
+            "CACHE_HOT_DIR": str(tmp_path / "hot"),
+            "CACHE_PERSIST_DIR": str(tmp_path / "persist"),
+            **env,
+        },
+        ready_url=f"http://127.0.0.1:{gateway_port}/health",
+        log_path=tmp_path / "dev.log",
+    )
 
-        os.kill(dev.pid, signal.SIGINT)  # what Ctrl-C delivers to the foreground process
-        assert dev.wait(timeout=60) == 0
-        time.sleep(0.5)
-        leftovers = [pid for pid in children if _alive(pid)]
-        assert leftovers == [], f"orphans after Ctrl-C: {leftovers}"
+
+def _ctrl_c_stops_everything(dev: ServerProcess, gateway_port: int) -> str:
+    """Ctrl-C the ready stack; assert a clean exit and no surviving role process. Returns log."""
+    children = descendants(dev.pid)
+    assert len(children) >= 2, "dev started no role processes"
+    os.killpg(dev.pid, signal.SIGINT)  # what Ctrl-C in a terminal delivers
+    assert dev.proc is not None
+    assert dev.proc.wait(timeout=90) == 0, dev.log_tail()
+    leftovers = [pid for pid in children if _alive(pid)]
+    assert leftovers == [], f"orphans after Ctrl-C: {leftovers}\n{dev.log_tail()}"
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{gateway_port}/livez", timeout=3)
+    log = dev.log_path.read_text(errors="replace")
+    assert "all roles stopped" in log
+    return log
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(READY_S + 180)
+def test_make_dev_starts_its_engine_and_ctrl_c_stops_all(tiny_model: None, tmp_path: Path) -> None:
+    gateway_port, engine_port = free_port(), free_port()
+    dev = _dev(tmp_path, gateway_port, ENGINE_PORT=str(engine_port))
+    try:
+        dev.start(timeout_s=READY_S)
+        chat_once(f"http://127.0.0.1:{gateway_port}")
+        # The engine and its vLLM children (API server, EngineCore) are among the descendants.
+        assert len(descendants(dev.pid)) >= 4
+
+        log = _ctrl_c_stops_everything(dev, gateway_port)
         with pytest.raises(httpx.ConnectError):
-            httpx.get(f"http://127.0.0.1:{port}/livez", timeout=3)
+            httpx.get(f"http://127.0.0.1:{engine_port}/health", timeout=3)
+        # The gateway's 200 already proves the warm-up passed; dev started it itself.
+        assert "started warmup" in log
+    finally:
+        dev.stop()
+
+
+@pytest.mark.timeout(300)
+def test_dev_with_engine_url_leaves_the_engine_alone(engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    gateway_port = free_port()
+    dev = _dev(tmp_path, gateway_port, "--engine-url", engine.url)
+    try:
+        dev.start(timeout_s=200)
+        _ctrl_c_stops_everything(dev, gateway_port)
         assert httpx.get(f"{engine.url}/health", timeout=5).status_code == 200, (
             "an external engine must be left alone"
         )
-        output = (tmp_path / "dev.log").read_text(errors="replace")
-        assert "all roles stopped" in output
     finally:
-        if dev.poll() is None:
-            os.killpg(dev.pid, signal.SIGKILL)
-            dev.wait(timeout=10)
-        log.close()
+        dev.stop()

@@ -85,3 +85,23 @@ def test_cache_save_cli(tmp_path: Path) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert "nothing saved" in r.stdout
+
+
+def test_save_uses_the_key_the_engine_seeded(tmp_path: Path) -> None:
+    """The warm-up image has no vLLM, so its computed key differs from the engine's."""
+    cache = CacheSettings(hot_dir=tmp_path / "hot", persist_dir=tmp_path / "persist")
+    engine_side = CacheLayout.for_settings(EngineSettings(), cache, version="0.32.0+cpu")
+    seed(engine_side)
+    (engine_side.hot / "artifact").write_text("x")
+
+    warmup_side = CacheLayout.active(EngineSettings(), cache)
+    assert warmup_side.key == engine_side.key
+    assert "saved" in save(warmup_side)
+    assert (engine_side.persist / "artifact").read_text() == "x"
+
+
+def test_active_without_a_seed_is_the_computed_layout(tmp_path: Path) -> None:
+    cache = CacheSettings(hot_dir=tmp_path / "hot", persist_dir=tmp_path / "persist")
+    assert CacheLayout.active(EngineSettings(), cache) == CacheLayout.for_settings(
+        EngineSettings(), cache
+    )

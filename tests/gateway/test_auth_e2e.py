@@ -10,7 +10,7 @@ import pytest
 
 from gateway.auth import hash_key
 from tests.support.engine import Engine
-from tests.support.gateway import RunningGateway, run_gateway, wait_for_instance
+from tests.support.gateway import RunningGateway, mark_warm, run_gateway, wait_for_instance
 
 pytestmark = pytest.mark.engine
 KEY = "sk-gw-test-0123456789abcdef"
@@ -22,7 +22,8 @@ CHAT = {"model": "gemma-4-tiny", "messages": [{"role": "user", "content": "x"}],
 def keyed(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningGateway]:
     keys = tmp_path_factory.mktemp("keys") / "api-keys"
     keys.write_text(f"{KEY} tester\n{hash_key(HASHED_KEY)} hashed\n")
-    with run_gateway(engine.url, env={"GATEWAY_API_KEYS_FILE": str(keys)}) as gw:
+    env = {"GATEWAY_API_KEYS_FILE": str(keys), "GATEWAY_PER_KEY_CONCURRENCY": "1"}
+    with run_gateway(engine.url, env=env) as gw:
         yield gw
 
 
@@ -76,6 +77,14 @@ def test_api_keys(keyed: RunningGateway) -> None:
     assert KEY not in log and HASHED_KEY not in log and keyed.internal_token not in log
 
 
+def test_open_gateway_metrics_need_the_internal_token(gateway: RunningGateway) -> None:
+    """Open (cpu, no keys) means no API key to check: only the internal token opens /metrics."""
+    assert httpx.get(f"{gateway.url}/metrics", timeout=5).status_code == 401
+    r = httpx.get(f"{gateway.url}/metrics", headers=auth("anything-at-all-12345"), timeout=5)
+    assert r.status_code == 401
+    assert httpx.get(f"{gateway.url}/metrics", headers=gateway.internal_headers).status_code == 200
+
+
 def test_metrics_need_a_key_or_the_token(keyed: RunningGateway) -> None:
     url = f"{keyed.url}/metrics"
     assert httpx.get(url).status_code == 401
@@ -88,3 +97,25 @@ def test_metrics_need_a_key_or_the_token(keyed: RunningGateway) -> None:
                  "gateway_engine_saturated", "gateway_warmup_state"):  # fmt: skip
         assert name in r.text
     assert 'gateway_rejections_total{reason="auth"}' in r.text
+
+
+def test_per_key_concurrency_limit(keyed: RunningGateway) -> None:
+    """GATEWAY_PER_KEY_CONCURRENCY=1: a key's second request is 429 while its first is in
+    flight; another key is not affected, and the key is free again once its stream ends."""
+    mark_warm(keyed)
+    url = f"{keyed.url}/v1/completions"
+    long = {"model": "gemma-4-tiny", "prompt": "Count", "max_tokens": 1900, "stream": True,
+            "ignore_eos": True}  # fmt: skip
+    short = {"model": "gemma-4-tiny", "prompt": "x", "max_tokens": 2}
+    with httpx.stream("POST", url, json=long, headers=auth(KEY), timeout=60) as first:
+        # Headers mean admitted and answered by the engine; the 1,900 tokens take seconds.
+        # (Not the first token: the CPU engine may deliver it only together with the last.)
+        assert first.status_code == 200
+        second = httpx.post(url, json=short, headers=auth(KEY), timeout=30)
+        assert second.status_code == 429, second.text
+        assert second.json()["error"]["code"] == "per_key_limit"
+        assert int(second.headers["retry-after"]) >= 1
+        other = httpx.post(url, json=short, headers=auth(HASHED_KEY), timeout=30)
+        assert other.status_code == 200, other.text
+        assert [line for line in first.iter_lines() if line][-1] == "data: [DONE]"
+    assert httpx.post(url, json=short, headers=auth(KEY), timeout=30).status_code == 200

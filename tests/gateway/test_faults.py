@@ -1,5 +1,10 @@
-"""Engine killed mid-stream: terminal SSE error, /health 503 within 5 s, 503 for new requests,
-and service resumes after the restarted engine is warmed, without restarting the gateway.
+"""Faults on either side of a stream.
+
+Engine killed mid-stream: terminal SSE error, /health 503 within 5 s, 503 for new requests, and
+service resumes after the restarted engine is warmed, without restarting the gateway. Client gone
+mid-stream: the upstream request is cancelled. The synthetic upstream (``python -m bench
+synthetic``) is what a test can SIGKILL cheaply and count live streams on exactly; the kill is
+also run against a second real engine (``slow``).
 """
 
 from __future__ import annotations
@@ -24,7 +29,10 @@ CHAT = {"model": "gemma-4-tiny", "messages": [{"role": "user", "content": "go"}]
 def synthetic_upstream(tmp_path: Path) -> ServerProcess:
     port = free_port()
     return ServerProcess(
-        argv=[sys.executable, "-m", "tests.gateway.synthetic_upstream", "--port", str(port)],
+        argv=[
+            *(sys.executable, "-m", "bench", "synthetic", "--port", str(port)),
+            *("--model", "gemma-4-tiny", "--itl-ms", "50"),
+        ],
         env={},
         ready_url=f"http://127.0.0.1:{port}/health",
         log_path=tmp_path / "upstream.log",
@@ -80,6 +88,66 @@ def wait_health_503(gw: RunningGateway, since: float, limit_s: float = 5.0) -> f
     raise AssertionError("gateway /health still 200 after the engine died")
 
 
+def assert_new_requests_503(gw: RunningGateway) -> None:
+    r = httpx.post(f"{gw.url}/v1/chat/completions", json={**CHAT, "max_tokens": 4}, timeout=10)
+    assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
+    assert r.json()["error"]["code"] == "engine_down"
+
+
+def assert_serves_again(gw: RunningGateway, first_instance: str) -> list[str]:
+    """The restarted upstream is a new instance, held at warming_up until warm-up passes."""
+    second = wait_for_instance(gw, timeout_s=60)
+    assert second != first_instance
+    assert httpx.get(f"{gw.url}/health").json()["status"] == "warming_up"
+    mark_warm(gw)
+    with httpx.stream(
+        "POST", f"{gw.url}/v1/chat/completions", json={**CHAT, "max_tokens": 5}, timeout=60
+    ) as r:
+        assert r.status_code == 200
+        lines = [ln for ln in r.iter_lines() if ln.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]" and not any('"error"' in ln for ln in lines)
+    return lines
+
+
+def upstream_metric(url: str, name: str) -> float:
+    for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines():
+        if line.startswith(name) and line[len(name)] in "{ ":
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not in {url}/metrics")
+
+
+def test_client_disconnect_mid_stream_cancels_the_upstream_stream(tmp_path: Path) -> None:
+    """The gateway closes its upstream request as soon as the client goes: the upstream's live
+    stream count drops to 0 and it stops producing chunks. (Deterministic here; against the
+    real engine see test_admission_e2e, where vLLM's own scheduling blurs the timing.)"""
+    upstream = synthetic_upstream(tmp_path).start(timeout_s=30)
+    try:
+        url = upstream.ready_url.rsplit("/", 1)[0]
+        with run_gateway(url) as gw:
+            mark_warm(gw)
+            body = {**CHAT, "max_tokens": 1000}  # 50 s at 50 ms per token
+            with httpx.stream("POST", f"{gw.url}/v1/chat/completions", json=body, timeout=30) as r:
+                got = 0
+                for line in r.iter_lines():
+                    got += line.startswith("data: {")
+                    if got == 3:
+                        assert upstream_metric(url, "vllm:num_requests_running") == 1
+                        break
+            deadline = time.monotonic() + 30  # a bound against hanging, not a timing claim
+            while upstream_metric(url, "vllm:num_requests_running") != 0:
+                assert time.monotonic() < deadline, "upstream stream never cancelled"
+                time.sleep(0.05)
+            chunks = upstream_metric(url, "synthetic_chunks_total")
+            assert chunks < 1000
+            time.sleep(0.2)  # four token intervals: a live stream would have sent more
+            assert upstream_metric(url, "synthetic_chunks_total") == chunks
+            text = httpx.get(f"{gw.url}/metrics", headers=gw.internal_headers).text
+            assert 'gateway_client_disconnects_total{phase="upstream"} 1.0' in text
+            assert "\ngateway_inflight 0.0" in text
+    finally:
+        upstream.stop()
+
+
 def test_synthetic_upstream_killed_mid_stream_and_recovery(tmp_path: Path) -> None:
     upstream = synthetic_upstream(tmp_path).start(timeout_s=30)
     try:
@@ -90,39 +158,32 @@ def test_synthetic_upstream_killed_mid_stream_and_recovery(tmp_path: Path) -> No
             assert_terminal_error(events)
             took = wait_health_503(gw, killed_at)
             assert took <= 5.0
-            r = httpx.post(f"{gw.url}/v1/chat/completions", json={**CHAT, "max_tokens": 4})
-            assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
-            assert r.json()["error"]["code"] == "engine_down"
+            assert_new_requests_503(gw)
 
             upstream.stop()
             upstream.start(timeout_s=30)  # same port, new process: a new engine instance
-            second = wait_for_instance(gw)
-            assert second != first
-            assert httpx.get(f"{gw.url}/health").json()["status"] == "warming_up"
-            mark_warm(gw)
-            with httpx.stream(
-                "POST", f"{gw.url}/v1/chat/completions", json={**CHAT, "max_tokens": 5}
-            ) as r:
-                assert r.status_code == 200
-                lines = [ln for ln in r.iter_lines() if ln.startswith("data: ")]
-            assert lines[-1] == "data: [DONE]" and len(lines) == 6
+            assert len(assert_serves_again(gw, first)) == 6  # 5 tokens + [DONE]
     finally:
         upstream.stop()
 
 
 @pytest.mark.engine
 @pytest.mark.slow
-def test_real_engine_killed_mid_stream(tmp_path: Path, tiny_model: None) -> None:
+def test_real_engine_killed_mid_stream_and_recovery(tmp_path: Path, tiny_model: None) -> None:
     """The same with a second real engine (never the shared one), started only for this test."""
     eng = start_engine(tmp_path)
     try:
         with run_gateway(eng.url, env={"GATEWAY_HEALTH_POLL_S": "1"}) as gw:
-            mark_warm(gw)
+            first = mark_warm(gw)
             body = {**CHAT, "max_tokens": 1900, "ignore_eos": True}
             # Kill at the first event: a fast engine could otherwise finish before the kill.
             vllm = child_group(eng.pid)  # the engine itself, as in a crash (OOM kill)
             events, killed_at = stream_then_kill(gw, vllm, body, after_events=1)
             assert_terminal_error(events)
             assert wait_health_503(gw, killed_at) <= 5.0
+            assert_new_requests_503(gw)
+
+            eng.restart()  # same port; the gateway keeps running
+            assert_serves_again(gw, first)
     finally:
         eng.stop()

@@ -1,0 +1,112 @@
+"""The engine monitor's reading of /health and /metrics (a scripted upstream, no sockets).
+
+What matters: a slow /metrics under load is saturation, not "engine down" (which would turn
+every request into a 503); a failed /health is down at once; and an engine that comes back is
+not served under the previous instance's warm-up before /metrics has said which process it is.
+"""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from gateway.admission import Admission
+from gateway.health import HealthTracker
+from gateway.monitor import EngineMonitor
+from gateway.saturation import SaturationPolicy
+
+pytestmark = pytest.mark.anyio
+
+
+class Engine:
+    """Scripted answers: ``health`` status (None: refused), ``metrics`` behaviour, instance."""
+
+    def __init__(self) -> None:
+        self.health: int | None = 200
+        self.metrics = "ok"  # ok | timeout | refused
+        self.start_time = 1000.0
+        self.waiting = 0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/health":
+            if self.health is None:
+                raise httpx.ConnectError("refused", request=request)
+            return httpx.Response(self.health)
+        if self.metrics == "refused":
+            raise httpx.ConnectError("refused", request=request)
+        if self.metrics == "timeout":
+            raise httpx.ReadTimeout("slow", request=request)
+        text = (
+            f"process_start_time_seconds {self.start_time}\n"
+            f'vllm:num_requests_waiting{{engine="0"}} {self.waiting}\n'
+            'vllm:kv_cache_usage_perc{engine="0"} 0.1\n'
+        )
+        return httpx.Response(200, text=text)
+
+
+def monitor(engine: Engine) -> tuple[EngineMonitor, HealthTracker, Admission]:
+    client = httpx.AsyncClient(transport=httpx.MockTransport(engine), base_url="http://engine")
+    health = HealthTracker()
+    admission = Admission(4, 4, 10)
+    policy = SaturationPolicy(waiting_threshold=2, kv_usage_threshold=0.9, max_age_s=60)
+    return EngineMonitor(client, health, admission, policy, 0.25, 1.0), health, admission
+
+
+async def test_up_needs_health_and_a_metrics_sample() -> None:
+    engine = Engine()
+    mon, health, admission = monitor(engine)
+    await mon.poll_health()
+    assert health.snapshot().state == "engine_down"  # no instance known yet
+    await mon.poll_metrics()
+    snap = health.snapshot()
+    assert (snap.state, snap.engine_instance) == ("warming_up", "1000.0")
+    assert not admission.saturated
+
+
+async def test_slow_metrics_is_not_engine_down() -> None:
+    engine = Engine()
+    mon, health, _ = monitor(engine)
+    await mon.poll_metrics()
+    await mon.poll_health()
+    engine.metrics = "timeout"
+    await mon.poll_metrics()
+    assert health.snapshot().state == "warming_up"
+
+
+async def test_engine_queue_saturates_admission() -> None:
+    engine = Engine()
+    mon, _, admission = monitor(engine)
+    engine.waiting = 5
+    await mon.poll_metrics()
+    assert admission.saturated and mon.saturation_reason == "engine_queue"
+    engine.waiting = 0
+    await mon.poll_metrics()
+    assert not admission.saturated
+
+
+async def test_refused_metrics_pokes_the_health_check() -> None:
+    engine = Engine()
+    mon, _, _ = monitor(engine)
+    engine.metrics = "refused"
+    await mon.poll_metrics()
+    assert mon._poke.is_set()
+
+
+async def test_restart_is_not_served_under_the_old_warm_up() -> None:
+    engine = Engine()
+    mon, health, _ = monitor(engine)
+    await mon.poll_metrics()
+    await mon.poll_health()
+    health.report_warmup("1000.0", "passed", None, None)
+    assert health.snapshot().ready
+
+    engine.health = None  # killed
+    await mon.poll_health()
+    assert health.snapshot().state == "engine_down"
+
+    engine.health, engine.start_time = 200, 2000.0  # a new process on the same port
+    await mon.poll_health()
+    assert health.snapshot().state == "engine_down"  # which process? not known yet
+    await mon.poll_metrics()
+    snap = health.snapshot()
+    assert (snap.state, snap.engine_instance) == ("warming_up", "2000.0")
