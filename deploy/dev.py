@@ -30,48 +30,10 @@ from pathlib import Path
 
 import httpx
 
+from entrypoint.process import descendants, groups_of
 from env.settings import EngineEnv, EngineSettings, GatewaySettings, profile_path
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _children_map() -> dict[int, list[int]]:
-    """ppid -> pids, from /proc (Linux)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/stat", encoding="utf-8") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        # Fields after the ")" of the command name: state ppid pgrp ...
-        ppid = int(stat.rpartition(")")[2].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    return children
-
-
-def descendants(pid: int) -> list[int]:
-    """Every live descendant of ``pid``."""
-    tree = _children_map()
-    out: list[int] = []
-    todo = list(tree.get(pid, []))
-    while todo:
-        child = todo.pop()
-        out.append(child)
-        todo.extend(tree.get(child, []))
-    return out
-
-
-def _pgids(pids: Iterable[int]) -> set[int]:
-    groups: set[int] = set()
-    for pid in pids:
-        try:
-            groups.add(os.getpgid(pid))
-        except ProcessLookupError:
-            continue
-    return groups
 
 
 @dataclass
@@ -110,7 +72,7 @@ class Role:
         """SIGTERM the role's group, wait, then SIGKILL every group it and its children made."""
         if self.proc is None:
             return
-        groups = {self.proc.pid} | _pgids(descendants(self.proc.pid))
+        groups = {self.proc.pid} | groups_of(descendants(self.proc.pid))
         groups.discard(os.getpgid(0))  # never our own group
         if self.proc.poll() is None:
             _signal_groups({self.proc.pid}, signal.SIGTERM)
@@ -118,7 +80,7 @@ class Role:
                 self.proc.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
                 say(f"{self.name} ignored SIGTERM for {grace_s:.0f} s; killing it")
-        groups |= _pgids(descendants(self.proc.pid))
+        groups |= groups_of(descendants(self.proc.pid))
         _signal_groups(groups, signal.SIGKILL)
         try:
             self.proc.wait(timeout=5)

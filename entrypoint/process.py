@@ -13,7 +13,8 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from types import FrameType
 
 STOP_GRACE_S = 10.0
@@ -59,3 +60,46 @@ def run_group(argv: Sequence[str], env: Mapping[str, str], grace_s: float = STOP
     # The API server exited on its own (e.g. the engine died): take its children with it.
     signal_group(proc.pid, signal.SIGKILL)
     return 0 if stopping.is_set() and code in (0, -signal.SIGTERM, -signal.SIGINT) else code
+
+
+# --- /proc views, for stopping a whole tree and for orphan checks (Linux) ---------------------
+
+
+def _stat(pid: int | str) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name: state, ppid, pgrp, ..."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (children, grandchildren, ...)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (fields := _stat(entry.name)):
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    out: list[int] = []
+    todo = list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        out.append(child)
+        todo.extend(children.get(child, []))
+    return out
+
+
+def groups_of(pids: Iterable[int]) -> set[int]:
+    """The process groups of ``pids`` that are still alive (a role's children may lead their own)."""
+    return {int(f[2]) for f in map(_stat, pids) if f}
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) PIDs in a process group: what an orphan check looks for."""
+    return [
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit()
+        and (fields := _stat(entry.name))
+        and int(fields[2]) == pgid
+        and fields[0] != "Z"
+    ]

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deploy.dev import descendants
+from entrypoint.process import descendants
 from tests.support.process import ServerProcess, free_port
 from tests.support.stack import chat_once
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from entrypoint.process import descendants, group_members
 from tests.support.engine import Engine, start_engine
-from tests.support.process import descendants, group_members
 
 pytestmark = pytest.mark.engine
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import httpx
 
+from entrypoint.process import descendants, groups_of
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -74,7 +76,7 @@ class ServerProcess:
         """
         if self.proc is None:
             return None
-        groups = {p for p in (_pgid(c) for c in descendants(self.proc.pid)) if p}
+        groups = groups_of(descendants(self.proc.pid))
         for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
             try:
                 os.killpg(self.proc.pid, sig)
@@ -95,47 +97,3 @@ class ServerProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no log)"
-
-
-def _stat(pid: int) -> list[str] | None:
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def _pgid(pid: int) -> int | None:
-    fields = _stat(pid)
-    return int(fields[2]) if fields else None
-
-
-def descendants(pid: int) -> list[int]:
-    """All live descendants of ``pid`` (children, grandchildren, ...), from /proc."""
-    parent: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (fields := _stat(int(entry.name))):
-            parent[int(entry.name)] = int(fields[1])
-    out: list[int] = []
-    frontier = [pid]
-    while frontier:
-        p = frontier.pop()
-        kids = [c for c, pp in parent.items() if pp == p]
-        out += kids
-        frontier += kids
-    return out
-
-
-def group_members(pgid: int) -> list[int]:
-    """PIDs still alive in a process group (from /proc), for orphan checks."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry.name))
-    return members
