@@ -47,8 +47,13 @@ check: ## run the preflight for PROFILE
 
 # (warmup/ is a directory: without .PHONY make would call the target up to date)
 .PHONY: warmup
-warmup: ## warm the running stack for PROFILE once (report in .cache/warmup/report.json)
-	$(PY) -m warmup --profile $(PROFILE)
+warmup: ## warm the running stack once: inside the compose stack if it is up, else `make dev`/local
+	@if command -v docker >/dev/null 2>&1 && [ -n "$$($(COMPOSE) ps -q gateway 2>/dev/null)" ]; then \
+		echo "warmup: compose stack $(PROJECT) is up: running the warm-up inside it"; \
+		$(MAKE) --no-print-directory stack-warmup; \
+	else \
+		$(PY) -m warmup --profile $(PROFILE); \
+	fi
 
 # (gateway/ is a directory too)
 .PHONY: gateway
@@ -136,7 +141,7 @@ config: ## validate PROFILE's keys and types and the compose files it selects
 config-all: ## `make config` for every profile in env/
 	@for f in env/*.env; do $(MAKE) --no-print-directory config PROFILE=$$f || exit 1; done
 
-stack-warmup: ## run the warm-up once more inside the running stack (report in its volume)
+stack-warmup: ## the warm-up inside the running compose stack (same volumes and handshake as the sidecar)
 	$(COMPOSE) run --rm --no-deps warmup python -m warmup --plain
 
 dev: install ## engine + gateway (127.0.0.1:8080) + warm-up as local processes; Ctrl-C stops all

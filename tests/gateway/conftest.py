@@ -20,7 +20,7 @@ from tests.support.gateway import RunningGateway, mark_warm, run_gateway
 SMALL = {
     "GATEWAY_MAX_INFLIGHT": "4",
     "GATEWAY_QUEUE_DEPTH": "4",
-    "GATEWAY_QUEUE_TIMEOUT_S": "20",
+    "GATEWAY_QUEUE_TIMEOUT_S": "60",
     "GATEWAY_QUEUE_KEEPALIVE_S": "0.5",
     "GATEWAY_METRICS_MAX_AGE_S": "60",
 }
