@@ -27,7 +27,7 @@ $(VENV)/.engine-installed: $(LOCK) entrypoint/cpu/vllm-alias/pyproject.toml | $(
 
 $(VENV)/.project-installed: pyproject.toml $(VENV)/.engine-installed
 	$(PIP) install -c $(LOCK) -e '.[gateway,bench,dev]' 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -c "import fastapi, prometheus_client, matplotlib, pytest"
+	$(PY) -c "import uvicorn, prometheus_client, matplotlib, pytest"
 	touch $@
 
 install: $(VENV)/.project-installed ## venv with the CPU engine (pinned lock), all roles and dev tools

@@ -12,7 +12,7 @@
 # Dockerfile frontend must do (it knows RUN --mount). ARG BASE_IMAGE: the public slim image
 # normally, the local debootstrap base (`make docker-base`) where nothing can be pulled. Wheels
 # are bind-mounted from the host wheelhouse .cache/wheels/app (deploy/wheels.sh) and installed
-# --no-index with the engine lock as constraints: the same pydantic/httpx/fastapi versions the
+# --no-index with the engine lock as constraints: the same pydantic/httpx/uvicorn versions the
 # tests ran, nothing downloaded in the build, no wheel in a layer.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE}
