@@ -107,6 +107,17 @@ def wait_health(gw: RunningGateway, predicate, timeout_s: float) -> httpx.Respon
     raise AssertionError(f"gateway /health never matched: {health(gw).text}\n{gw.log_tail()}")
 
 
+def wait_sample(samples: list[Sample], predicate, timeout_s: float) -> str:
+    """The engine instance of the first polled sample matching ``predicate``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for s in list(samples):
+            if predicate(s):
+                return s.instance
+        time.sleep(0.1)
+    raise AssertionError(f"gateway /health never matched; last samples: {samples[-3:]}")
+
+
 def test_full_plan_passes_and_health_turns_200_only_after_it(
     engine: Engine, tmp_path: Path
 ) -> None:
@@ -199,9 +210,9 @@ def test_engine_restart_returns_health_to_503_until_the_watcher_rewarms(
             first = wait_health(gw, lambda r: r.status_code == 200, 120).json()["engine_instance"]
             with health_poller(gw.url) as samples:
                 engine.restart()  # same port, new process: a new engine instance
-                new = wait_health(
-                    gw, lambda r: r.status_code == 200 and r.json()["engine_instance"] != first, 180
-                ).json()["engine_instance"]
+                # Wait on the poller's own samples (not a second loop): the sequence asserted
+                # below must contain the first 200 of the new instance.
+                new = wait_sample(samples, lambda s: s.code == 200 and s.instance != first, 180)
         finally:
             os.killpg(watcher.pid, signal.SIGTERM)
             code = watcher.wait(timeout=20)
