@@ -7,26 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from env.settings import EngineSettings
-from tests.support.process import REPO, ServerProcess, free_port
+from tests.support.process import REPO, RunningServer, ServerProcess, free_port
 
 PROFILE = REPO / "env" / "cpu.env"
 
 
 @dataclass
-class Engine:
-    """A running engine: its URL, port, PID (process-group leader) and settings."""
-
-    server: ServerProcess
-    port: int
-    env: dict[str, str]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        return self.server.pid
+class Engine(RunningServer):
+    """A running engine: the entrypoint's process group (vLLM under it) and its settings."""
 
     @property
     def settings(self) -> EngineSettings:

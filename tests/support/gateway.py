@@ -19,25 +19,16 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.process import REPO, ServerProcess, free_port
+from tests.support.process import REPO, RunningServer, ServerProcess, free_port
 
 PROFILE = REPO / "env" / "cpu.env"
 
 
 @dataclass
-class RunningGateway:
-    server: ServerProcess
-    port: int
+class RunningGateway(RunningServer):
+    """A gateway process plus the private dir holding its internal-token file."""
+
     workdir: Path
-    env: dict[str, str]
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        return self.server.pid
 
     @property
     def token_file(self) -> Path:
@@ -112,6 +103,6 @@ def run_gateway(
         )
         server.start(timeout_s=30.0)
         try:
-            yield RunningGateway(server, port, workdir, full_env)
+            yield RunningGateway(server=server, port=port, env=full_env, workdir=workdir)
         finally:
             server.stop(grace_s=5.0)
