@@ -36,7 +36,7 @@ def gateway(engine: Engine) -> Iterator[RunningGateway]:
 def engine_metric(engine_url: str, name: str, **labels: str) -> float:
     """Sum of a metric's samples on the engine's /metrics (optionally filtered by labels)."""
     total = 0.0
-    for line in httpx.get(f"{engine_url}/metrics", timeout=10).text.splitlines():
+    for line in httpx.get(f"{engine_url}/metrics", timeout=30).text.splitlines():
         if not line.startswith(name) or line[len(name) : len(name) + 1] not in ("{", " "):
             continue
         if all(f'{k}="{v}"' in line for k, v in labels.items()):
