@@ -24,13 +24,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-from entrypoint.process import descendants, groups_of
+from entrypoint.process import descendants, groups_of, signal_group
 from env.settings import EngineEnv, EngineSettings, GatewaySettings, profile_path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,25 +74,18 @@ class Role:
         groups = {self.proc.pid} | groups_of(descendants(self.proc.pid))
         groups.discard(os.getpgid(0))  # never our own group
         if self.proc.poll() is None:
-            _signal_groups({self.proc.pid}, signal.SIGTERM)
+            signal_group(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
                 say(f"{self.name} ignored SIGTERM for {grace_s:.0f} s; killing it")
         groups |= groups_of(descendants(self.proc.pid))
-        _signal_groups(groups, signal.SIGKILL)
+        for pgid in groups:
+            signal_group(pgid, signal.SIGKILL)
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             say(f"{self.name} (pid {self.proc.pid}) did not exit after SIGKILL")
-
-
-def _signal_groups(groups: Iterable[int], sig: signal.Signals) -> None:
-    for pgid in groups:
-        try:
-            os.killpg(pgid, sig)
-        except (ProcessLookupError, PermissionError):
-            continue
 
 
 def say(message: str) -> None:

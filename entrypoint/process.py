@@ -21,8 +21,8 @@ STOP_GRACE_S = 10.0
 
 
 def signal_group(pgid: int, sig: int) -> None:
-    """Signal a process group, ignoring one that is already gone."""
-    with contextlib.suppress(ProcessLookupError):
+    """Signal a process group, ignoring one that is already gone (or was reused by another user)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
 
 
