@@ -153,7 +153,7 @@ async def test_disconnect_while_queued_frees_the_place(
     ) as client:
         hold = await hold_slots(gateway, client, CAP)
         queued = asyncio.create_task(client.post("/v1/chat/completions", json=stream_body(8)))
-        await wait_until(lambda: gateway_metric(gateway, "gateway_queue_depth") == 1, 30)
+        await wait_until(lambda: gateway_metric(gateway, "gateway_queue_depth") == 1, 120)
         queued.cancel()  # the client gives up while queued
         await wait_until(lambda: gateway_metric(gateway, "gateway_queue_depth") == 0, 10)
         assert await asyncio.gather(*hold) == [200] * CAP
