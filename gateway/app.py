@@ -30,6 +30,7 @@ from gateway.saturation import SaturationPolicy
 from gateway.tokens import TokenCounter
 from gateway.upstream import make_client
 from gateway.validation import Policy
+from gateway.wire import EnginePool
 
 log = logging.getLogger("gateway")
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
@@ -83,7 +84,7 @@ class Gateway:
         )
         self.health = HealthTracker()
         self.metrics = GatewayMetrics()
-        self.client: httpx.AsyncClient | None = None
+        self.pool: EnginePool | None = None
         self.aux: httpx.AsyncClient | None = None
         self.monitor: EngineMonitor | None = None
         self.tokens: TokenCounter | None = None
@@ -94,9 +95,7 @@ class Gateway:
 
     async def startup(self) -> None:
         s = self.settings
-        self.client = make_client(
-            self.upstream_url, self.max_inflight + 8, s.connect_timeout_s, s.stream_idle_timeout_s
-        )
+        self.pool = EnginePool(self.upstream_url, s.connect_timeout_s)
         self.aux = make_client(self.upstream_url, AUX_CONNECTIONS, s.connect_timeout_s, 10.0)
         self.tokens = TokenCounter(self.aux, s.tokenize_timeout_s)
         self.monitor = EngineMonitor(
@@ -120,9 +119,10 @@ class Gateway:
     async def shutdown(self) -> None:
         if self.monitor:
             await self.monitor.stop()
-        for c in (self.client, self.aux):
-            if c is not None:
-                await c.aclose()
+        if self.pool is not None:
+            await self.pool.aclose()
+        if self.aux is not None:
+            await self.aux.aclose()
 
     # -- shared helpers for routes -----------------------------------------------------------
 

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 CLIENT_CLOSED = 499  # nginx's status for "client went away": recorded in metrics only
 _KEEPALIVE = {"type": "http.response.body", "body": b": queued\n\n", "more_body": True}
 _END = {"type": "http.response.body", "body": b"", "more_body": False}
+_JSON = b"content-type: application/json\r\n"
 
 _REASONS = {
     "queue_full": "queue_full",
@@ -169,18 +170,14 @@ class CompletionsEndpoint:
         self, final: validation.Final, rid: bytes, sse: _SSE, guard: DisconnectGuard, t0: float
     ) -> int:
         gw = self.gw
-        assert gw.client is not None and gw.monitor is not None
+        assert gw.pool is not None and gw.monitor is not None
         s = gw.settings
         read_timeout = s.stream_idle_timeout_s if final.stream else s.request_timeout_s
-        request = gw.client.build_request(
-            "POST",
-            self.path,
-            content=final.body,
-            headers={"content-type": "application/json", "x-request-id": rid.decode()},
-            timeout=httpx.Timeout(read_timeout, connect=s.connect_timeout_s),
-        )
         try:
-            response = await gw.client.send(request, stream=True)
+            response = await gw.pool.request(
+                "POST", self.path, final.body, _JSON + b"x-request-id: " + rid + b"\r\n",
+                read_timeout,
+            )  # fmt: skip
         except httpx.HTTPError as exc:
             return await self._upstream_failed(exc, sse, guard, final.stream)
         try:
@@ -193,7 +190,7 @@ class CompletionsEndpoint:
                     err = OpenAIError(response.status_code, _message(data), code="engine_error")
                     await sse.fail(err, guard)
                     return response.status_code
-                ctype = response.headers.get("content-type", "application/json").encode()
+                ctype = response.headers.get(b"content-type", b"application/json")
                 guard.finish()
                 await send_bytes(sse.send, response.status_code, data, ctype, sse.headers)
                 return response.status_code
@@ -223,7 +220,7 @@ class CompletionsEndpoint:
             await sse.send(_END)
             return 200
         finally:
-            await response.aclose()
+            response.close()
 
     async def _upstream_failed(
         self, exc: httpx.HTTPError, sse: _SSE, guard: DisconnectGuard, streaming: bool

@@ -123,43 +123,57 @@ async def test_disconnect_mid_stream_frees_the_engine(
 async def hold_slots(
     gateway: RunningGateway, client: httpx.AsyncClient, n: int
 ) -> list[asyncio.Task[int]]:
-    """Start ``n`` long streams and return once the gateway has admitted all of them (they hold
-    its slots for seconds while the engine generates 4 x 1,900 tokens each); they end normally.
+    """Start ``n`` long streams and return as soon as each has its response headers (they hold
+    the gateway's slots for seconds while the engine generates 4 x 1,900 tokens each); they end
+    normally.
 
-    Admission is read from the gateway's own gauge rather than from a first token, which a
-    lagging engine API server may deliver only together with the last one. Completions, so that
+    Admission is read from the stream itself: these are the first ``n`` requests, so they are
+    admitted at once, and the gateway answers 200 only once the engine has accepted the request
+    (vLLM sends its headers before the first token). Not from a first token, which a lagging
+    engine API server may deliver only together with the last one, nor from a /metrics poll,
+    which a starved 2-core box may answer after the holds have drained. Completions, so that
     chat requests counted by the engine are only the ones under test."""
     body = {"model": MODEL, "prompt": "Count", "max_tokens": 1900, "n": 4, "stream": True,
             "ignore_eos": True}  # fmt: skip
+    loop = asyncio.get_running_loop()
+    started = [loop.create_future() for _ in range(n)]
 
-    async def one() -> int:
+    async def one(started: asyncio.Future[None]) -> int:
         async with client.stream("POST", "/v1/completions", json=body) as r:
+            started.set_result(None)
             async for _ in r.aiter_bytes():
                 pass
             return r.status_code
 
-    tasks = [asyncio.create_task(one()) for _ in range(n)]
-    await wait_until(lambda: gateway_metric(gateway, "gateway_inflight") >= n, 60)
+    tasks = [asyncio.create_task(one(f)) for f in started]
+    await asyncio.wait_for(asyncio.gather(*started), 120)
     return tasks
 
 
 async def test_disconnect_while_queued_frees_the_place(
     gateway: RunningGateway, engine: Engine
 ) -> None:
+    """A client that gives up while queued leaves the queue and never reaches the engine.
+
+    "Queued" is read from the stream itself (the gateway's ``: queued`` keep-alive comment, sent
+    only while a request waits for a slot), not from a /metrics poll that a starved 2-core box can
+    answer after the held slots have already drained."""
     before = engine_metric(engine.url, "http_requests_total", handler="/v1/chat/completions")
     gone_before = gateway_disconnects(gateway, "queued")
     async with httpx.AsyncClient(
         base_url=gateway.url, timeout=60, limits=httpx.Limits(max_connections=CAP + 2)
     ) as client:
         hold = await hold_slots(gateway, client, CAP)
-        queued = asyncio.create_task(client.post("/v1/chat/completions", json=stream_body(8)))
-        await wait_until(lambda: gateway_metric(gateway, "gateway_queue_depth") == 1, 120)
-        queued.cancel()  # the client gives up while queued
-        await wait_until(lambda: gateway_metric(gateway, "gateway_queue_depth") == 0, 10)
+        async with client.stream("POST", "/v1/chat/completions", json=stream_body(8)) as r:
+            assert r.status_code == 200
+            first = await asyncio.wait_for(anext(aiter(r.aiter_lines())), 60)
+            assert first == ": queued", first  # still waiting for a slot, not admitted
+        # leaving the block closes the connection: the client gave up while queued
+        await wait_until(lambda: gateway_disconnects(gateway, "queued") == gone_before + 1, 30)
+        assert gateway_metric(gateway, "gateway_queue_depth") == 0
         assert await asyncio.gather(*hold) == [200] * CAP
     after = engine_metric(engine.url, "http_requests_total", handler="/v1/chat/completions")
     assert after == before  # the cancelled (chat) request never reached the engine
-    await wait_until(lambda: gateway_disconnects(gateway, "queued") == gone_before + 1, 10)
     await wait_until(lambda: gateway_metric(gateway, "gateway_inflight") == 0, 10)
 
 
