@@ -214,10 +214,17 @@ async def run_load(
     start_at: float | None = None,
     chunk_lag: bool = False,
     client: httpx.AsyncClient | None = None,
+    ramp_s: float = 0.0,
+    ramp_slots: tuple[int, int] | None = None,
 ) -> LoadResult:
     """Run ``indices`` through ``concurrency`` workers, appending records to ``sink``.
 
     ``start_at``: a ``perf_counter`` deadline to begin at (aligns several client processes).
+    ``ramp_s``: worker k sends its first request ``ramp_s * k / concurrency`` s after the start
+    instead of all at once (0: a burst). A closed loop keeps its workers in the phase they
+    started in, so a burst start means every later round arrives as a burst too.
+    ``ramp_slots`` (first, total): these workers are slots ``first..`` of ``total`` spread over
+    the ramp (several client processes share one ramp).
     ``should_stop``: polled by the loop-lag monitor; when true the run is cancelled and what
     finished so far stays in ``sink``.
     """
@@ -238,7 +245,9 @@ async def run_load(
         await asyncio.sleep(max(0.0, start_at - time.perf_counter()))
     arrival = time.perf_counter()
 
-    async def worker(client: httpx.AsyncClient) -> None:
+    async def worker(client: httpx.AsyncClient, delay: float) -> None:
+        if delay:
+            await asyncio.sleep(delay)
         for i in counter:
             body = target.payload(prompts.text(i), max_tokens)
             rec = RequestRecord(arrival=arrival, start=0.0, prompt_tokens=prompts.tokens)
@@ -247,9 +256,12 @@ async def run_load(
             if on_done is not None:
                 on_done(rec)
 
+    first, total = ramp_slots or (0, workers_n)
     monitor = asyncio.ensure_future(_loop_lag(lags))
     workers = [
-        asyncio.ensure_future(worker(clients[(k // POOL_SIZE) % len(clients)]))
+        asyncio.ensure_future(
+            worker(clients[(k // POOL_SIZE) % len(clients)], ramp_s * (first + k) / total)
+        )
         for k in range(workers_n)
     ]
     everything = asyncio.gather(*workers)

@@ -199,6 +199,7 @@ def measure(
                     args.tokens,
                     per_process=args.streams_per_process,
                     chunk_lag=True,
+                    ramp_s=args.ramp_s,
                 )
                 cpu1 = watch.cpu_seconds()
                 if load.interrupted:  # Ctrl-C: stop here; the context managers clean up
@@ -302,6 +303,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-requests", type=int, default=8)
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--streams-per-process", type=int, default=512)
+    p.add_argument(
+        "--ramp-s",
+        type=float,
+        default=0.0,
+        help="spread the streams' first requests over this many seconds (0: all at once; a "
+        "closed loop then stays in lock-step, every round a burst of c arrivals)",
+    )
     p.add_argument("--upstream-url", help="a real upstream (engine) instead of the synthetic")
     p.add_argument("--gateway-url", help="measure a running gateway instead of starting one")
     p.add_argument("--gateway-pid", type=int, help="its PID, for CPU and RSS")
@@ -364,6 +372,7 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         "load_avg_at_end": os.getloadavg(),
         "pinned": bool(args.pin),
         "rounds": args.rounds,
+        "ramp_s": args.ramp_s,
         "command": " ".join(["python", "-m", "bench", *sys.argv[1:]]),
     }
     table, md = render(rows, meta)

@@ -101,12 +101,13 @@ def _worker(
     concurrency: int,
     max_tokens: int,
     chunk_lag: bool,
+    ramp: tuple[float, int, int],
 ) -> tuple[list[RequestRecord], LoadResult]:
     _BARRIER.wait(timeout=120)
     records: list[RequestRecord] = []
     res = run_on_new_loop(
         target, prompts, indices, concurrency, max_tokens, records, _count,
-        should_stop=_STOP.is_set, chunk_lag=chunk_lag,
+        should_stop=_STOP.is_set, chunk_lag=chunk_lag, ramp_s=ramp[0], ramp_slots=ramp[1:],
     )  # fmt: skip
     return records, res
 
@@ -120,6 +121,7 @@ def run_sharded(
     processes: int,
     on_progress: Callable[[int], None] | None = None,
     chunk_lag: bool = False,
+    ramp_s: float = 0.0,
 ) -> CellLoad:
     """The load split over ``processes`` client processes; ``on_progress(n_done)`` is polled."""
     ctx = mp.get_context("spawn")
@@ -133,8 +135,17 @@ def run_sharded(
         processes, mp_context=ctx, initializer=_init_worker, initargs=(counter, stop, barrier)
     ) as pool:
         futures = [
-            pool.submit(_worker, target, prompts, part, c, max_tokens, chunk_lag)
-            for part, c in zip(chunks(indices, processes), conc, strict=True)
+            pool.submit(
+                _worker,
+                target,
+                prompts,
+                part,
+                c,
+                max_tokens,
+                chunk_lag,
+                (ramp_s, sum(conc[:k]), concurrency),
+            )
+            for k, (part, c) in enumerate(zip(chunks(indices, processes), conc, strict=True))
         ]
         try:
             while not all(f.done() for f in futures):
@@ -163,6 +174,7 @@ def run_cell_load(
     per_process: int = 512,
     on_progress: Callable[[int], None] | None = None,
     chunk_lag: bool = False,
+    ramp_s: float = 0.0,
 ) -> CellLoad:
     """In this process up to ``per_process`` streams, else ceil(concurrency / per_process)."""
     processes = max(1, math.ceil(concurrency / max(1, per_process)))
@@ -176,8 +188,10 @@ def run_cell_load(
                 on_progress(done)
 
         return run_local(
-            target, prompts, indices, concurrency, max_tokens, tick, chunk_lag=chunk_lag
-        )
+            target, prompts, indices, concurrency, max_tokens, tick, chunk_lag=chunk_lag,
+            ramp_s=ramp_s,
+        )  # fmt: skip
     return run_sharded(
-        target, prompts, indices, concurrency, max_tokens, processes, on_progress, chunk_lag
-    )
+        target, prompts, indices, concurrency, max_tokens, processes, on_progress, chunk_lag,
+        ramp_s,
+    )  # fmt: skip

@@ -76,9 +76,9 @@ class StreamStats:
 
     def completion_tokens(self, role_events: int) -> int:
         """From the usage event when the client asked for it, else one token per event."""
-        m = _USAGE_RE.search(self.tail)
-        if m:
-            return int(m.group(1))
+        found = _USAGE_RE.findall(self.tail)  # the last one: pieces may hold several events
+        if found:
+            return int(found[-1])
         return max(0, self.events - role_events - (1 if self.done else 0))
 
 

@@ -97,6 +97,24 @@ def test_several_client_processes(synthetic):
     assert summarize(load.records)["peak_concurrency"] <= 6
 
 
+@pytest.mark.parametrize("per_process", [512, 2])
+def test_ramp_spreads_the_first_requests(synthetic, per_process):
+    """With ``ramp_s`` the c first requests start over that window instead of together.
+
+    300 tokens at 2 ms: every request outlasts the ramp, so no early worker takes a late
+    worker's request."""
+    load = run_cell_load(
+        Target(synthetic, "synthetic"), PROMPTS, range(4), 4, 300, per_process=per_process,
+        ramp_s=0.6,
+    )  # fmt: skip
+    starts = sorted(r.start for r in load.records)
+    assert all(r.ok for r in load.records) and len(starts) == 4
+    assert starts[-1] - starts[0] >= 0.6 * 3 / 4 - 0.05  # worker 3 of 4 waits 0.45 s
+    burst = run_cell_load(Target(synthetic, "synthetic"), PROMPTS, range(4), 4, 300)
+    b = sorted(r.start for r in burst.records)
+    assert b[-1] - b[0] < starts[-1] - starts[0]
+
+
 def test_chunks_split_evenly():
     assert chunks(range(10), 3) == [range(0, 3), range(3, 6), range(6, 10)]
 

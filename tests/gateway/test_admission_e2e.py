@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -120,34 +122,41 @@ async def test_disconnect_mid_stream_frees_the_engine(
     assert gateway_metric(gateway, "gateway_queue_depth") == 0
 
 
-async def hold_slots(
+@contextlib.asynccontextmanager
+async def held_slots(
     gateway: RunningGateway, client: httpx.AsyncClient, n: int
-) -> list[asyncio.Task[int]]:
-    """Start ``n`` long streams and return as soon as each has its response headers (they hold
-    the gateway's slots for seconds while the engine generates 4 x 1,900 tokens each); they end
-    normally.
+) -> AsyncIterator[None]:
+    """``n`` admitted streams that keep the gateway's slots for as long as the block runs.
 
-    Admission is read from the stream itself: these are the first ``n`` requests, so they are
-    admitted at once, and the gateway answers 200 only once the engine has accepted the request
-    (vLLM sends its headers before the first token). Not from a first token, which a lagging
-    engine API server may deliver only together with the last one, nor from a /metrics poll,
-    which a starved 2-core box may answer after the holds have drained. Completions, so that
-    chat requests counted by the engine are only the ones under test."""
-    body = {"model": MODEL, "prompt": "Count", "max_tokens": 1900, "n": 4, "stream": True,
-            "ignore_eos": True}  # fmt: skip
-    loop = asyncio.get_running_loop()
-    started = [loop.create_future() for _ in range(n)]
+    The clients do not read their streams until the block ends: each response (8 x 1,900 tokens
+    with 20 logprobs, ~14 MB) is larger than what the kernel buffers between the gateway and a
+    client that does not read (~4 MB on Linux loopback), so the gateway's relay stalls on
+    backpressure and cannot finish, however fast the engine generates. Neither a first token
+    nor the response headers can tell admission on this box (the CPU engine's API server may
+    send both only when the generation is over), so admission is read from the gateway's gauge;
+    with the slots held, a slow scrape is only slow. On leaving, the streams are read to their
+    end: a stream stalled by a slow client resumes whole. Completions, so that chat requests
+    counted by the engine are only the ones under test."""
+    body = {"model": MODEL, "prompt": "Count", "max_tokens": 1900, "n": 8, "logprobs": 20,
+            "stream": True, "ignore_eos": True}  # fmt: skip
+    release = asyncio.Event()
 
-    async def one(started: asyncio.Future[None]) -> int:
+    async def one() -> tuple[int, str | None]:
         async with client.stream("POST", "/v1/completions", json=body) as r:
-            started.set_result(None)
-            async for _ in r.aiter_bytes():
-                pass
-            return r.status_code
+            await release.wait()
+            last = None
+            async for line in r.aiter_lines():
+                last = line or last
+            return r.status_code, last
 
-    tasks = [asyncio.create_task(one(f)) for f in started]
-    await asyncio.wait_for(asyncio.gather(*started), 120)
-    return tasks
+    tasks = [asyncio.create_task(one()) for _ in range(n)]
+    try:
+        await wait_until(lambda: gateway_metric(gateway, "gateway_inflight") >= n, 120)
+        yield
+    finally:
+        release.set()
+        results = await asyncio.wait_for(asyncio.gather(*tasks), 300)
+    assert results == [(200, "data: [DONE]")] * n
 
 
 async def test_disconnect_while_queued_frees_the_place(
@@ -156,38 +165,46 @@ async def test_disconnect_while_queued_frees_the_place(
     """A client that gives up while queued leaves the queue and never reaches the engine.
 
     "Queued" is read from the stream itself (the gateway's ``: queued`` keep-alive comment, sent
-    only while a request waits for a slot), not from a /metrics poll that a starved 2-core box can
-    answer after the held slots have already drained."""
+    only while a request waits for a slot)."""
     before = engine_metric(engine.url, "http_requests_total", handler="/v1/chat/completions")
     gone_before = gateway_disconnects(gateway, "queued")
-    async with httpx.AsyncClient(
-        base_url=gateway.url, timeout=60, limits=httpx.Limits(max_connections=CAP + 2)
-    ) as client:
-        hold = await hold_slots(gateway, client, CAP)
+    async with (
+        httpx.AsyncClient(
+            base_url=gateway.url, timeout=120, limits=httpx.Limits(max_connections=CAP + 2)
+        ) as client,
+        held_slots(gateway, client, CAP),
+    ):
         async with client.stream("POST", "/v1/chat/completions", json=stream_body(8)) as r:
             assert r.status_code == 200
             first = await asyncio.wait_for(anext(aiter(r.aiter_lines())), 60)
-            assert first == ": queued", first  # still waiting for a slot, not admitted
-        # leaving the block closes the connection: the client gave up while queued
+            assert first == ": queued", first  # waiting for a slot, not admitted
+        # leaving the block closed the connection: the client gave up while queued
         await wait_until(lambda: gateway_disconnects(gateway, "queued") == gone_before + 1, 30)
         assert gateway_metric(gateway, "gateway_queue_depth") == 0
-        assert await asyncio.gather(*hold) == [200] * CAP
     after = engine_metric(engine.url, "http_requests_total", handler="/v1/chat/completions")
     assert after == before  # the cancelled (chat) request never reached the engine
     await wait_until(lambda: gateway_metric(gateway, "gateway_inflight") == 0, 10)
 
 
 async def test_queued_stream_gets_keepalive_comments(gateway: RunningGateway) -> None:
-    async with httpx.AsyncClient(
-        base_url=gateway.url, timeout=60, limits=httpx.Limits(max_connections=CAP + 2)
-    ) as client:
-        hold = await hold_slots(gateway, client, CAP)
+    """A queued stream gets ``: queued`` comments while it waits, then its tokens once a slot
+    frees up."""
+    async with (
+        httpx.AsyncClient(
+            base_url=gateway.url, timeout=120, limits=httpx.Limits(max_connections=CAP + 2)
+        ) as client,
+        contextlib.AsyncExitStack() as slots,
+    ):
+        await slots.enter_async_context(held_slots(gateway, client, CAP))
         async with client.stream("POST", "/v1/chat/completions", json=stream_body(4)) as r:
             assert r.status_code == 200
-            lines = [ln async for ln in r.aiter_lines() if ln]
-        await asyncio.gather(*hold)
-    assert ": queued" in lines  # sent while it waited for a slot
-    assert lines[-1] == "data: [DONE]"
+            lines = r.aiter_lines()
+            first = await asyncio.wait_for(anext(lines), 60)
+            await slots.aclose()  # the held streams end: a slot frees up and it is admitted
+            rest = [ln async for ln in lines if ln]
+    assert first == ": queued"  # sent while it waited for a slot
+    assert rest[-1] == "data: [DONE]" and not [ln for ln in rest if '"error"' in ln]
+    assert '"finish_reason":"length"' in rest[-2]  # all 4 tokens (vLLM may merge deltas)
 
 
 def gateway_disconnects(gw: RunningGateway, phase: str) -> float:
