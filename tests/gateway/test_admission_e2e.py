@@ -129,20 +129,25 @@ async def held_slots(
     """``n`` admitted streams that keep the gateway's slots for as long as the block runs.
 
     The clients do not read their streams until the block ends: each response (8 x 1,900 tokens
-    with 20 logprobs, ~14 MB) is larger than what the kernel buffers between the gateway and a
-    client that does not read (~4 MB on Linux loopback), so the gateway's relay stalls on
+    with 5 logprobs, ~7 MB) is larger than what the kernel buffers between the gateway and a
+    client that does not read (~4.5 MB on Linux loopback), so the gateway's relay stalls on
     backpressure and cannot finish, however fast the engine generates. Neither a first token
     nor the response headers can tell admission on this box (the CPU engine's API server may
     send both only when the generation is over), so admission is read from the gateway's gauge;
     with the slots held, a slow scrape is only slow. On leaving, the streams are read to their
     end: a stream stalled by a slow client resumes whole. Completions, so that chat requests
     counted by the engine are only the ones under test."""
-    body = {"model": MODEL, "prompt": "Count", "max_tokens": 1900, "n": 8, "logprobs": 20,
+    body = {"model": MODEL, "prompt": "Count", "max_tokens": 1900, "n": 8, "logprobs": 5,
             "stream": True, "ignore_eos": True}  # fmt: skip
     release = asyncio.Event()
+    # A previous test's load can leave the gateway a moment of engine_down (a /health poll
+    # answered late): start from a serving gateway, so a refused hold means a real failure.
+    await wait_until(lambda: httpx.get(f"{gateway.url}/health", timeout=10).status_code == 200, 60)
 
     async def one() -> tuple[int, str | None]:
         async with client.stream("POST", "/v1/completions", json=body) as r:
+            if r.status_code != 200:
+                return r.status_code, (await r.aread()).decode()[:300]
             await release.wait()
             last = None
             async for line in r.aiter_lines():
@@ -151,7 +156,14 @@ async def held_slots(
 
     tasks = [asyncio.create_task(one()) for _ in range(n)]
     try:
-        await wait_until(lambda: gateway_metric(gateway, "gateway_inflight") >= n, 120)
+        deadline = time.monotonic() + 120  # a bound against hanging, not a timing claim
+        while not await asyncio.to_thread(
+            _holds, lambda: gateway_metric(gateway, "gateway_inflight") >= n
+        ):
+            ended = [t.exception() or t.result() for t in tasks if t.done()]
+            assert not ended, f"a held stream ended before all were admitted: {ended}"
+            assert time.monotonic() < deadline, gateway_state(gateway)
+            await asyncio.sleep(0.1)
         yield
     finally:
         release.set()
@@ -205,6 +217,13 @@ async def test_queued_stream_gets_keepalive_comments(gateway: RunningGateway) ->
     assert first == ": queued"  # sent while it waited for a slot
     assert rest[-1] == "data: [DONE]" and not [ln for ln in rest if '"error"' in ln]
     assert '"finish_reason":"length"' in rest[-2]  # all 4 tokens (vLLM may merge deltas)
+
+
+def gateway_state(gw: RunningGateway) -> str:
+    """The gateway's own gauges and counters, for a failure message."""
+    text = httpx.get(f"{gw.url}/metrics", headers=gw.internal_headers, timeout=30).text
+    return "\n".join(ln for ln in text.splitlines() if ln.startswith("gateway_") and
+                     not ln.startswith(("gateway_request_duration", "gateway_ttft", "gateway_queue_wait")))  # fmt: skip
 
 
 def gateway_disconnects(gw: RunningGateway, phase: str) -> float:
