@@ -19,6 +19,12 @@ per-chunk stamps then). By default the gateway is started here (``python -m gate
 admission cap raised above the tested concurrency); ``--gateway-url`` measures one already
 running (``--gateway-pid`` for its CPU and memory).
 
+Arrivals: by default each stream's first request is delayed by ``k / c`` of one synthetic
+response time (``--ramp-s``), so the c streams arrive spread out as steady traffic does. With
+``--ramp-s 0`` all c start at once, and a closed loop keeps them in that phase: every round is a
+burst of c simultaneous arrivals, which measures how long the gateway takes to admit a burst
+(c x its per-request CPU) rather than what it adds to one request.
+
 Targets (issue 7) at 256 streams on the synthetic upstream: throughput >= 0.97x direct, added
 TTFT p50 <= 1 ms, p99 <= 5 ms. Printed with the verdict, never asserted.
 """
@@ -264,7 +270,8 @@ def verdict(rows: list[dict]) -> str | None:
 
 
 def render(rows: list[dict], meta: dict) -> tuple[Table, str]:
-    table = Table(title=f"gateway vs direct ({meta['upstream']} upstream)")
+    arrivals = f"starts spread over {meta['ramp_s']:g} s" if meta["ramp_s"] else "burst starts"
+    table = Table(title=f"gateway vs direct ({meta['upstream']} upstream, {arrivals})")
     cols = [
         ("streams", "concurrency", "d"),
         ("direct tok/s", "direct_tok_s", ",.0f"),
@@ -306,9 +313,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--ramp-s",
         type=float,
-        default=0.0,
-        help="spread the streams' first requests over this many seconds (0: all at once; a "
-        "closed loop then stays in lock-step, every round a burst of c arrivals)",
+        help="spread the streams' first requests over this many seconds (default: one "
+        "synthetic response time, i.e. steady arrivals; 0 with --upstream-url). 0: all at once, "
+        "and a closed loop then stays in lock-step: every round is a burst of c arrivals",
     )
     p.add_argument("--upstream-url", help="a real upstream (engine) instead of the synthetic")
     p.add_argument("--gateway-url", help="measure a running gateway instead of starting one")
@@ -341,6 +348,10 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     model = args.model or EngineSettings.load(args.profile).served_model_name
     max_conc = max(args.concurrency)
     with contextlib.ExitStack() as stack:
+        if args.ramp_s is None:  # one response time: each stream's phase spread evenly
+            args.ramp_s = (
+                0.0 if args.upstream_url else (args.ttft_ms + args.tokens * args.itl_ms) / 1e3
+            )
         if args.upstream_url:
             up_url, up_pid, kind = args.upstream_url, None, "engine"
         else:
@@ -361,7 +372,10 @@ def cmd_gateway(args: argparse.Namespace) -> int:
                 _pin(up_pid, others)
         with httpx.Client(timeout=10) as http:  # fail fast if the gateway does not serve
             http.get(gw_url + "/v1/models").raise_for_status()
-        console.print(f"gateway {gw_url} (pid {gw_pid}) -> upstream {up_url} ({kind})")
+        console.print(
+            f"gateway {gw_url} (pid {gw_pid}) -> upstream {up_url} ({kind}); first requests "
+            f"spread over {args.ramp_s:g} s" + (" (a burst)" if not args.ramp_s else "")
+        )
         started = dt.datetime.now().isoformat(timespec="seconds")
         rows = measure(args, gw_url, up_url, gw_pid, model, console)
     meta = {

@@ -34,8 +34,8 @@ from gateway.wire import EnginePool
 
 log = logging.getLogger("gateway")
 Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
-# Connections for control traffic (/tokenize, /metrics, /health, /v1/models) kept apart from the
-# request pool, so that token counting or polling never waits behind streams (or vice versa).
+# httpx connections for /tokenize and the passthrough routes (/v1/models ...); the completions
+# and the monitor's polls go through ``EnginePool``.
 AUX_CONNECTIONS = 16
 
 
@@ -99,7 +99,7 @@ class Gateway:
         self.aux = make_client(self.upstream_url, AUX_CONNECTIONS, s.connect_timeout_s, 10.0)
         self.tokens = TokenCounter(self.aux, s.tokenize_timeout_s)
         self.monitor = EngineMonitor(
-            self.aux,
+            self.pool,
             self.health,
             self.admission,
             SaturationPolicy(s.engine_waiting_threshold, s.kv_usage_threshold, s.metrics_max_age_s),

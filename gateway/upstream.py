@@ -10,8 +10,8 @@ its total duration, so a long generation is fine while a hung engine is not. Can
 its slot.
 
 Two clients reach the engine: ``gateway.wire.EnginePool`` carries the completions themselves
-(the hot path, issue 7); a small httpx client (``make_client``) carries control traffic
-(/metrics, /health, /tokenize, passthrough routes). Both raise httpx's exception types, so
+(the hot path, issue 7) and the monitor's polls; a small httpx client (``make_client``) carries
+/tokenize and the passthrough routes. Both raise httpx's exception types, so
 ``upstream_error`` is the one mapping from an upstream failure to what the client is told.
 """
 
@@ -33,7 +33,7 @@ _DONE = b"data: [DONE]"
 def make_client(
     base_url: str, max_connections: int, connect_timeout_s: float, read_timeout_s: float
 ) -> httpx.AsyncClient:
-    """A keep-alive httpx client for control traffic (a few connections, never the streams)."""
+    """A keep-alive httpx client for /tokenize and passthroughs (a few connections)."""
     limits = httpx.Limits(
         max_connections=max_connections, max_keepalive_connections=max_connections
     )

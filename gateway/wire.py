@@ -1,6 +1,6 @@
 """The token path's HTTP/1.1 client: an asyncio protocol, httptools, a keep-alive pool.
 
-Why not httpx here (it stays for control traffic: /metrics, /health, /tokenize, passthrough):
+Why not httpx here (it stays for /tokenize and the passthrough routes):
 on the 2-core VM this project is measured on, httpx + httpcore + h11 + anyio cost ~1.4 ms of
 CPU for one bare request and tens of microseconds per streamed chunk (per-read cancel scopes, h11's
 pure-Python parser, the pool's per-event scan), which is most of what the gateway adds at 256
@@ -228,6 +228,14 @@ class EnginePool:
                 raise
         conn = await self._connect()  # a reused connection the engine had just closed: retry
         return await self._exchange(conn, head + body, read_timeout_s)
+
+    async def call(self, method: str, path: str, timeout: float) -> tuple[int, bytes]:
+        """One small whole exchange (the monitor's /metrics and /health polls): status, body."""
+        r = await self.request(method, path, b"", b"", timeout)
+        try:
+            return r.status_code, await r.aread()
+        finally:
+            r.close()
 
     async def _exchange(self, conn: _Connection, data: bytes, timeout: float) -> EngineResponse:
         self.active.add(conn)

@@ -27,29 +27,31 @@ class Engine:
         self.start_time = 1000.0
         self.waiting = 0
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/health":
+    async def call(self, method: str, path: str, timeout: float) -> tuple[int, bytes]:
+        """``EnginePool.call``'s contract: (status, body), or httpx's exception types."""
+        assert method == "GET" and timeout > 0
+        if path == "/health":
             if self.health is None:
-                raise httpx.ConnectError("refused", request=request)
-            return httpx.Response(self.health)
+                raise httpx.ConnectError("refused")
+            return self.health, b""
+        assert path == "/metrics"
         if self.metrics == "refused":
-            raise httpx.ConnectError("refused", request=request)
+            raise httpx.ConnectError("refused")
         if self.metrics == "timeout":
-            raise httpx.ReadTimeout("slow", request=request)
+            raise httpx.ReadTimeout("slow")
         text = (
             f"process_start_time_seconds {self.start_time}\n"
             f'vllm:num_requests_waiting{{engine="0"}} {self.waiting}\n'
             'vllm:kv_cache_usage_perc{engine="0"} 0.1\n'
         )
-        return httpx.Response(200, text=text)
+        return 200, text.encode()
 
 
 def monitor(engine: Engine) -> tuple[EngineMonitor, HealthTracker, Admission]:
-    client = httpx.AsyncClient(transport=httpx.MockTransport(engine), base_url="http://engine")
     health = HealthTracker()
     admission = Admission(4, 4, 10)
     policy = SaturationPolicy(waiting_threshold=2, kv_usage_threshold=0.9, max_age_s=60)
-    return EngineMonitor(client, health, admission, policy, 0.25, 1.0), health, admission
+    return EngineMonitor(engine, health, admission, policy, 0.25, 1.0), health, admission
 
 
 async def test_up_needs_health_and_a_metrics_sample() -> None:
