@@ -14,6 +14,7 @@ import pytest
 from tests.gateway.conftest import SMALL, engine_metric
 from tests.support.engine import Engine
 from tests.support.gateway import RunningGateway
+from tests.support.sse import error_events
 
 pytestmark = [pytest.mark.engine, pytest.mark.anyio]
 MODEL = "gemma-4-tiny"
@@ -31,7 +32,7 @@ def stream_body(max_tokens: int) -> dict[str, object]:
 
 
 def _sse_refusal(lines: list[str]) -> bool:
-    if len(lines) < 2 or '"error"' not in lines[-2]:
+    if len(lines) < 2 or not error_events(lines[-2:-1]):
         return False
     return json.loads(lines[-2][6:])["error"]["code"] in ("wait_timeout", "queue_full")
 
@@ -89,7 +90,7 @@ async def test_overload_4x_cap_only_200_or_429_and_admitted_complete(
         if status == 429:
             assert retry_after is not None and int(retry_after) >= 1
         else:
-            assert lines[-1] == "data: [DONE]" and not any('"error"' in ln for ln in lines)
+            assert lines[-1] == "data: [DONE]" and not error_events(lines)
     await wait_until(lambda: gateway_metric(gateway, "gateway_inflight") == 0, 10)
     assert gateway_metric(gateway, "gateway_queue_depth") == 0
 
@@ -215,7 +216,7 @@ async def test_queued_stream_gets_keepalive_comments(gateway: RunningGateway) ->
             await slots.aclose()  # the held streams end: a slot frees up and it is admitted
             rest = [ln async for ln in lines if ln]
     assert first == ": queued"  # sent while it waited for a slot
-    assert rest[-1] == "data: [DONE]" and not [ln for ln in rest if '"error"' in ln]
+    assert rest[-1] == "data: [DONE]" and not error_events(rest)
     assert '"finish_reason":"length"' in rest[-2]  # all 4 tokens (vLLM may merge deltas)
 
 

@@ -22,6 +22,7 @@ import pytest
 from tests.support.engine import start_engine
 from tests.support.gateway import RunningGateway, mark_warm, run_gateway, wait_for_instance
 from tests.support.process import ServerProcess, free_port
+from tests.support.sse import error_events
 
 CHAT = {"model": "gemma-4-tiny", "messages": [{"role": "user", "content": "go"}], "stream": True}
 
@@ -105,7 +106,7 @@ def assert_serves_again(gw: RunningGateway, first_instance: str) -> list[str]:
     ) as r:
         assert r.status_code == 200
         lines = [ln for ln in r.iter_lines() if ln.startswith("data: ")]
-    assert lines[-1] == "data: [DONE]" and not any('"error"' in ln for ln in lines)
+    assert lines[-1] == "data: [DONE]" and not error_events(lines)
     return lines
 
 

@@ -9,6 +9,7 @@ import pytest
 from tests.gateway.conftest import engine_metric
 from tests.support.engine import Engine
 from tests.support.gateway import RunningGateway
+from tests.support.sse import error_events
 
 pytestmark = pytest.mark.engine
 MODEL = "gemma-4-tiny"
@@ -136,4 +137,4 @@ def test_context_boundary_exact_passes_one_over_is_refused_before_the_engine(
         assert exact.status_code == 200
         events = [line for line in exact.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "data: [DONE]"
-    assert not [e for e in events if '"error"' in e]
+    assert not error_events(events)
