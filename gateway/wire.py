@@ -16,9 +16,9 @@ Semantics kept from the httpx client it replaces:
 - the read timeout applies to each wait for data (silence), never to the whole response;
 - closing a response before its end closes the connection, which makes vLLM abort the request.
 
-Keep-alive: idle connections are reused LIFO for ``keepalive_s`` (below uvicorn's 5 s
-``timeout_keep_alive``, which vLLM uses, so the engine never closes one under our feet in the
-common case); a reused connection that the engine closed before answering anything is retried
+Keep-alive: idle connections are reused LIFO for ``keepalive_s`` (4 s: below the 5 s after which
+vLLM's server closes an idle one, ``VLLM_HTTP_TIMEOUT_KEEP_ALIVE``, so the engine does not close
+one under our feet in the common case); a reused connection that the engine closed before answering anything is retried
 once on a new one: the engine did not see that request.
 """
 
