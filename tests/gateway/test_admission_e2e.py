@@ -37,14 +37,6 @@ def _sse_refusal(lines: list[str]) -> bool:
     return json.loads(lines[-2][6:])["error"]["code"] in ("wait_timeout", "queue_full")
 
 
-def gateway_metric(gw: RunningGateway, name: str) -> float:
-    text = httpx.get(f"{gw.url}/metrics", headers=gw.internal_headers, timeout=15).text
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name} not in gateway metrics")
-
-
 async def wait_until(predicate, timeout_s: float = 10.0) -> None:
     """Poll ``predicate`` (blocking HTTP, so in a thread: the streams on this loop keep being
     read meanwhile) until true; the bound only stops a hang, it is not a timing claim."""
@@ -91,8 +83,8 @@ async def test_overload_4x_cap_only_200_or_429_and_admitted_complete(
             assert retry_after is not None and int(retry_after) >= 1
         else:
             assert lines[-1] == "data: [DONE]" and not error_events(lines)
-    await wait_until(lambda: gateway_metric(gateway, "gateway_inflight") == 0, 10)
-    assert gateway_metric(gateway, "gateway_queue_depth") == 0
+    await wait_until(lambda: gateway.metric("gateway_inflight") == 0, 10)
+    assert gateway.metric("gateway_queue_depth") == 0
 
 
 async def test_disconnect_mid_stream_frees_the_engine(
@@ -119,8 +111,8 @@ async def test_disconnect_mid_stream_frees_the_engine(
             if got == 3:
                 break  # ends the iterator: httpx closes the connection, i.e. a disconnect
     await wait_until(lambda: engine_metric(engine.url, "vllm:num_requests_running") == 0, 60)
-    await wait_until(lambda: gateway_metric(gateway, "gateway_inflight") == 0, 10)
-    assert gateway_metric(gateway, "gateway_queue_depth") == 0
+    await wait_until(lambda: gateway.metric("gateway_inflight") == 0, 10)
+    assert gateway.metric("gateway_queue_depth") == 0
 
 
 @contextlib.asynccontextmanager
@@ -158,9 +150,7 @@ async def held_slots(
     tasks = [asyncio.create_task(one()) for _ in range(n)]
     try:
         deadline = time.monotonic() + 120  # a bound against hanging, not a timing claim
-        while not await asyncio.to_thread(
-            _holds, lambda: gateway_metric(gateway, "gateway_inflight") >= n
-        ):
+        while not await asyncio.to_thread(_holds, lambda: gateway.metric("gateway_inflight") >= n):
             ended = [t.exception() or t.result() for t in tasks if t.done()]
             assert not ended, f"a held stream ended before all were admitted: {ended}"
             assert time.monotonic() < deadline, gateway_state(gateway)
@@ -193,10 +183,10 @@ async def test_disconnect_while_queued_frees_the_place(
             assert first == ": queued", first  # waiting for a slot, not admitted
         # leaving the block closed the connection: the client gave up while queued
         await wait_until(lambda: gateway_disconnects(gateway, "queued") == gone_before + 1, 30)
-        assert gateway_metric(gateway, "gateway_queue_depth") == 0
+        assert gateway.metric("gateway_queue_depth") == 0
     after = engine_metric(engine.url, "http_requests_total", handler="/v1/chat/completions")
     assert after == before  # the cancelled (chat) request never reached the engine
-    await wait_until(lambda: gateway_metric(gateway, "gateway_inflight") == 0, 10)
+    await wait_until(lambda: gateway.metric("gateway_inflight") == 0, 10)
 
 
 async def test_queued_stream_gets_keepalive_comments(gateway: RunningGateway) -> None:
@@ -222,14 +212,10 @@ async def test_queued_stream_gets_keepalive_comments(gateway: RunningGateway) ->
 
 def gateway_state(gw: RunningGateway) -> str:
     """The gateway's own gauges and counters, for a failure message."""
-    text = httpx.get(f"{gw.url}/metrics", headers=gw.internal_headers, timeout=30).text
-    return "\n".join(ln for ln in text.splitlines() if ln.startswith("gateway_") and
-                     not ln.startswith(("gateway_request_duration", "gateway_ttft", "gateway_queue_wait")))  # fmt: skip
+    skip = ("gateway_request_duration", "gateway_ttft", "gateway_queue_wait")
+    lines = gw.metrics_text().splitlines()
+    return "\n".join(ln for ln in lines if ln.startswith("gateway_") and not ln.startswith(skip))
 
 
 def gateway_disconnects(gw: RunningGateway, phase: str) -> float:
-    text = httpx.get(f"{gw.url}/metrics", headers=gw.internal_headers, timeout=15).text
-    for line in text.splitlines():
-        if line.startswith(f'gateway_client_disconnects_total{{phase="{phase}"}}'):
-            return float(line.split()[1])
-    return 0.0
+    return gw.metric(f'gateway_client_disconnects_total{{phase="{phase}"}}', default=0.0)

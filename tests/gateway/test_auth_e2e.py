@@ -102,12 +102,6 @@ def test_metrics_need_a_key_or_the_token(keyed: RunningGateway) -> None:
     assert 'gateway_rejections_total{reason="auth"}' in r.text
 
 
-def gateway_inflight(gw: RunningGateway, timeout_s: float = 30) -> float:
-    text = httpx.get(f"{gw.url}/metrics", headers=gw.internal_headers, timeout=timeout_s).text
-    line = next(ln for ln in text.splitlines() if ln.startswith("gateway_inflight "))
-    return float(line.split()[1])
-
-
 def test_per_key_concurrency_limit(keyed: RunningGateway) -> None:
     """GATEWAY_PER_KEY_CONCURRENCY=1: a key's second request is 429 while its first is in
     flight; another key is not affected, and the key is free again once its stream ends.
@@ -133,7 +127,7 @@ def test_per_key_concurrency_limit(keyed: RunningGateway) -> None:
         running = pool.submit(first)
         try:
             deadline = time.monotonic() + 120  # a bound against hanging, not a timing claim
-            while gateway_inflight(keyed) < 1:
+            while keyed.metric("gateway_inflight") < 1:
                 assert not running.done(), running.result()[-3:]
                 assert time.monotonic() < deadline
                 time.sleep(0.05)

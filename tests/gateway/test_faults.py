@@ -142,9 +142,8 @@ def test_client_disconnect_mid_stream_cancels_the_upstream_stream(tmp_path: Path
             assert chunks < 1000
             time.sleep(0.2)  # four token intervals: a live stream would have sent more
             assert upstream_metric(url, "synthetic_chunks_total") == chunks
-            text = httpx.get(f"{gw.url}/metrics", headers=gw.internal_headers).text
-            assert 'gateway_client_disconnects_total{phase="upstream"} 1.0' in text
-            assert "\ngateway_inflight 0.0" in text
+            assert gw.metric('gateway_client_disconnects_total{phase="upstream"}') == 1
+            assert gw.metric("gateway_inflight") == 0
     finally:
         upstream.stop()
 

@@ -47,6 +47,22 @@ class RunningGateway(RunningServer):
         r.raise_for_status()
         return r.json()
 
+    def metrics_text(self, timeout_s: float = 30.0) -> str:
+        """The gateway's own /metrics page (internal token)."""
+        r = httpx.get(f"{self.url}/metrics", headers=self.internal_headers, timeout=timeout_s)
+        r.raise_for_status()
+        return r.text
+
+    def metric(self, sample: str, default: float | None = None) -> float:
+        """One sample's value, by its exact name and labels as printed (``name`` or
+        ``name{label="v"}``); ``default`` if absent (else AssertionError)."""
+        for line in self.metrics_text().splitlines():
+            if line.startswith(sample + " "):
+                return float(line.split()[1])
+        if default is None:
+            raise AssertionError(f"{sample} not in gateway metrics")
+        return default
+
     def log_tail(self, lines: int = 40) -> str:
         return self.server.log_tail(lines)
 
