@@ -12,22 +12,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench import grid
+from bench import grid, overhead, synthetic, vllm_check
+from bench.grid import int_list
 
 console = Console(stderr=True)
-
-
-def int_list(text: str) -> list[int]:
-    """``1,2,4`` or a power-of-two range ``1..2048``."""
-    text = text.strip()
-    if ".." in text:
-        lo, hi = (int(x) for x in text.split(".."))
-        out, v = [], lo
-        while v <= hi:
-            out.append(v)
-            v *= 2
-        return out
-    return [int(x) for x in text.split(",") if x.strip()]
 
 
 def _profile_defaults(profile: str | None) -> dict:
@@ -208,8 +196,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sweep_parser(sub)
     compare_parser(sub)
-    from bench import overhead, synthetic, vllm_check
-
     overhead.add_parser(sub)
     synthetic.add_parser(sub)
     vllm_check.add_parser(sub)

@@ -22,6 +22,20 @@ from dataclasses import dataclass, field
 DEFAULT_CONCURRENCY = tuple(2**k for k in range(12))  # 1 .. 2048
 DEFAULT_CONTEXT = tuple(2**k for k in range(2, 15))  # 4 .. 16384
 
+
+def int_list(text: str) -> list[int]:
+    """A grid axis from the command line: ``1,2,4`` or a power-of-two range ``1..2048``."""
+    text = text.strip()
+    if ".." in text:
+        lo, hi = (int(x) for x in text.split(".."))
+        out, v = [], lo
+        while v <= hi:
+            out.append(v)
+            v *= 2
+        return out
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
 QUICK_CONCURRENCY = (1, 8, 32)
 QUICK_CONTEXT = (128, 1024)
 QUICK_OUTPUT = 64

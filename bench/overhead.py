@@ -15,7 +15,7 @@ so drift on a shared machine hits both sides alike. Per concurrency it reports:
 Upstreams: by default a synthetic SSE server (``bench.synthetic``) started here, so the gateway,
 not an engine, is what is measured; ``--upstream-url`` points at a real engine instead (no
 per-chunk stamps then). By default the gateway is started here (``python -m gateway`` through
-``tests.support.gateway.run_gateway``, warm-up marked passed through its real handshake, the
+``bench.gatewayproc.run_gateway``, warm-up marked passed through its real handshake, the
 admission cap raised above the tested concurrency); ``--gateway-url`` measures one already
 running (``--gateway-pid`` for its CPU and memory).
 
@@ -52,10 +52,13 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.client import Target
+from bench.gatewayproc import mark_warm, run_gateway
+from bench.grid import int_list
 from bench.metrics import summarize
 from bench.prompts import Calibration, PromptSet
 from bench.records import RequestRecord
 from bench.shards import run_cell_load
+from env.settings import DEFAULT_PROFILE, EngineSettings
 
 TARGET_CONCURRENCY = 256
 TARGET_RATIO = 0.97
@@ -90,15 +93,12 @@ def synthetic_upstream(model: str, itl_ms: float, ttft_ms: float) -> Iterator[tu
 @contextlib.contextmanager
 def started_gateway(upstream_url: str, profile: str | None, max_conc: int) -> Iterator[tuple]:
     """The real gateway in front of ``upstream_url``, marked warm; yields (url, pid)."""
-    from tests.support.gateway import PROFILE, mark_warm, run_gateway
-
     env = {
         # Admission must not be what is measured: cap and queue above the tested load.
         "GATEWAY_MAX_INFLIGHT": str(max(2 * max_conc, 64)),
         "GATEWAY_QUEUE_DEPTH": str(max(2 * max_conc, 256)),
     }
-    path = Path(profile) if profile else PROFILE
-    with run_gateway(upstream_url, env=env, profile=path) as gw:
+    with run_gateway(upstream_url, env=env, profile=profile or DEFAULT_PROFILE) as gw:
         mark_warm(gw)
         yield gw.url, gw.pid
 
@@ -167,6 +167,37 @@ def _diff(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else a - b
 
 
+def compare_row(conc: int, g: Side, d: Side, gateway_cpu_known: bool = True) -> dict:
+    """One concurrency's row: the gateway side against the direct side.
+
+    Throughput ratio = gateway tok/s / direct tok/s (each side's tokens over its summed round
+    durations); "added" latencies are gateway percentile - direct percentile, in ms.
+    """
+    return {
+        "concurrency": conc,
+        "requests_per_side": len(g.records),
+        "direct_tok_s": d.throughput,
+        "gateway_tok_s": g.throughput,
+        "throughput_ratio": g.throughput / d.throughput if d.throughput else None,
+        "direct_ttft_ms_p50": d.pct("ttft", 50),
+        "gateway_ttft_ms_p50": g.pct("ttft", 50),
+        "added_ttft_ms_p50": _diff(g.pct("ttft", 50), d.pct("ttft", 50)),
+        "direct_ttft_ms_p99": d.pct("ttft", 99),
+        "gateway_ttft_ms_p99": g.pct("ttft", 99),
+        "added_ttft_ms_p99": _diff(g.pct("ttft", 99), d.pct("ttft", 99)),
+        "direct_chunk_lag_ms_p50": d.lag(50),
+        "added_chunk_ms_p50": _diff(g.lag(50), d.lag(50)),
+        "added_chunk_ms_p99": _diff(g.lag(99), d.lag(99)),
+        "gateway_cpu_s_per_1k_tokens": (
+            g.cpu_s / g.tokens * 1000 if gateway_cpu_known and g.tokens else None
+        ),
+        "gateway_peak_rss_mib": None,
+        "errors_direct": d.errors,
+        "errors_gateway": g.errors,
+        "client_loop_lag_ms_p99": max(g.loop_lag_ms_p99, d.loop_lag_ms_p99),
+    }
+
+
 def measure(
     args: argparse.Namespace,
     gw_url: str,
@@ -223,29 +254,8 @@ def measure(
                     f"tok/s TTFT p50 {m['ttft_ms_p50'] or 0:.2f} ms p99 "
                     f"{m['ttft_ms_p99'] or 0:.2f} ms errors {m['errors'] + m['timeouts']}"
                 )
-        g, d = sides["gateway"], sides["direct"]
-        rows.append({
-            "concurrency": conc,
-            "requests_per_side": len(g.records),
-            "direct_tok_s": d.throughput,
-            "gateway_tok_s": g.throughput,
-            "throughput_ratio": g.throughput / d.throughput if d.throughput else None,
-            "direct_ttft_ms_p50": d.pct("ttft", 50),
-            "gateway_ttft_ms_p50": g.pct("ttft", 50),
-            "added_ttft_ms_p50": _diff(g.pct("ttft", 50), d.pct("ttft", 50)),
-            "direct_ttft_ms_p99": d.pct("ttft", 99),
-            "gateway_ttft_ms_p99": g.pct("ttft", 99),
-            "added_ttft_ms_p99": _diff(g.pct("ttft", 99), d.pct("ttft", 99)),
-            "direct_chunk_lag_ms_p50": d.lag(50),
-            "added_chunk_ms_p50": _diff(g.lag(50), d.lag(50)),
-            "added_chunk_ms_p99": _diff(g.lag(99), d.lag(99)),
-            "gateway_cpu_s_per_1k_tokens": (g.cpu_s / g.tokens * 1000) if gw_pid and g.tokens
-            else None,
-            "gateway_peak_rss_mib": watch.peak_rss_mib(),
-            "errors_direct": d.errors,
-            "errors_gateway": g.errors,
-            "client_loop_lag_ms_p99": max(g.loop_lag_ms_p99, d.loop_lag_ms_p99),
-        })  # fmt: skip
+        rows.append(compare_row(conc, sides["gateway"], sides["direct"], bool(gw_pid)))
+        rows[-1]["gateway_peak_rss_mib"] = watch.peak_rss_mib()
     return rows
 
 
@@ -300,7 +310,9 @@ def render(rows: list[dict], meta: dict) -> tuple[Table, str]:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("gateway", help="gateway overhead: gateway vs direct, alternating")
     p.add_argument("--profile", help="env profile for the gateway (default cpu)")
-    p.add_argument("--concurrency", default="1,16,64,256,512")
+    p.add_argument(
+        "--concurrency", type=int_list, default="1,16,64,256,512", help="list or 1..512 range"
+    )
     p.add_argument("--tokens", type=int, default=32, help="tokens per response")
     p.add_argument("--itl-ms", type=float, default=50.0, help="synthetic inter-token delay")
     p.add_argument("--ttft-ms", type=float, default=0.0, help="synthetic time to first token")
@@ -340,11 +352,7 @@ def _pin(pid: int, cpus: set[int]) -> None:
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
-    from bench.cli import int_list
-    from env.settings import EngineSettings
-
     console = Console(width=160)
-    args.concurrency = int_list(args.concurrency)
     model = args.model or EngineSettings.load(args.profile).served_model_name
     max_conc = max(args.concurrency)
     with contextlib.ExitStack() as stack:

@@ -1,5 +1,5 @@
-"""``python -m bench gateway`` end to end on a tiny load: the real gateway in front of the
-synthetic upstream, both started and stopped by the command itself."""
+"""``python -m bench gateway``: the row maths on hand-made records, and end to end on a tiny load
+(the real gateway in front of the synthetic upstream, both started and stopped by the command)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,66 @@ import json
 import os
 import subprocess
 import sys
+from array import array
 from pathlib import Path
 
+import pytest
+
+from bench.overhead import Side, compare_row, verdict
+from bench.records import RequestRecord
 from tests.support.process import REPO
+
+
+def rec(ttft_s: float, lags_s: tuple[float, ...] = (), ok: bool = True) -> RequestRecord:
+    r = RequestRecord(arrival=0.0, start=1.0, first_token=1.0 + ttft_s)
+    r.outcome = "ok" if ok else "error"
+    r.chunk_lag = array("d", lags_s)
+    return r
+
+
+def test_row_against_hand_worked_values() -> None:
+    """Gateway: 960 tokens in 4 s = 240 tok/s; direct: 1000 in 4 s = 250 tok/s; 240 / 250 = 0.96.
+
+    TTFT (ms), numpy's linear percentiles: gateway 10, 12, 14, 16 -> p50 13, p99 at rank
+    0.99 x 3 = 2.97 -> 14 + 0.97 x 2 = 15.94; direct 10, 11, 12, 13 -> p50 11.5, p99 12.97.
+    Added: p50 1.5, p99 2.97. Chunk lags (ms): gateway 1, 2, 3, 4 -> p50 2.5, p99 3.97; direct
+    1, 1, 2, 2 -> p50 1.5, p99 2; added 1.0 and 1.97. CPU: 0.48 s / 960 tokens x 1000 = 0.5.
+    The failed gateway request counts as a request and an error, never in the percentiles.
+    """
+    g = Side(tokens=960, durations=4.0, cpu_s=0.48, loop_lag_ms_p99=3.0)
+    g.records = [rec(0.010, (0.001, 0.002)), rec(0.012, (0.003, 0.004)), rec(0.014), rec(0.016),
+                 rec(5.0, (9.0,), ok=False)]  # fmt: skip
+    d = Side(tokens=1000, durations=4.0, loop_lag_ms_p99=7.0)
+    d.records = [rec(0.010, (0.001, 0.001)), rec(0.011, (0.002, 0.002)), rec(0.012), rec(0.013)]
+    row = compare_row(16, g, d)
+    expected = {
+        "concurrency": 16, "requests_per_side": 5,
+        "direct_tok_s": 250.0, "gateway_tok_s": 240.0, "throughput_ratio": 0.96,
+        "direct_ttft_ms_p50": 11.5, "gateway_ttft_ms_p50": 13.0, "added_ttft_ms_p50": 1.5,
+        "direct_ttft_ms_p99": 12.97, "gateway_ttft_ms_p99": 15.94, "added_ttft_ms_p99": 2.97,
+        "direct_chunk_lag_ms_p50": 1.5, "added_chunk_ms_p50": 1.0, "added_chunk_ms_p99": 1.97,
+        "gateway_cpu_s_per_1k_tokens": 0.5, "errors_direct": 0, "errors_gateway": 1,
+        "client_loop_lag_ms_p99": 7.0,
+    }  # fmt: skip
+    for key, value in expected.items():
+        assert row[key] == pytest.approx(value, abs=1e-9), key
+
+
+def test_row_without_data_says_none_instead_of_zero() -> None:
+    row = compare_row(1, Side(tokens=10, durations=1.0, cpu_s=0.1), Side(), gateway_cpu_known=False)
+    assert row["throughput_ratio"] is None  # no direct throughput: no ratio
+    assert row["added_ttft_ms_p50"] is None and row["added_chunk_ms_p99"] is None
+    assert row["gateway_cpu_s_per_1k_tokens"] is None  # no gateway PID: CPU unknown
+
+
+def test_verdict_only_at_256_streams() -> None:
+    base = {"throughput_ratio": 0.98, "added_ttft_ms_p50": 0.5, "added_ttft_ms_p99": 6.0}
+    assert verdict([{**base, "concurrency": 16}]) is None
+    line = verdict([{**base, "concurrency": 256}])
+    assert line is not None
+    assert "throughput 0.980 (>= 0.97: PASS)" in line
+    assert "added TTFT p50 ms 0.500 (<= 1.0: PASS)" in line
+    assert "added TTFT p99 ms 6.000 (<= 5.0: MISS)" in line
 
 
 def run_bench(out: Path, *extra: str) -> dict:
@@ -30,8 +87,7 @@ def test_gateway_vs_direct_rows(tmp_path: Path) -> None:
     for r in rows:
         assert r["errors_gateway"] == 0 and r["errors_direct"] == 0
         assert r["requests_per_side"] == 2 * 8  # 2 rounds x max(8, 2 x c)
-        assert r["gateway_tok_s"] > 0 and r["direct_tok_s"] > 0
-        assert r["throughput_ratio"] == r["gateway_tok_s"] / r["direct_tok_s"]
+        assert r["gateway_tok_s"] > 0 and r["direct_tok_s"] > 0 and r["throughput_ratio"] > 0
         assert r["gateway_cpu_s_per_1k_tokens"] is not None and r["gateway_peak_rss_mib"] > 10
         assert r["added_chunk_ms_p50"] is not None  # the synthetic upstream stamps its chunks
     assert "| streams |" in (tmp_path / "results.md").read_text()

@@ -1,0 +1,213 @@
+"""Run the real gateway (``python -m gateway``) as a process in front of an upstream.
+
+``python -m bench gateway`` measures the production gateway, so it starts the same process an
+operator runs: ``run_gateway`` starts it in its own process group on a free loopback port with a
+private internal-token file, waits for ``/livez`` and stops the group on exit; ``mark_warm``
+performs the real warm-up handshake (GET the engine instance the gateway sees, POST "passed"
+for it), so the gateway serves without a warm-up run. The tests start servers the same way
+(``tests.support`` builds on this module; product code never imports ``tests``).
+
+``ServerProcess`` is the generic part: a server started as a session leader with its log on
+disk, waited for with a deadline, and stopped with SIGTERM then SIGKILL to its whole group and
+to every group its children made. Nothing is ever killed by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from entrypoint.process import descendants, groups_of
+from env.settings import DEFAULT_PROFILE
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A currently free loopback TCP port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    """A server started in its own process group, with its log on disk."""
+
+    argv: Sequence[str]
+    env: Mapping[str, str]
+    ready_url: str
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise RuntimeError("not started")
+        return self.proc.pid
+
+    def start(self, timeout_s: float = 240.0) -> ServerProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            list(self.argv), env={**os.environ, **self.env}, cwd=REPO,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.argv[:4]} exited with {self.proc.returncode}:\n{self.log_tail()}"
+                )
+            try:
+                if httpx.get(self.ready_url, timeout=2.0).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"{self.ready_url} not ready after {timeout_s}s:\n{self.log_tail()}")
+
+    def stop(self, grace_s: float = 15.0) -> int | None:
+        """SIGTERM the group, then SIGKILL after ``grace_s``. Returns the exit code.
+
+        Groups the server made for its own children (the entrypoint runs vLLM as a session
+        leader) are SIGKILLed at the end too, so even a failed graceful stop orphans nothing.
+        """
+        if self.proc is None:
+            return None
+        groups = groups_of(descendants(self.proc.pid))
+        for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.proc.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        for pgid in {self.proc.pid, *groups}:  # children that outlived the leader
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+        return self.proc.returncode
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+@dataclass
+class RunningServer:
+    """A started loopback server: its process, port, URL and environment."""
+
+    server: ServerProcess
+    port: int
+    env: dict[str, str]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        return self.server.pid
+
+
+@dataclass
+class GatewayProcess(RunningServer):
+    """A gateway process plus the private dir holding its internal-token file."""
+
+    workdir: Path
+
+    @property
+    def token_file(self) -> Path:
+        return Path(self.env["GATEWAY_INTERNAL_TOKEN_FILE"])
+
+    @property
+    def internal_token(self) -> str:
+        return self.token_file.read_text().strip()
+
+    @property
+    def internal_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.internal_token}"}
+
+    def state(self) -> dict[str, object]:
+        """The gateway's warm-up state (``GET /internal/warmup``)."""
+        r = httpx.get(f"{self.url}/internal/warmup", headers=self.internal_headers, timeout=5)
+        r.raise_for_status()
+        return dict(r.json())
+
+    def log_tail(self, lines: int = 40) -> str:
+        return self.server.log_tail(lines)
+
+
+def wait_for_instance(gw: GatewayProcess, timeout_s: float = 30.0) -> str:
+    """The engine instance the gateway currently sees (waits until it sees one)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        state = gw.state()
+        if state["engine_instance"] and state["state"] != "engine_down":
+            return str(state["engine_instance"])
+        time.sleep(0.1)
+    raise TimeoutError(f"gateway never saw the engine: {gw.state()}\n{gw.log_tail()}")
+
+
+def mark_warm(gw: GatewayProcess, timeout_s: float = 30.0) -> str:
+    """Report "passed" for the current engine instance; returns that instance."""
+    instance = wait_for_instance(gw, timeout_s)
+    r = httpx.post(
+        f"{gw.url}/internal/warmup",
+        headers=gw.internal_headers,
+        json={"engine_instance": instance, "status": "passed", "step": None, "detail": None},
+        timeout=5,
+    )
+    r.raise_for_status()
+    if r.json().get("state") != "ready":
+        raise RuntimeError(f"gateway did not turn ready after 'passed': {r.text}")
+    return instance
+
+
+@contextlib.contextmanager
+def run_gateway(
+    upstream_url: str,
+    port: int | None = None,
+    env: Mapping[str, str] | None = None,
+    profile: Path | str = DEFAULT_PROFILE,
+) -> Iterator[GatewayProcess]:
+    """``python -m gateway --profile P`` against ``upstream_url``; stopped by process group."""
+    port = port or free_port()
+    with tempfile.TemporaryDirectory(prefix="gateway-") as tmp:
+        workdir = Path(tmp)
+        full_env = {
+            "GATEWAY_HOST": "127.0.0.1",
+            "GATEWAY_PORT": str(port),
+            "GATEWAY_UPSTREAM_URL": upstream_url,
+            "GATEWAY_INTERNAL_TOKEN_FILE": str(workdir / "internal-token"),
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        server = ServerProcess(
+            argv=[sys.executable, "-m", "gateway", "--profile", str(profile)],
+            env=full_env,
+            ready_url=f"http://127.0.0.1:{port}/livez",
+            log_path=workdir / "gateway.log",
+        )
+        server.start(timeout_s=30.0)
+        try:
+            yield GatewayProcess(server=server, port=port, env=full_env, workdir=workdir)
+        finally:
+            server.stop(grace_s=5.0)
