@@ -20,12 +20,14 @@ happens between them and only when needed:
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from pydantic import ValidationError
+
 from env.settings import EngineSettings, GatewaySettings
 from gateway.errors import OpenAIError, bad_request
+from gateway.schema import ChatRequest, CompletionRequest, error_from
 
 Kind = Literal["chat", "completions"]
 
@@ -34,8 +36,9 @@ Kind = Literal["chat", "completions"]
 CHAT_TEMPLATE_SLACK = 256
 COMPLETION_SLACK = 8
 
-# Sampling parameters the TPU sampler ignores (FACTS.md: it reads only temperature, top_k,
-# top_p and logprobs), with the value that means "off" (None: empty or absent means off).
+# Sampling parameters the TPU sampler ignores (tpu-inference's sampler reads only temperature,
+# top_k, top_p and logprobs; its ``tpu_platform.validate_request`` refuses a per-request seed),
+# with the value that means "off" (None: empty or absent means off).
 TPU_IGNORED_SAMPLING: dict[str, Any] = {
     "presence_penalty": 0,
     "frequency_penalty": 0,
@@ -46,10 +49,12 @@ TPU_IGNORED_SAMPLING: dict[str, Any] = {
     "min_tokens": 0,
 }
 STRUCTURED_OUTPUT_KEYS = ("structured_outputs", "guided_json", "guided_regex", "guided_choice")
-ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
-IMAGE_PARTS = frozenset({"image_url", "input_image", "image_embeds", "image_pil"})
-AUDIO_PARTS = frozenset({"input_audio", "audio_url"})
-VIDEO_PARTS = frozenset({"video_url"})
+# Content part types by the modality whose per-prompt limit they count against.
+_MODALITY = {
+    **dict.fromkeys(("image_url", "input_image", "image_embeds", "image_pil"), "image"),
+    **dict.fromkeys(("input_audio", "audio_url"), "audio"),
+    "video_url": "video",
+}
 
 
 @dataclass(frozen=True)
@@ -126,58 +131,49 @@ class Final:
 
 # -- phase 1 ---------------------------------------------------------------------------------
 
+_SCHEMAS: dict[Kind, type[ChatRequest] | type[CompletionRequest]] = {
+    "chat": ChatRequest,
+    "completions": CompletionRequest,
+}
+
 
 def parse(kind: Kind, raw: bytes, policy: Policy) -> Parsed:
-    if len(raw) > policy.max_body_bytes:
-        raise OpenAIError(
-            413,
-            f"request body is {len(raw)} bytes; the limit is {policy.max_body_bytes}",
-            code="request_too_large",
-        )
+    """The body checked against the schema (types, ranges, cross-field rules) and the policy
+    (model, media, TPU hygiene), with the prompt's token count bounded from above.
+
+    The body size is not checked here: ``asgi.read_body`` refuses an oversized body while it is
+    still arriving (413), the one place that limit lives.
+    """
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise bad_request(f"request body is not valid JSON: {exc}", None, "invalid_json") from None
+    except RecursionError:
+        raise bad_request("request body is nested too deeply", None, "invalid_json") from None
     if not isinstance(body, dict):
         raise bad_request("request body must be a JSON object", None, "invalid_type")
+    _check_model(body, policy)
+    try:
+        req = _SCHEMAS[kind].model_validate(body)
+    except ValidationError as exc:
+        raise error_from(exc) from None
+    except RecursionError:
+        raise bad_request("request body is nested too deeply", None, "invalid_json") from None
 
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise bad_request("'model' is required and must be a string", "model", "missing_field")
-    if model not in policy.served_model_names:
-        names = ", ".join(sorted(policy.served_model_names))
-        raise OpenAIError(
-            404,
-            f"the model '{model}' does not exist on this server; available: {names}",
-            code="model_not_found",
-            param="model",
-        )
-
-    stream = _opt_bool(body, "stream") or False
-    so = body.get("stream_options")
-    if so is not None:
-        if not isinstance(so, dict):
-            raise bad_request(
-                "'stream_options' must be an object", "stream_options", "invalid_type"
-            )
-        if not stream:
-            raise bad_request(
-                "'stream_options' is only allowed with \"stream\": true", "stream_options"
-            )
-        _opt_bool(so, "include_usage", "stream_options.include_usage")
-
-    max_tokens = _max_tokens(kind, body)
-    _check_sampling(kind, body, max_tokens)
-    truncate = _opt_int(body, "truncate_prompt_tokens", lo=-1)
-
-    if kind == "chat":
-        upper, media = _check_chat(body, len(raw))
+    if isinstance(req, ChatRequest):
+        media = _count_media(req)
+        boundable = not (req.tools or req.documents or req.chat_template or any(media.values()))
+        upper = len(raw) + CHAT_TEMPLATE_SLACK if boundable else None
+        exact = None
     else:
-        upper, media = _check_completions(body), {}
-    exact = _token_id_prompt_len(body) if kind == "completions" else None
+        media = {}
+        upper, exact = _completion_bounds(req.prompt)
     _check_media(media, policy)
 
-    parsed = Parsed(kind, body, raw, stream, max_tokens, upper, exact, truncate)
+    parsed = Parsed(
+        kind, body, raw, bool(req.stream), req.effective_max_tokens, upper, exact,
+        req.truncate_prompt_tokens,
+    )  # fmt: skip
     if policy.tpu:
         _tpu_hygiene(parsed, policy)
     return parsed
@@ -264,68 +260,24 @@ def finalize(parsed: Parsed, prompt_tokens: int | None, policy: Policy) -> Final
     return Final(out, parsed.stream, max_tokens, counted, parsed.stripped)
 
 
-# -- field checks ----------------------------------------------------------------------------
+# -- policy checks ---------------------------------------------------------------------------
 
 
-def _type_error(name: str, expected: str, value: Any) -> OpenAIError:
-    return bad_request(
-        f"'{name}' must be {expected}, got {type(value).__name__}: {_short(value)}",
-        name,
-        "invalid_type",
-    )
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _opt_bool(obj: dict[str, Any], key: str, name: str | None = None) -> bool | None:
-    v = obj.get(key)
-    if v is not None and not isinstance(v, bool):
-        raise _type_error(name or key, "a boolean", v)
-    return v
-
-
-def _opt_int(
-    obj: dict[str, Any], key: str, lo: int | None = None, hi: int | None = None
-) -> int | None:
-    v = obj.get(key)
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise _type_error(key, "an integer", v)
-    if (lo is not None and v < lo) or (hi is not None and v > hi):
-        raise bad_request(f"'{key}' must be {_range(lo, hi)}, got {v}", key)
-    return v
-
-
-def _opt_number(
-    obj: dict[str, Any],
-    key: str,
-    lo: float | None = None,
-    hi: float | None = None,
-    lo_open: bool = False,
-) -> float | None:
-    v = obj.get(key)
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int | float):
-        raise _type_error(key, "a number", v)
-    if not math.isfinite(v):
-        raise bad_request(f"'{key}' must be a finite number", key)
-    too_low = lo is not None and (v <= lo if lo_open else v < lo)
-    if too_low or (hi is not None and v > hi):
-        lo_text = f"> {lo}" if lo_open else f">= {lo}"
-        rng = lo_text if hi is None else f"{lo_text} and <= {hi}"
-        raise bad_request(f"'{key}' must be {rng}, got {v}", key)
-    return float(v)
-
-
-def _range(lo: int | None, hi: int | None) -> str:
-    if lo is not None and hi is not None:
-        return f"between {lo} and {hi}"
-    return f">= {lo}" if lo is not None else f"<= {hi}"
+def _check_model(body: dict[str, Any], policy: Policy) -> None:
+    """``model`` is required (vLLM would default it; OpenAI's API and this gateway do not)."""
+    model = body.get("model")
+    if model is None:
+        raise bad_request("'model' is required", "model", "missing_field")
+    if not isinstance(model, str) or not model:
+        raise bad_request("'model' must be a non-empty string", "model", "invalid_type")
+    if model not in policy.served_model_names:
+        names = ", ".join(sorted(policy.served_model_names))
+        raise OpenAIError(
+            404,
+            f"the model '{model}' does not exist on this server; available: {names}",
+            code="model_not_found",
+            param="model",
+        )
 
 
 def _max_tokens_param(body: dict[str, Any]) -> str:
@@ -334,231 +286,27 @@ def _max_tokens_param(body: dict[str, Any]) -> str:
     )
 
 
-def _max_tokens(kind: Kind, body: dict[str, Any]) -> int | None:
-    lo = 1 if kind == "chat" else 0  # completions: max_tokens=0 with echo scores a prompt
-    mt = _opt_int(body, "max_tokens", lo=lo)
-    if kind == "chat":
-        mct = _opt_int(body, "max_completion_tokens", lo=lo)
-        if mct is not None:
-            return mct
-    return mt
-
-
-def _check_sampling(kind: Kind, body: dict[str, Any], max_tokens: int | None) -> None:
-    _opt_number(body, "temperature", 0, 2)
-    _opt_number(body, "top_p", 0, 1, lo_open=True)
-    _opt_int(body, "top_k", lo=-1)
-    _opt_int(body, "n", lo=1, hi=128)
-    _opt_number(body, "presence_penalty", -2, 2)
-    _opt_number(body, "frequency_penalty", -2, 2)
-    _opt_number(body, "repetition_penalty", 0, 2, lo_open=True)
-    _opt_number(body, "min_p", 0, 1)
-    _opt_int(body, "seed", lo=-(2**63), hi=2**63 - 1)
-    min_tokens = _opt_int(body, "min_tokens", lo=0)
-    if min_tokens and max_tokens is not None and min_tokens > max_tokens:
-        raise bad_request(
-            f"'min_tokens' ({min_tokens}) must not exceed max_tokens ({max_tokens})", "min_tokens"
-        )
-    for key in ("ignore_eos", "echo", "skip_special_tokens", "include_stop_str_in_output"):
-        _opt_bool(body, key)
-    stop = body.get("stop")
-    if stop is not None and not (
-        isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) for s in stop))
-    ):
-        raise _type_error("stop", "a string or a list of strings", stop)
-    bias = body.get("logit_bias")
-    if bias is not None:
-        if not isinstance(bias, dict):
-            raise _type_error("logit_bias", "an object of token id -> bias", bias)
-        for k, v in bias.items():
-            if not str(k).lstrip("-").isdigit():
-                raise bad_request(f"'logit_bias' keys must be token ids, got {k!r}", "logit_bias")
-            if isinstance(v, bool) or not isinstance(v, int | float) or not -100 <= v <= 100:
-                raise bad_request(
-                    "'logit_bias' values must be numbers in [-100, 100]", "logit_bias"
-                )
-    bad_words = body.get("bad_words")
-    if bad_words is not None and not (
-        isinstance(bad_words, list) and all(isinstance(w, str) for w in bad_words)
-    ):
-        raise _type_error("bad_words", "a list of strings", bad_words)
-    user = body.get("user")
-    if user is not None and not isinstance(user, str):
-        raise _type_error("user", "a string", user)
-    rf = body.get("response_format")
-    if rf is not None:
-        if not isinstance(rf, dict) or not isinstance(rf.get("type"), str):
-            raise bad_request(
-                "'response_format' must be an object with a string 'type'", "response_format"
-            )
-        if rf["type"] not in ("text", "json_object", "json_schema", "structural_tag"):
-            raise bad_request(
-                f"'response_format.type' {rf['type']!r} is not one of text, json_object, "
-                "json_schema, structural_tag",
-                "response_format",
-            )
-    if kind == "chat":
-        logprobs = _opt_bool(body, "logprobs")
-        top = _opt_int(body, "top_logprobs", lo=0, hi=20)
-        if top and not logprobs:
-            raise bad_request("'top_logprobs' requires \"logprobs\": true", "top_logprobs")
-    else:
-        _opt_int(body, "logprobs", lo=0, hi=20)
-        best_of = _opt_int(body, "best_of", lo=1, hi=128)
-        n = body.get("n") or 1
-        if best_of is not None and best_of < n:
-            raise bad_request(f"'best_of' ({best_of}) must be >= n ({n})", "best_of")
-
-
-def _check_chat(body: dict[str, Any], raw_len: int) -> tuple[int | None, dict[str, int]]:
-    messages = body.get("messages")
-    if messages is None:
-        raise bad_request("'messages' is required", "messages", "missing_field")
-    if not isinstance(messages, list):
-        raise _type_error("messages", "a list of message objects", messages)
-    if not messages:
-        raise bad_request("'messages' must contain at least one message", "messages")
+def _count_media(req: ChatRequest) -> dict[str, int]:
     media = {"image": 0, "audio": 0, "video": 0}
-    for i, msg in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(msg, dict):
-            raise _type_error(where, "an object", msg)
-        role = msg.get("role")
-        if not isinstance(role, str):
-            raise bad_request(f"'{where}.role' is required and must be a string", f"{where}.role")
-        if role not in ROLES:
-            raise bad_request(
-                f"'{where}.role' must be one of {', '.join(sorted(ROLES))}, got {role!r}",
-                f"{where}.role",
-            )
-        content = msg.get("content")
-        if content is None:
-            if role not in ("assistant", "tool", "function") or (
-                role == "assistant" and not msg.get("tool_calls") and "reasoning" not in msg
-            ):
-                raise bad_request(f"'{where}.content' is required", f"{where}.content")
-        elif isinstance(content, list):
-            for j, part in enumerate(content):
-                _count_part(part, f"{where}.content[{j}]", media)
-        elif not isinstance(content, str):
-            raise _type_error(f"{where}.content", "a string or a list of content parts", content)
-        tool_calls = msg.get("tool_calls")
-        if tool_calls is not None and not isinstance(tool_calls, list):
-            raise _type_error(f"{where}.tool_calls", "a list", tool_calls)
-
-    _check_tools(body)
-    for key in ("chat_template_kwargs", "mm_processor_kwargs"):
-        v = body.get(key)
-        if v is not None and not isinstance(v, dict):
-            raise _type_error(key, "an object", v)
-    for key in ("add_generation_prompt", "continue_final_message", "add_special_tokens"):
-        _opt_bool(body, key)
-
-    # Upper bound only when the rendered prompt provably stays near the body size: tools and
-    # documents are re-rendered by the template, media expand to many tokens per item.
-    boundable = (
-        not body.get("tools")
-        and not body.get("documents")
-        and not body.get("chat_template")
-        and not any(media.values())
-    )
-    return (raw_len + CHAT_TEMPLATE_SLACK if boundable else None), media
+    for msg in req.messages:
+        if isinstance(msg.content, list):
+            for part in msg.content:
+                modality = _MODALITY.get(part.type)
+                if modality:
+                    media[modality] += 1
+    return media
 
 
-def _count_part(part: Any, where: str, media: dict[str, int]) -> None:
-    if not isinstance(part, dict):
-        raise _type_error(where, "a content part object", part)
-    ptype = part.get("type")
-    if not isinstance(ptype, str):
-        raise bad_request(f"'{where}.type' is required and must be a string", f"{where}.type")
-    if ptype == "text":
-        if not isinstance(part.get("text"), str):
-            raise bad_request(f"'{where}.text' must be a string", f"{where}.text")
-    elif ptype in IMAGE_PARTS:
-        if ptype == "image_url":
-            url = part.get("image_url")
-            url = url.get("url") if isinstance(url, dict) else url
-            if not isinstance(url, str) or not url:
-                raise bad_request(
-                    f"'{where}.image_url.url' must be a non-empty string", f"{where}.image_url"
-                )
-        media["image"] += 1
-    elif ptype in AUDIO_PARTS:
-        media["audio"] += 1
-    elif ptype in VIDEO_PARTS:
-        media["video"] += 1
-
-
-def _check_tools(body: dict[str, Any]) -> None:
-    tools = body.get("tools")
-    if tools is not None:
-        if not isinstance(tools, list):
-            raise _type_error("tools", "a list of tool objects", tools)
-        for i, tool in enumerate(tools):
-            where = f"tools[{i}]"
-            if not isinstance(tool, dict) or tool.get("type", "function") != "function":
-                raise bad_request(f"'{where}' must be an object with type 'function'", where)
-            fn = tool.get("function")
-            if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
-                raise bad_request(
-                    f"'{where}.function.name' is required and must be a non-empty string",
-                    f"{where}.function",
-                )
-            params = fn.get("parameters")
-            if params is not None and not isinstance(params, dict):
-                raise _type_error(f"{where}.function.parameters", "a JSON schema object", params)
-    choice = body.get("tool_choice")
-    if choice is None:
-        return
-    if isinstance(choice, str):
-        if choice not in ("none", "auto", "required"):
-            raise bad_request(
-                f"'tool_choice' must be none, auto, required or a named function, got {choice!r}",
-                "tool_choice",
-            )
-    elif not (
-        isinstance(choice, dict)
-        and isinstance(choice.get("function"), dict)
-        and isinstance(choice["function"].get("name"), str)
-    ):
-        raise bad_request("'tool_choice' object must name a function", "tool_choice")
-    if choice != "none" and not tools:
-        raise bad_request("'tool_choice' requires 'tools'", "tool_choice")
-
-
-def _check_completions(body: dict[str, Any]) -> int | None:
-    prompt = body.get("prompt")
-    if prompt is None:
-        raise bad_request("'prompt' is required", "prompt", "missing_field")
-    msg = "a string, a list of strings, a list of token ids or a list of token-id lists"
+def _completion_bounds(prompt: str | list[str] | list[int] | list[list[int]]) -> tuple[int, int | None]:
+    """(upper bound, exact count or None): token ids are counted by length, text bounded."""
     if isinstance(prompt, str):
-        if not prompt:
-            raise bad_request("'prompt' must not be empty", "prompt")
-        return len(prompt.encode()) + COMPLETION_SLACK
-    if not isinstance(prompt, list) or not prompt:
-        raise _type_error("prompt", f"non-empty {msg}", prompt)
-    if all(isinstance(p, str) for p in prompt):
-        if any(not p for p in prompt):
-            raise bad_request("'prompt' entries must not be empty", "prompt")
-        return max(len(p.encode()) for p in prompt) + COMPLETION_SLACK
-    if all(_is_token_id(t) for t in prompt):
-        return len(prompt)
-    if all(isinstance(p, list) and p and all(_is_token_id(t) for t in p) for p in prompt):
-        return max(len(p) for p in prompt)
-    raise _type_error("prompt", msg, prompt)
-
-
-def _is_token_id(t: Any) -> bool:
-    return isinstance(t, int) and not isinstance(t, bool) and t >= 0
-
-
-def _token_id_prompt_len(body: dict[str, Any]) -> int | None:
-    prompt = body.get("prompt")
-    if isinstance(prompt, list) and prompt and not isinstance(prompt[0], str):
-        if isinstance(prompt[0], list):
-            return max(len(p) for p in prompt)
-        return len(prompt)
-    return None
+        return len(prompt.encode()) + COMPLETION_SLACK, None
+    if isinstance(prompt[0], str):
+        return max(len(p.encode()) for p in prompt) + COMPLETION_SLACK, None  # type: ignore[union-attr]
+    if isinstance(prompt[0], list):
+        n = max(len(p) for p in prompt)  # type: ignore[arg-type]
+        return n, n
+    return len(prompt), len(prompt)
 
 
 def _check_media(media: dict[str, int], policy: Policy) -> None:
