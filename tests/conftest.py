@@ -3,11 +3,22 @@
 Starting the engine costs ~40 s and ~3 GB, so it is started lazily the first time a test asks
 for it and stopped (by process group) when the session ends. Tests that need an engine of their
 own (restarts, kills) use ``tests.support.engine.start_engine`` directly and stop it themselves.
+
+Under CI (any non-empty ``CI``) a skipped or xfailed test fails the run unless it is on
+``.ci/allowed-skips.txt`` (the hooks at the end; ``.ci/verdict.py`` applies the same list to the
+JUnit report in ``.ci/run``). Test order is shuffled by pytest-randomly (the header prints
+``Using --randomly-seed=N``; replay with ``-p randomly --randomly-seed=N``, debug in file order
+with ``-p no:randomly``).
 """
 
 from __future__ import annotations
 
+import fnmatch
+import importlib.util
+import os
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -29,3 +40,57 @@ def engine(tmp_path_factory: pytest.TempPathFactory, tiny_model: None) -> Iterat
         yield eng
     finally:
         eng.stop()
+
+
+# --- under CI, a skip is a failure unless allow-listed (.ci/allowed-skips.txt) ----------------
+
+_CI_DIR = Path(__file__).resolve().parents[1] / ".ci"
+_skipped: list[tuple[str, str]] = []  # (node id, reason)
+
+
+def _on_ci() -> bool:
+    return bool(os.environ.get("CI", "").strip())
+
+
+def _allowed_patterns() -> list[str]:
+    """The allow-list's patterns, parsed by .ci/verdict.py itself (one parser for both)."""
+    verdict = sys.modules.get("ci_verdict")
+    if verdict is None:
+        spec = importlib.util.spec_from_file_location("ci_verdict", _CI_DIR / "verdict.py")
+        assert spec is not None and spec.loader is not None
+        verdict = importlib.util.module_from_spec(spec)
+        sys.modules["ci_verdict"] = verdict  # its dataclasses resolve names through sys.modules
+        spec.loader.exec_module(verdict)
+    entries, _problems = verdict.read_allowed(_CI_DIR / "allowed-skips.txt")
+    return [e.pattern for e in entries]
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped:
+        if hasattr(report, "wasxfail"):
+            reason = f"xfail {report.wasxfail}".strip()
+        else:
+            longrepr = report.longrepr
+            reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+            reason = str(reason).removeprefix("Skipped: ")
+        _skipped.append((report.nodeid, str(reason)))
+
+
+def _unexpected_skips() -> list[tuple[str, str]]:
+    if not _on_ci() or not _skipped:
+        return []
+    patterns = _allowed_patterns()
+    return [(n, r) for n, r in _skipped if not any(fnmatch.fnmatchcase(n, p) for p in patterns)]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if exitstatus == 0 and _unexpected_skips():
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
+    unexpected = _unexpected_skips()
+    if unexpected:
+        terminalreporter.section("skips not allowed under CI (.ci/allowed-skips.txt)", red=True)
+        for node_id, reason in unexpected:
+            terminalreporter.line(f"SKIPPED {node_id}: {reason}")

@@ -3,7 +3,7 @@ gateway -> `make down` leaves no container. Plus the failure path of `make up`.
 
 Runs the real images and a real containerised CPU engine, on free loopback ports, in a compose
 project of its own (never the developer's `gemma4` project, never ports 8000/8080). Skips with
-the reason when no Docker engine answers; under CI=true it fails instead.
+the reason when no Docker engine answers; under CI (any non-empty value) it fails instead.
 """
 
 from __future__ import annotations
