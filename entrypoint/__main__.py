@@ -1,7 +1,8 @@
 """``python -m entrypoint``: render, check and serve a profile; manage the compile cache.
 
 render      print the exact vllm command and environment (secrets masked)
-check       run the preflight only (exit 1 on errors)
+check       run the preflight only (exit 1 on errors); --host: as the TPU/GPU host sees the
+            profile before `make up` (compose secrets on the host, not the container's cache dirs)
 serve       preflight, seed the compile cache, then run vLLM in its own process group
 cache save  write the hot compile cache back to the persistent copy (called by the warm-up)
 cache seed  fill the hot dir from the persistent copy (serve does this itself)
@@ -48,7 +49,10 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    ok = _print_findings(preflight.run(args.profile))
+    where = "host" if args.host else "container"
+    ok = _print_findings(
+        preflight.run(args.profile, where=where, project_dir=args.project_dir.resolve())
+    )
     if ok:
         print(f"preflight: {profile_path(args.profile)} OK")
     return 0 if ok else 1
@@ -110,7 +114,20 @@ def parser() -> argparse.ArgumentParser:
         return sp
 
     add("render", cmd_render, "print the vllm command and environment")
-    add("check", cmd_check, "run the preflight only")
+    c = add("check", cmd_check, "run the preflight only")
+    c.add_argument(
+        "--host",
+        action="store_true",
+        help="check as the host sees the profile before `make up` (TPU/GPU: the compose secrets "
+        "instead of the container's cache dirs); `make check` passes it",
+    )
+    c.add_argument(
+        "--project-dir",
+        type=Path,
+        default=preflight.PROJECT_DIR,
+        help="compose project directory that relative secret paths resolve against "
+        "(default: the repository root)",
+    )
     add("serve", cmd_serve, "preflight, seed cache, run vLLM")
     add("cache", cmd_cache, "compile cache").add_argument("action", choices=["save", "seed"])
     m = add("model", cmd_model, "build the tiny CPU model")

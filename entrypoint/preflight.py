@@ -2,7 +2,29 @@
 
 Every rule runs, and every problem is reported at once, one line each, so an operator fixes the
 profile in one pass. Errors stop ``serve``; warnings are printed and the engine starts.
-The rules encode FACTS.md section 1 (TPU) and section 3 (CPU).
+
+The TPU rules follow tpu-inference (vLLM 0.32): ngram speculation asserts without
+``--no-async-scheduling`` (``speculative_decoding_manager.py``); ``--disable-chunked-mm-input``
+is required for multimodal and needs ``--max-num-batched-tokens >= 2496`` (``tpu_platform.py``);
+Gemma 4 has no audio/video path on TPU (``models/jax/gemma4_mm.py``); 0.98 HBM utilization OOMs
+and 0.90 is what upstream runs (``tpu_worker.py``); block size is automatic, 16 above 8192
+tokens (``layers/vllm/backends/flash_attn.py``), so a forced 32 is no Trillium requirement;
+token buckets double up to max-num-batched-tokens (``tpu_inference/runner/utils.py``). The CPU
+rules follow vLLM's CPU backend as run here: the attention kernel supports head sizes 32, 64, 80,
+96, 112, 128, 160, 192, 224, 256 and 512 only (head_dim 16 starts, then dies on the first
+request) and the block size must be a multiple of 32 (``--block-size 16`` fails to start).
+
+Two points of view (``where``):
+
+``container`` (``serve``, and ``check`` by default): the engine's own, inside the container or
+    as a local process: cache dirs and the token file are checked at the paths the profile names.
+``host`` (``make check``, ``check --host``): the TPU/GPU host before ``make up``. There the cache
+    dirs (``/cache/...``) are container paths backed by compose volumes (docker-compose.yml), so
+    they are not looked for; instead the files compose mounts as secrets must exist on the host:
+    ``ENGINE_HF_TOKEN_FILE`` (default ``secrets/hf_token``) and ``GATEWAY_API_KEYS_FILE``
+    (default ``secrets/api_keys``), relative paths taken from the compose project directory (the
+    repository root), as ``docker-compose.tpu.yml`` / ``docker-compose.gpu.yml`` name them. The
+    CPU profile runs as local processes too (``make dev``), so on the host it is checked as-is.
 """
 
 from __future__ import annotations
@@ -14,11 +36,26 @@ from pathlib import Path
 from typing import Literal
 
 from entrypoint import capacity
-from env.settings import CacheSettings, EngineEnv, EngineSettings, unknown_keys, validation_problems
+from env.settings import (
+    CacheSettings,
+    EngineEnv,
+    EngineSettings,
+    GatewaySettings,
+    unknown_keys,
+    validation_problems,
+)
 
 CPU_HEAD_SIZES = frozenset({32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512})
 MM_CHUNK_MIN_BATCHED_TOKENS = 2496
 TPU_MAX_MEMORY_UTILIZATION = 0.95
+# The compose project directory: relative secret paths in docker-compose.<platform>.yml resolve here.
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+# The files docker-compose.<tpu|gpu>.yml mounts as secrets, and their defaults there.
+COMPOSE_SECRET_DEFAULTS = {
+    "ENGINE_HF_TOKEN_FILE": Path("secrets/hf_token"),
+    "GATEWAY_API_KEYS_FILE": Path("secrets/api_keys"),
+}
+Where = Literal["container", "host"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +74,14 @@ class Context:
     runtime: EngineEnv
     cache: CacheSettings
     chip_dir: Path = Path("/dev")  # where TPU chips appear (/dev/accel*, /dev/vfio/<n>)
+    where: Where = "container"
+    gateway: GatewaySettings | None = None
+    project_dir: Path = PROJECT_DIR
+
+    @property
+    def compose_only(self) -> bool:
+        """Host view of a platform that runs only under compose (its paths are container paths)."""
+        return self.where == "host" and self.engine.platform != "cpu"
 
 
 Rule = Callable[[Context], Iterator[Finding]]
@@ -157,7 +202,10 @@ def _writable_dir(path: Path) -> bool:
 @rule
 def cache_dirs(ctx: Context) -> Iterator[Finding]:
     """Cache dirs must exist and be writable. On CPU (local dev) missing dirs are created by
-    ``serve``; elsewhere a missing dir usually means a volume that was not mounted."""
+    ``serve``; elsewhere a missing dir usually means a volume that was not mounted. Seen from a
+    TPU/GPU host they are compose volumes' mount points, not host paths: not checked there."""
+    if ctx.compose_only:
+        return
     dirs = {"CACHE_HOT_DIR": ctx.cache.hot_dir, "CACHE_HF_DIR": ctx.cache.hf_dir}
     if ctx.cache.persist_dir is not None:
         dirs["CACHE_PERSIST_DIR"] = ctx.cache.persist_dir
@@ -175,17 +223,40 @@ def cache_dirs(ctx: Context) -> Iterator[Finding]:
 
 @rule
 def hf_token_file(ctx: Context) -> Iterator[Finding]:
-    path = ctx.engine.hf_token_file
-    if path is None:
-        return
-    if not path.is_file():
-        yield _error(
-            "ENGINE_HF_TOKEN_FILE", f"{path} does not exist (put the Hugging Face token in it)"
+    if ctx.compose_only:
+        return  # compose_secrets checks it where compose reads it
+    if ctx.engine.hf_token_file is not None:
+        yield from _secret_file(
+            "ENGINE_HF_TOKEN_FILE", ctx.engine.hf_token_file, "the Hugging Face token"
         )
+
+
+@rule
+def compose_secrets(ctx: Context) -> Iterator[Finding]:
+    """Host view: every file docker-compose.<tpu|gpu>.yml mounts as a secret (compose refuses to
+    start without it; the TPU gateway refuses to start without API keys)."""
+    if not ctx.compose_only:
+        return
+    gateway = ctx.gateway or GatewaySettings()
+    configured = {
+        "ENGINE_HF_TOKEN_FILE": ctx.engine.hf_token_file,
+        "GATEWAY_API_KEYS_FILE": gateway.api_keys_file,
+    }
+    what = {"ENGINE_HF_TOKEN_FILE": "the Hugging Face token", "GATEWAY_API_KEYS_FILE": "API keys"}
+    for key, default in COMPOSE_SECRET_DEFAULTS.items():
+        path = configured[key] or default
+        yield from _secret_file(
+            key, path if path.is_absolute() else ctx.project_dir / path, what[key]
+        )
+
+
+def _secret_file(key: str, path: Path, what: str) -> Iterator[Finding]:
+    if not path.is_file():
+        yield _error(key, f"{path} does not exist (put {what} in it)")
     elif not os.access(path, os.R_OK):
-        yield _error("ENGINE_HF_TOKEN_FILE", f"{path} is not readable")
+        yield _error(key, f"{path} is not readable")
     elif path.stat().st_size == 0:
-        yield _error("ENGINE_HF_TOKEN_FILE", f"{path} is empty")
+        yield _error(key, f"{path} is empty")
 
 
 @rule
@@ -244,8 +315,16 @@ def seqs_fit_kv_cache(ctx: Context) -> Iterator[Finding]:
         )
 
 
-def run(profile: str | os.PathLike[str] | None, chip_dir: Path = Path("/dev")) -> list[Finding]:
-    """All findings for a profile: key typos and type errors first, then every rule."""
+def run(
+    profile: str | os.PathLike[str] | None,
+    chip_dir: Path = Path("/dev"),
+    where: Where = "container",
+    project_dir: Path = PROJECT_DIR,
+) -> list[Finding]:
+    """All findings for a profile: key typos and type errors first, then every rule.
+
+    ``where``: ``container`` (the engine's view) or ``host`` (a TPU/GPU host before ``make up``).
+    """
     findings = [_error(k, "unknown key (typo?)") for k in unknown_keys(profile)]
     findings += [
         _error(line.split(":", 1)[0], line.split(":", 1)[1].strip())
@@ -254,7 +333,13 @@ def run(profile: str | os.PathLike[str] | None, chip_dir: Path = Path("/dev")) -
     if findings:
         return findings  # the rules below need a profile that parses
     ctx = Context(
-        EngineSettings.load(profile), EngineEnv.load(profile), CacheSettings.load(profile), chip_dir
+        EngineSettings.load(profile),
+        EngineEnv.load(profile),
+        CacheSettings.load(profile),
+        chip_dir,
+        where=where,
+        gateway=GatewaySettings.load(profile) if where == "host" else None,
+        project_dir=project_dir,
     )
     for check in RULES:
         findings.extend(check(ctx))

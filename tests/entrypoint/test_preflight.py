@@ -57,7 +57,111 @@ def check(profile: Path, chip_dir: Path) -> list[preflight.Finding]:
 
 
 def test_real_tpu_profile_passes(tpu_profile) -> None:
+    """Container view, the rules alone (cache dirs and token made valid by the fixture)."""
     assert keys(check(tpu_profile(), tpu_profile.chips)) == []
+
+
+# --- host view (`make check`): the REAL profile files, unmodified --------------------------------
+
+
+@pytest.fixture
+def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A TPU host as `make check` sees it: no /cache (container paths), the compose project dir
+    holding secrets/hf_token and secrets/api_keys as the README's steps write them."""
+    for key in ("TPU_VISIBLE_CHIPS", "ENGINE_HF_TOKEN_FILE", "GATEWAY_API_KEYS_FILE",
+                "CACHE_HOT_DIR", "CACHE_PERSIST_DIR", "CACHE_HF_DIR"):  # fmt: skip
+        monkeypatch.delenv(key, raising=False)
+    project = tmp_path / "project"
+    (project / "secrets").mkdir(parents=True)
+    (project / "secrets" / "hf_token").write_text("hf_x")
+    (project / "secrets" / "api_keys").write_text("sha256:" + "0" * 64 + "\n")
+
+    def chips(n: int) -> Path:
+        d = tmp_path / f"dev{n}"
+        d.mkdir(exist_ok=True)
+        for i in range(n):
+            (d / f"accel{i}").touch()
+        return d
+
+    return project, chips
+
+
+def run_host(profile: str, project: Path, chip_dir: Path) -> list[preflight.Finding]:
+    return preflight.run(profile, chip_dir=chip_dir, where="host", project_dir=project)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["v6e4-gemma4-26b", "v6e4-gemma4-26b-batch", "v6e1-gemma4-e4b", "v6e8-gemma4-31b",
+     "gpu-gemma4-26b"],
+)  # fmt: skip
+def test_real_profiles_pass_on_their_host(host, name: str) -> None:
+    project, chips = host
+    values = read_profile(ENV_DIR / f"{name}.env")
+    assert str(values["CACHE_HOT_DIR"]).startswith("/cache/"), "a container path, absent here"
+    assert not Path(str(values["CACHE_HOT_DIR"])).exists()
+    tp = int(values.get("ENGINE_TENSOR_PARALLEL_SIZE") or 1)
+    assert keys(run_host(name, project, chips(tp))) == []
+
+
+def test_host_view_still_runs_the_rules(host) -> None:
+    project, chips = host
+    assert keys(run_host("v6e4-gemma4-26b", project, chips(8))) == ["ENGINE_TENSOR_PARALLEL_SIZE"]
+
+
+def test_host_view_reports_missing_compose_secrets(host) -> None:
+    project, chips = host
+    (project / "secrets" / "api_keys").unlink()
+    (project / "secrets" / "hf_token").write_text("")
+    findings = run_host("v6e4-gemma4-26b", project, chips(4))
+    assert keys(findings) == ["ENGINE_HF_TOKEN_FILE", "GATEWAY_API_KEYS_FILE"]
+    text = " ".join(map(str, findings))
+    assert f"{project}/secrets/hf_token is empty" in text
+    assert f"{project}/secrets/api_keys does not exist" in text
+
+
+def test_host_view_follows_the_profiles_secret_paths(host, tmp_path: Path) -> None:
+    """An absolute ENGINE_HF_TOKEN_FILE in the profile is what compose mounts: checked there."""
+    project, chips = host
+    profile = tmp_path / "custom.env"
+    token = tmp_path / "elsewhere" / "token"
+    profile.write_text(
+        (ENV_DIR / "v6e4-gemma4-26b.env").read_text() + f"\nENGINE_HF_TOKEN_FILE={token}\n"
+    )
+    assert keys(run_host(str(profile), project, chips(4))) == ["ENGINE_HF_TOKEN_FILE"]
+    token.parent.mkdir()
+    token.write_text("hf_y")
+    assert keys(run_host(str(profile), project, chips(4))) == []
+
+
+def test_container_view_of_the_real_profile_checks_the_volumes(host) -> None:
+    """The same profile inside the engine container: its /cache volumes must be mounted."""
+    project, chips = host
+    findings = preflight.run("v6e4-gemma4-26b", chip_dir=chips(4), project_dir=project)
+    assert {"CACHE_HOT_DIR", "CACHE_HF_DIR", "CACHE_PERSIST_DIR"} <= set(keys(findings))
+
+
+def test_check_cli_host_mode_on_the_real_profile(host) -> None:
+    """`make check PROFILE=v6e4-gemma4-26b` on a TPU host: `check --host` on the real profile."""
+    project, _chips = host
+    env = {**os.environ, "TPU_VISIBLE_CHIPS": "0,1,2,3"}
+    argv = [sys.executable, "-m", "entrypoint", "check", "--host", "--profile", "v6e4-gemma4-26b",
+            "--project-dir", str(project)]  # fmt: skip
+    ok = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert "v6e4-gemma4-26b.env OK" in ok.stdout
+    (project / "secrets" / "hf_token").unlink()
+    bad = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60)
+    assert bad.returncode == 1
+    assert "ERROR ENGINE_HF_TOKEN_FILE" in bad.stderr
+
+
+def test_make_check_uses_the_host_view() -> None:
+    dry = subprocess.run(
+        ["make", "-n", "check", "PROFILE=v6e4-gemma4-26b"],
+        cwd=ENV_DIR.parent, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert "-m entrypoint check --host --profile v6e4-gemma4-26b" in dry.stdout, dry.stdout
 
 
 @pytest.mark.parametrize("base", ["v6e4-gemma4-26b-batch", "v6e1-gemma4-e4b", "v6e8-gemma4-31b"])
