@@ -15,7 +15,8 @@ is the difference between the lags through the gateway and directly.
 Also served, because a gateway polls them: ``/health``, ``/v1/models`` (with max_model_len),
 ``/metrics`` (``vllm:num_requests_running/waiting``, ``vllm:kv_cache_usage_perc``,
 ``process_start_time_seconds``), ``/tokenize`` (one token per whitespace-separated word; chat adds
-8 template tokens like the tiny Gemma 4), ``/version``.
+8 template tokens like the tiny Gemma 4), ``/detokenize`` (one word per token, so the warm-up's
+exact-length prompts round-trip), ``/version``.
 
 Fault injection for client tests, per request, through an extra body field ``"synthetic"``:
 ``{"status": 500}`` answers an error; ``{"error_after": k}`` sends an SSE error event after k
@@ -304,6 +305,10 @@ class Protocol(asyncio.Protocol):
             if not chat and req.get("add_special_tokens") is False:
                 n = count_tokens(req, False)
             doc = {"count": n, "max_model_len": cfg.max_model_len, "tokens": list(range(n))}
+            self.write(_response(200, json.dumps(doc).encode()))
+        elif path == b"/detokenize" and method == b"POST":
+            ids = json.loads(body).get("tokens") or []
+            doc = {"prompt": " ".join(f"w{i}" for i in ids)}
             self.write(_response(200, json.dumps(doc).encode()))
         elif path == b"/version":
             self.write(_response(200, b'{"version":"synthetic"}'))

@@ -1,0 +1,128 @@
+"""Small real fakes for the sidecar's peers: loopback HTTP servers run in a thread of the test.
+
+``FakeEngine`` answers ``/metrics`` with a ``process_start_time_seconds`` the test can change (a
+restart, as far as the sidecar can tell). ``FakeGateway`` implements ``/internal/warmup`` with a
+state the test controls, a policy deciding each POST's answer, and a record of what was posted.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+Answer = tuple[int, Any]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def _answer(self, method: str) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        body = json.loads(raw) if raw else None
+        code, doc = self.server.app(method, self.path, body)
+        data = doc.encode() if isinstance(doc, str) else json.dumps(doc).encode()
+        self.send_response(code)
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self._answer("GET")
+
+    def do_POST(self) -> None:
+        self._answer("POST")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, app: Callable[[str, str, Any], Answer]) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.app = app
+
+
+@contextmanager
+def serve(app: Callable[[str, str, Any], Answer]) -> Iterator[str]:
+    """Serve ``app(method, path, json_body) -> (status, json or text)`` on loopback; yields URL."""
+    srv = _Server(app)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(timeout=5)
+
+
+@dataclass
+class FakeEngine:
+    """An engine as the sidecar's identity checks see it: ``/metrics`` with a start time."""
+
+    start_time: float = 1_790_000_000.0
+
+    @property
+    def instance(self) -> str:
+        return repr(float(self.start_time))
+
+    def app(self, method: str, path: str, body: Any) -> Answer:
+        if path == "/metrics":
+            return 200, f"process_start_time_seconds {self.start_time}\n"
+        return 404, {"error": "not found"}
+
+
+@dataclass
+class FakeGateway:
+    """``/internal/warmup``: GET returns ``state``; ``on_post`` answers each POST (default:
+    accept it for the current instance, as the real gateway does). Every POST is recorded."""
+
+    instance: str | None = None
+    state: str = "warming_up"
+    posts: list[dict[str, Any]] = field(default_factory=list)
+    gets: int = 0
+    on_post: Callable[[FakeGateway, dict[str, Any]], Answer] | None = None
+    _seen: threading.Condition = field(default_factory=threading.Condition)
+
+    def accept(self, body: dict[str, Any]) -> Answer:
+        if body["engine_instance"] != self.instance:
+            return 409, {"error": {"code": "stale_engine_instance"}}
+        self.state = {"running": "warming_up", "passed": "ready", "failed": "warmup_failed"}[
+            body["status"]
+        ]
+        return 200, self.doc()
+
+    def doc(self) -> dict[str, Any]:
+        return {"state": self.state, "engine_instance": self.instance}
+
+    def app(self, method: str, path: str, body: Any) -> Answer:
+        if path != "/internal/warmup":
+            return 404, {"error": "not found"}
+        with self._seen:
+            if method == "GET":
+                answer = 200, self.doc()
+                self.gets += 1
+            else:
+                answer = self.on_post(self, body) if self.on_post else self.accept(body)
+                self.posts.append(body)
+            self._seen.notify_all()
+        return answer
+
+    def wait_until(self, what: Callable[[FakeGateway], bool], timeout_s: float = 30.0) -> None:
+        """Block until ``what(self)`` holds after some request (AssertionError on timeout)."""
+        deadline = time.monotonic() + timeout_s
+        with self._seen:
+            while not what(self):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"gateway never got there: {self.gets} GETs {self.posts}")
+                self._seen.wait(left)
