@@ -193,7 +193,8 @@ class Sidecar:
         self.reporter.log(f"report written to {self.report_path}")
         if outcome.status == "passed" and w.cache_save:
             ok, msg = await asyncio.to_thread(cache_save, self.profile)
-            self.reporter.log(("compile cache saved: " if ok else "WARNING: ") + msg)
+            # ``msg`` is the save's own account ("...: saved N bytes to P" or "nothing saved").
+            self.reporter.log(msg if ok else f"WARNING: compile cache not saved: {msg}")
         return outcome
 
     # -- handshake ----------------------------------------------------------------------------
