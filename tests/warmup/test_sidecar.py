@@ -3,12 +3,14 @@
 These prove the handshake contract from the outside: the gateway's ``/health`` is 503 until the
 sidecar has warmed *this* engine instance, stays 503 with the failing step as its reason, and
 goes back to 503 when the engine restarts until the watching sidecar has warmed the new one.
+The restart test starts an engine of its own: the session's shared engine is never restarted.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,8 +24,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from entrypoint.cache import active_key
 from env.settings import EngineEnv, EngineSettings, WarmupSettings
-from tests.support.engine import PROFILE, Engine
+from tests.support.engine import PROFILE, Engine, start_engine
 from tests.support.gateway import RunningGateway, run_gateway, wait_for_instance
 from tests.support.process import REPO
 from warmup.plan import build_plan
@@ -60,7 +63,11 @@ def warmup_argv(report: Path, *extra: str) -> list[str]:
 
 @dataclass
 class Sample:
-    t: float
+    """One /health answer: ``sent`` before the request went out, ``received`` after the answer
+    (wall clock, the clock of the gateway's ``since``), so an answer's moment is bracketed."""
+
+    sent: float
+    received: float
     code: int
     status: str
     instance: str | None
@@ -75,10 +82,11 @@ def health_poller(url: str, every_s: float = 0.05) -> Iterator[list[Sample]]:
     def poll() -> None:
         with httpx.Client(timeout=2) as client:
             while not stop.is_set():
+                sent = time.time()
                 try:
                     r = client.get(f"{url}/health")
                     body = r.json()
-                    samples.append(Sample(time.time(), r.status_code, body.get("status"),
+                    samples.append(Sample(sent, time.time(), r.status_code, body.get("status"),
                                           body.get("engine_instance")))  # fmt: skip
                 except (httpx.HTTPError, ValueError):
                     pass
@@ -107,6 +115,11 @@ def wait_health(gw: RunningGateway, predicate, timeout_s: float) -> httpx.Respon
     raise AssertionError(f"gateway /health never matched: {health(gw).text}\n{gw.log_tail()}")
 
 
+def files(root: Path) -> set[str]:
+    """Every file under ``root``, relative to it."""
+    return {str(f.relative_to(root)) for f in root.rglob("*") if f.is_file()}
+
+
 def wait_sample(samples: list[Sample], predicate, timeout_s: float) -> str:
     """The engine instance of the first polled sample matching ``predicate``."""
     deadline = time.monotonic() + timeout_s
@@ -122,6 +135,15 @@ def test_full_plan_passes_and_health_turns_200_only_after_it(
     engine: Engine, tmp_path: Path
 ) -> None:
     report_path = tmp_path / "report.json"
+    hot = Path(engine.env["CACHE_HOT_DIR"])
+    persist = Path(engine.env["CACHE_PERSIST_DIR"])
+    key = active_key(hot)  # recorded by the engine's `cache seed` at start
+    assert key is not None, "the engine seeded its compile cache under a key"
+    shutil.rmtree(persist / key, ignore_errors=True)  # an earlier copy must not count
+    # What the engine wrote into its hot dir since it started (vLLM's torch.compile cache and
+    # model info on CPU): the write-back must carry every file of it.
+    to_save = files(hot / key)
+    assert to_save, "the engine wrote nothing to its hot cache dir"
     with run_gateway(engine.url) as gw:
         wait_for_instance(gw)
         before = health(gw)
@@ -132,17 +154,18 @@ def test_full_plan_passes_and_health_turns_200_only_after_it(
             WARMUP_SYSTEM_PROMPT=SYSTEM_PROMPT,
             # the real write-back, into this engine's private cache dirs
             WARMUP_CACHE_SAVE="true",
-            CACHE_HOT_DIR=engine.env["CACHE_HOT_DIR"],
-            CACHE_PERSIST_DIR=engine.env["CACHE_PERSIST_DIR"],
+            CACHE_HOT_DIR=str(hot),
+            CACHE_PERSIST_DIR=str(persist),
         )  # fmt: skip
         with health_poller(gw.url) as samples:
             done = subprocess.run(warmup_argv(report_path), env=env, cwd=REPO,
                                   capture_output=True, text=True, timeout=240)  # fmt: skip
-            time.sleep(0.3)
-        assert done.returncode == 0, done.stderr[-3000:]
+            assert done.returncode == 0, done.stderr[-3000:]
+            ready_since = float(gw.state()["since"])
+            # the poller's first answer to a request sent after the switch (no sleep-and-hope)
+            wait_sample(samples, lambda s: s.sent > ready_since, 60)
         after = health(gw)
         assert after.status_code == 200 and after.json()["status"] == "ok"
-        ready_since = float(gw.state()["since"])
 
     report = json.loads(report_path.read_text())
     expected = build_plan(
@@ -157,15 +180,24 @@ def test_full_plan_passes_and_health_turns_200_only_after_it(
         assert step["first_s"] > 0 and step["second_s"] > 0, step
     assert report["engine"]["instance"] == after.json()["engine_instance"]
     assert report["engine"]["version"] and report["engine"]["model"] == "gemma-4-tiny"
-    assert "compile cache saved" in done.stderr, done.stderr[-2000:]
 
-    # 503 warming_up for the whole plan, 200 only once the sidecar posted "passed"
+    # The compile cache went to the persistent dir under the engine's key, every file of it.
+    assert files(persist / key) >= to_save, sorted(to_save - files(persist / key))
+    for name in to_save:
+        assert (persist / key / name).read_bytes() == (hot / key / name).read_bytes(), name
+    assert f"compile cache {key}: saved " in done.stderr, done.stderr[-2000:]
+
+    # 503 warming_up for the whole plan, 200 only once the sidecar posted "passed". A sample's
+    # answer is known to come before the switch if it was received before ``since``, after it
+    # if the request was sent after ``since``; one in flight across the switch may be either.
     plan_time = sum(s["first_s"] + s["second_s"] for s in report["steps"])
     assert ready_since >= report["started_at"] + plan_time
-    early = [s for s in samples if s.t < ready_since]
-    assert len(early) >= 10, "the poller watched the gateway while the plan ran"
+    during_plan = [s for s in samples if report["started_at"] <= s.sent <= s.received < ready_since]
+    assert during_plan, "the poller watched the gateway while the plan ran"
+    early = [s for s in samples if s.received < ready_since]
     assert {(s.code, s.status) for s in early} == {(503, "warming_up")}
-    assert all(s.code == 200 for s in samples if s.t > ready_since + 0.2)
+    late = [s for s in samples if s.sent > ready_since]
+    assert late and {(s.code, s.status) for s in late} == {(200, "ok")}
 
 
 def test_a_failing_step_keeps_health_503_with_that_step(engine: Engine, tmp_path: Path) -> None:
@@ -195,37 +227,43 @@ def test_a_failing_step_keeps_health_503_with_that_step(engine: Engine, tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(480)
+@pytest.mark.timeout(600)
 def test_engine_restart_returns_health_to_503_until_the_watcher_rewarms(
-    engine: Engine, tmp_path: Path
+    tiny_model: None, tmp_path: Path
 ) -> None:
     report_path = tmp_path / "report.json"
-    with run_gateway(engine.url) as gw:
-        env = warmup_env(engine, gw, WARMUP_WATCH_INTERVAL_S="0.5")
-        log = (tmp_path / "watch.log").open("w")
-        watcher = subprocess.Popen(warmup_argv(report_path, "--watch"), env=env, cwd=REPO,
-                                   stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)  # fmt: skip
-        try:
-            first = wait_health(gw, lambda r: r.status_code == 200, 120).json()["engine_instance"]
-            with health_poller(gw.url) as samples:
-                engine.restart()  # same port, new process: a new engine instance
-                # Wait on the poller's own samples (not a second loop): the sequence asserted
-                # below must contain the first 200 of the new instance.
-                new = wait_sample(samples, lambda s: s.code == 200 and s.instance != first, 180)
-        finally:
-            os.killpg(watcher.pid, signal.SIGTERM)
-            code = watcher.wait(timeout=20)
-            log.close()
-        assert code == 0, "the watcher exits cleanly on SIGTERM"
+    workdir = tmp_path / "engine"
+    workdir.mkdir()
+    engine = start_engine(workdir)  # its own: restarting the shared engine would affect others
+    try:
+        with run_gateway(engine.url) as gw:
+            env = warmup_env(engine, gw, WARMUP_WATCH_INTERVAL_S="0.5")
+            log = (tmp_path / "watch.log").open("w")
+            watcher = subprocess.Popen(warmup_argv(report_path, "--watch"), env=env, cwd=REPO,
+                                       stdout=log, stderr=subprocess.STDOUT,
+                                       start_new_session=True)  # fmt: skip
+            try:
+                first = wait_health(gw, lambda r: r.status_code == 200, 120)
+                first = first.json()["engine_instance"]
+                with health_poller(gw.url) as samples:
+                    engine.restart()  # same port, new process: a new engine instance
+                    # Wait on the poller's own samples (not a second loop): the sequence asserted
+                    # below must contain the first 200 of the new instance.
+                    new = wait_sample(samples, lambda s: s.code == 200 and s.instance != first, 180)
+            finally:
+                os.killpg(watcher.pid, signal.SIGTERM)
+                code = watcher.wait(timeout=20)
+                log.close()
+            assert code == 0, "the watcher exits cleanly on SIGTERM"
+    finally:
+        engine.stop()
 
     assert new != first
     statuses_new = [s for s in samples if s.instance == new]
     assert statuses_new and statuses_new[0].code == 503, "the new instance starts unserved"
     assert statuses_new[0].status == "warming_up"
-    assert any(s.code == 503 for s in samples), samples[:5]
-    first_ok = next(s.t for s in statuses_new if s.code == 200)
-    assert all(s.code == 503 for s in statuses_new if s.t < first_ok)
+    first_ok = next(i for i, s in enumerate(statuses_new) if s.code == 200)
+    assert {(s.code, s.status) for s in statuses_new[:first_ok]} == {(503, "warming_up")}
     report = json.loads(report_path.read_text())
     assert report["engine"]["instance"] == new and report["outcome"] == "passed"
     watch_log = (tmp_path / "watch.log").read_text()
