@@ -112,6 +112,19 @@ def _worker(
     return records, res
 
 
+def shard_plan(concurrency: int, processes: int) -> list[tuple[int, int]]:
+    """Per client process: (its streams, the ramp slot of its first stream).
+
+    Streams are split as evenly as possible, the first processes taking the remainder; the
+    slots number the cell's streams 0..c-1 across processes, so one ramp spans them all.
+    """
+    conc = [
+        concurrency // processes + (1 if k < concurrency % processes else 0)
+        for k in range(processes)
+    ]
+    return [(c, sum(conc[:k])) for k, c in enumerate(conc)]
+
+
 def run_sharded(
     target: Target,
     prompts: PromptSet,
@@ -126,10 +139,7 @@ def run_sharded(
     """The load split over ``processes`` client processes; ``on_progress(n_done)`` is polled."""
     ctx = mp.get_context("spawn")
     counter, stop, barrier = ctx.Value("i", 0), ctx.Event(), ctx.Barrier(processes)
-    conc = [
-        concurrency // processes + (1 if k < concurrency % processes else 0)
-        for k in range(processes)
-    ]
+    plan = shard_plan(concurrency, processes)
     out = CellLoad(processes=processes)
     with ProcessPoolExecutor(
         processes, mp_context=ctx, initializer=_init_worker, initargs=(counter, stop, barrier)
@@ -143,9 +153,9 @@ def run_sharded(
                 c,
                 max_tokens,
                 chunk_lag,
-                (ramp_s, sum(conc[:k]), concurrency),
+                (ramp_s, first, concurrency),
             )
-            for k, (part, c) in enumerate(zip(chunks(indices, processes), conc, strict=True))
+            for part, (c, first) in zip(chunks(indices, processes), plan, strict=True)
         ]
         try:
             while not all(f.done() for f in futures):
