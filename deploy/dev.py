@@ -125,8 +125,7 @@ class DevStack:
         gateway = GatewaySettings.load(self.profile)
         ready_timeout = EngineEnv.load(self.profile).vllm_engine_ready_timeout_s
         engine_url = (self.engine_url or engine.url).rstrip("/")
-        gw_host = gateway.host if gateway.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-        gateway_url = f"http://{gw_host}:{gateway.port}"
+        gateway_url = gateway.url
         shared = {"GATEWAY_UPSTREAM_URL": engine_url} if self.engine_url else {}
         essential: list[Role] = []
         try:

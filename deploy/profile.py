@@ -11,6 +11,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from env.net import loopback_url
+
 
 def read(path: str | os.PathLike[str]) -> dict[str, str]:
     """``KEY=VALUE`` lines of a dotenv file: comments, blanks and ``export`` ignored, quotes
@@ -52,10 +54,9 @@ class Profile:
     @property
     def gateway_url(self) -> str:
         """Where the stack's gateway answers from this host (loopback for a wildcard bind)."""
-        host = self.get("STACK_GATEWAY_HOST", "0.0.0.0")
-        if host in ("", "0.0.0.0", "::"):
-            host = "127.0.0.1"
-        return f"http://{host}:{self.get('GATEWAY_PORT', '8080')}"
+        return loopback_url(
+            self.get("STACK_GATEWAY_HOST", "0.0.0.0"), self.get("GATEWAY_PORT", "8080")
+        )
 
     def up_timeout_s(self) -> float:
         """Bound for `make up`: engine ready timeout + warm-up budget + image start slack."""

@@ -26,6 +26,7 @@ import urllib.request
 from dataclasses import dataclass
 
 from deploy.profile import Profile
+from gateway.errors import engine_message
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -48,13 +49,12 @@ def probe(url: str, timeout_s: float = 5.0) -> Health:
         with urllib.request.urlopen(url, timeout=timeout_s) as resp:
             return Health(resp.status, "ok")
     except urllib.error.HTTPError as exc:
-        body = exc.read().decode("utf-8", "replace")
+        body = exc.read()
         try:
-            data = json.loads(body)
-            reason = str(data.get("status") or data.get("error", {}).get("message") or body)
+            status = json.loads(body).get("status")
         except (ValueError, AttributeError):
-            reason = body[:200]
-        return Health(exc.code, reason)
+            status = None
+        return Health(exc.code, str(status) if status else engine_message(body, 200))
     except (OSError, urllib.error.URLError) as exc:
         return Health(0, f"no answer ({getattr(exc, 'reason', exc)})")
 

@@ -20,6 +20,8 @@ from dotenv import dotenv_values
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from env.net import loopback_url
+
 ENV_DIR = Path(__file__).resolve().parent
 DEFAULT_PROFILE = ENV_DIR / "cpu.env"
 
@@ -103,8 +105,7 @@ class EngineSettings(_Slice):
 
     @property
     def url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
-        return f"http://{host}:{self.port}"
+        return loopback_url(self.host, self.port)
 
 
 class EngineEnv(_Slice):
@@ -185,6 +186,11 @@ class GatewaySettings(_Slice):
     stream_idle_timeout_s: float = Field(120.0, gt=0)
     request_timeout_s: float = Field(600.0, gt=0)
     tokenize_timeout_s: float = Field(10.0, gt=0)
+
+    @property
+    def url(self) -> str:
+        """Where this gateway answers from the same host (loopback for a wildcard bind)."""
+        return loopback_url(self.host, self.port)
 
 
 class WarmupSettings(_Slice):

@@ -9,8 +9,16 @@ rate at which slots have actually been freed (a constant would either hammer or 
 While the engine reports saturation (its own waiting queue or KV cache above a threshold, or
 its metrics are stale), new work queues even if gateway slots are free: the engine's view wins.
 
+Callers use one thing: ``async with admission.slot(key, on_wait=...) as ticket`` admits at once
+or queues (calling ``on_wait`` every ``wait_tick_s`` while queued, e.g. an SSE keep-alive), raises
+``Rejected`` (429) when the queue is full or the wait budget runs out, and releases the slot on
+every exit path (normal, error, cancellation), so no route can leak one. The steps it is made of
+(``try_admit``, ``enqueue``, ``wait``, ``timed_out``, ``cancel``, ``release``) stay public for the
+unit tests of the queue's rules.
+
 Single event loop, no locks: every method runs to completion without awaiting, except
-``Waiter.wait``. Time comes from an injectable clock so the drain-rate maths is unit-testable.
+``wait`` and ``slot``. Time comes from an injectable clock so the drain-rate maths is
+unit-testable.
 """
 
 from __future__ import annotations
@@ -19,8 +27,9 @@ import asyncio
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from types import TracebackType
 
 from gateway.errors import OpenAIError
 
@@ -123,6 +132,46 @@ class Admission:
         return max(1, min(self.max_retry_after_s, math.ceil(estimate)))
 
     # -- admission ---------------------------------------------------------------------------
+
+    def slot(
+        self,
+        key: str,
+        on_wait: Callable[[], Awaitable[None]] | None = None,
+        wait_tick_s: float = 0.0,
+    ) -> Slot:
+        """``async with admission.slot(key) as ticket``: one admitted request, released on exit.
+
+        ``on_wait`` (with ``wait_tick_s`` > 0) is awaited every tick while the request queues.
+        """
+        return Slot(self, key, on_wait, wait_tick_s)
+
+    async def acquire(
+        self,
+        key: str,
+        on_wait: Callable[[], Awaitable[None]] | None = None,
+        wait_tick_s: float = 0.0,
+    ) -> Ticket:
+        """Admit now, or queue until a slot frees up; raises ``Rejected`` (429)."""
+        ticket = self.try_admit(key)
+        if ticket is not None:
+            return ticket
+        waiter = self.enqueue(key)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.queue_timeout_s
+        tick = wait_tick_s if on_wait is not None and wait_tick_s > 0 else 0.0
+        try:
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise self.timed_out(waiter)
+                ticket = await self.wait(waiter, min(remaining, tick or remaining))
+                if ticket is not None:
+                    return ticket
+                if tick and on_wait is not None and deadline - loop.time() > 0:
+                    await on_wait()
+        except BaseException:
+            self.cancel(waiter)  # no-op if already out of the queue; frees a slot granted late
+            raise
 
     def try_admit(self, key: str) -> Ticket | None:
         """Admit at once if a slot is free and nobody queues; None means "queue".
@@ -232,3 +281,35 @@ class Admission:
         # Drop cancelled entries at the head so the deque does not grow with dead waiters.
         while self._queue and self._queue[0].cancelled:
             self._queue.popleft()
+
+
+class Slot:
+    """The async context manager behind ``Admission.slot`` (a class: no generator per request)."""
+
+    __slots__ = ("_admission", "_key", "_on_wait", "_tick", "ticket")
+
+    def __init__(
+        self,
+        admission: Admission,
+        key: str,
+        on_wait: Callable[[], Awaitable[None]] | None,
+        wait_tick_s: float,
+    ) -> None:
+        self._admission = admission
+        self._key = key
+        self._on_wait = on_wait
+        self._tick = wait_tick_s
+        self.ticket: Ticket | None = None
+
+    async def __aenter__(self) -> Ticket:
+        self.ticket = await self._admission.acquire(self._key, self._on_wait, self._tick)
+        return self.ticket
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.ticket is not None:
+            self._admission.release(self.ticket)

@@ -11,15 +11,10 @@ import asyncio
 import json
 import re
 import secrets
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from gateway.errors import OpenAIError
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
+from gateway.types import Headers, Receive, Scope, Send
 
 JSON = b"application/json"
 _REQUEST_ID_RE = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
@@ -41,7 +36,12 @@ def request_id(scope: Scope) -> bytes:
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The whole request body, refusing (413) as soon as it is known to exceed ``limit``."""
+    """The whole request body, refusing (413) as soon as it is known to exceed ``limit``.
+
+    The one place the body size limit (``GATEWAY_MAX_BODY_BYTES``) is enforced: a declared
+    ``Content-Length`` over it is refused before a byte is read, a chunked body as soon as the
+    running total passes it.
+    """
     length = header(scope, b"content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise OpenAIError(
@@ -76,7 +76,7 @@ async def send_bytes(
     status: int,
     body: bytes,
     content_type: bytes = JSON,
-    headers: list[tuple[bytes, bytes]] | None = None,
+    headers: Headers | None = None,
 ) -> None:
     h = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
     if headers:
@@ -85,15 +85,11 @@ async def send_bytes(
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_json(
-    send: Send, status: int, data: Any, headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
+async def send_json(send: Send, status: int, data: Any, headers: Headers | None = None) -> None:
     await send_bytes(send, status, json.dumps(data).encode(), JSON, headers)
 
 
-async def send_error(
-    send: Send, err: OpenAIError, headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
+async def send_error(send: Send, err: OpenAIError, headers: Headers | None = None) -> None:
     h = err.header_list()
     if headers:
         h.extend(headers)

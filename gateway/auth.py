@@ -21,6 +21,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.errors import OpenAIError
+
 ANONYMOUS = "anonymous"
 _HASH_RE = re.compile(r"^sha256:([0-9a-fA-F]{64})$")
 
@@ -102,3 +104,36 @@ def ensure_token_file(path: Path) -> str:
 
 def token_matches(presented: str | None, expected: str) -> bool:
     return presented is not None and hmac.compare_digest(presented.encode(), expected.encode())
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who may do what, decided from a request's headers alone."""
+
+    keys: KeyStore
+    internal_token: str
+    metrics_public: bool = False
+
+    def caller(self, headers: list[tuple[bytes, bytes]]) -> str:
+        """The caller's label, or a 401. In open mode every caller is ``anonymous``."""
+        token = bearer(headers)
+        caller = self.keys.identify(token)
+        if caller is None:
+            msg = "missing API key" if token is None else "invalid API key"
+            raise OpenAIError(
+                401, f"{msg}: send 'Authorization: Bearer <key>'", code="invalid_api_key"
+            )
+        return caller
+
+    def is_internal(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        return token_matches(bearer(headers), self.internal_token)
+
+    def may_scrape(self, headers: list[tuple[bytes, bytes]]) -> bool:
+        """``/metrics``: public if configured, else an API key or the internal token.
+
+        An open gateway (cpu, no keys) has no API keys to check, so there only the internal
+        token (Prometheus' ``bearer_token_file``) opens it.
+        """
+        if self.metrics_public or self.is_internal(headers):
+            return True
+        return not self.keys.open and self.keys.identify(bearer(headers)) is not None

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from gateway.errors import OpenAIError
+
 State = Literal["engine_down", "warming_up", "warmup_failed", "ready"]
 STATES: tuple[State, ...] = ("engine_down", "warming_up", "warmup_failed", "ready")
 ReportStatus = Literal["running", "passed", "failed"]
@@ -133,3 +135,20 @@ class HealthTracker:
             for listener in self._listeners:
                 listener(new)
         return self._snapshot
+
+
+def unavailable(snap: Snapshot) -> OpenAIError:
+    """The 503 for a request that arrives while the engine cannot serve (and its Retry-After)."""
+    if snap.state == "engine_down":
+        return OpenAIError(
+            503, "the engine is not reachable; retry later", code="engine_down", retry_after=5
+        )
+    if snap.state == "warming_up":
+        step = f" (step: {snap.step})" if snap.step else ""
+        return OpenAIError(
+            503, f"the engine is warming up{step}; retry later", code="warming_up", retry_after=10
+        )
+    return OpenAIError(
+        503, f"the engine failed its warm-up at step {snap.step}; an operator must act",
+        code="warmup_failed", retry_after=30,
+    )  # fmt: skip

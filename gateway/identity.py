@@ -3,11 +3,13 @@
 A warm-up proves one engine *process* can serve; a restarted engine (crash, OOM, redeploy) is a
 new process with cold compile caches and must be warmed again before it gets traffic. vLLM's API
 server exports ``process_start_time_seconds`` in ``/metrics``; a restart changes it, so it is a
-cheap, dependency-free identity. Pure functions only: the warm-up sidecar imports this module
+cheap identity. Pure functions only: the warm-up sidecar imports this module
 without pulling in the gateway's web stack.
 """
 
 from __future__ import annotations
+
+from gateway.promtext import values
 
 _START_METRIC = "process_start_time_seconds"
 
@@ -17,14 +19,5 @@ def engine_instance(metrics_text: str) -> str | None:
 
     The value is normalised (``repr(float)``) so that ``1.79e+09`` and ``1790000000.0`` agree.
     """
-    for line in metrics_text.splitlines():
-        if not line.startswith(_START_METRIC):
-            continue
-        name, _, value = line.partition(" ")
-        if name != _START_METRIC:  # e.g. a label set or a longer metric name
-            continue
-        try:
-            return repr(float(value.split()[0]))
-        except (ValueError, IndexError):
-            return None
-    return None
+    found = values(metrics_text, _START_METRIC)
+    return repr(found[0]) if found else None

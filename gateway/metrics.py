@@ -19,12 +19,34 @@ from prometheus_client import (
     generate_latest,
 )
 
+from gateway.errors import OpenAIError
 from gateway.health import STATES
 
 _LATENCY_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600,
 )  # fmt: skip
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+CLIENT_CLOSED = 499  # nginx's status for "client went away": recorded in metrics only
+
+# The ``reason`` label of ``gateway_rejections`` for an error code (default: validation for a
+# 4xx, else the code itself).
+_REASONS = {
+    "queue_full": "queue_full",
+    "wait_timeout": "wait_timeout",
+    "per_key_limit": "per_key_limit",
+    "engine_down": "engine_down",
+    "warming_up": "warming",
+    "warmup_failed": "warming",
+    "invalid_api_key": "auth",
+    "invalid_internal_token": "auth",
+}
+
+
+def rejection_reason(err: OpenAIError) -> str:
+    reason = _REASONS.get(err.code or "")
+    if reason:
+        return reason
+    return "validation" if 400 <= err.status < 500 else (err.code or "upstream")
 
 
 class GatewayMetrics:
@@ -69,7 +91,9 @@ class GatewayMetrics:
             registry=r,
         )
         self.token_counts = Counter(
-            "gateway_prompt_token_counts", "Prompt token counts, by outcome (counted, skipped)",
+            "gateway_prompt_token_counts",
+            "Prompt token counts, by outcome (counted: the engine's /tokenize ran; skipped: the "
+            "prompt's byte-size bound proved it short, or it was token ids)",
             ["outcome"], registry=r,
         )  # fmt: skip
         self.warmup_state = Enum(

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.identity import engine_instance
+from gateway.promtext import values as _values
 
 WAITING = "vllm:num_requests_waiting"
 RUNNING = "vllm:num_requests_running"
@@ -28,27 +29,6 @@ class EngineSample:
     running: float
     kv_usage: float
     instance: str | None
-
-
-def _values(text: str, name: str) -> list[float]:
-    """Every sample value of an unlabelled or labelled metric ``name`` (fast ``str.find`` scan)."""
-    out: list[float] = []
-    start = 0
-    while True:
-        i = text.find(name, start)
-        if i < 0:
-            return out
-        start = i + len(name)
-        at_line_start = i == 0 or text[i - 1] == "\n"
-        nxt = text[start : start + 1]
-        if not at_line_start or nxt not in ("{", " "):
-            continue
-        end = text.find("\n", start)
-        line = text[start : end if end >= 0 else len(text)]
-        try:
-            out.append(float(line.rsplit("}", 1)[-1].split()[0]))
-        except (ValueError, IndexError):
-            continue
 
 
 def parse_engine_metrics(text: str, at: float) -> EngineSample:

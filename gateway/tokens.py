@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 
-from gateway.errors import OpenAIError
+from gateway.errors import OpenAIError, engine_message
 from gateway.validation import Parsed
 
 # Chat request fields that change the rendered prompt, forwarded to /tokenize.
@@ -77,19 +77,9 @@ class TokenCounter:
                 raise OpenAIError(502, "bad /tokenize answer from the engine") from None
         # The engine rejected the prompt itself (bad message structure, bad template args):
         # a client error, reported with the engine's own message.
-        message = _engine_message(r)
+        message = engine_message(r.content) or f"HTTP {r.status_code}"
         if 400 <= r.status_code < 500:
             return_status = 400 if r.status_code != 404 else 404
             raise OpenAIError(return_status, message, code="invalid_prompt", param=param)
         raise OpenAIError(503, f"the engine failed to count the prompt: {message}",
                           code="engine_error", retry_after=5)  # fmt: skip
-
-
-def _engine_message(r: httpx.Response) -> str:
-    try:
-        data = r.json()
-        err = data.get("error", data)
-        msg = err.get("message") if isinstance(err, dict) else None
-        return str(msg or data)[:500]
-    except ValueError:
-        return r.text[:500] or f"HTTP {r.status_code}"

@@ -2,7 +2,7 @@
 
 Streaming is a passthrough of the engine's bytes (no decoding, no re-framing, no JSON parsing
 per chunk). The relay only counts SSE event separators (``bytes.count``, in C) and keeps the
-last two chunks so the token count can be read once from the final usage event.
+last pieces so the token count can be read once from the final usage event.
 
 Timeouts: a stream times out on *silence* (the read timeout applies per wait for data), never on
 its total duration, so a long generation is fine while a hung engine is not. Cancellation
@@ -19,15 +19,20 @@ from __future__ import annotations
 
 import re
 import time
+from collections import deque
+from collections.abc import Awaitable, Callable
 
 import httpx
 
-from gateway.asgi import Send
 from gateway.errors import OpenAIError
 from gateway.wire import EngineResponse
 
 _USAGE_RE = re.compile(rb'"usage":\{[^{}]*?"completion_tokens":(\d+)')
 _DONE = b"data: [DONE]"
+# The usage event is read once from the stream's tail: the last pieces (a usage event split over
+# several reads is still whole) cut to the last bytes (it is the last event before [DONE]).
+_TAIL_PIECES = 16
+_TAIL_BYTES = 2048
 
 
 def make_client(
@@ -82,18 +87,20 @@ class StreamStats:
         return max(0, self.events - role_events - (1 if self.done else 0))
 
 
-async def relay_sse(response: EngineResponse, send: Send, stats: StreamStats) -> None:
-    """Send the engine's SSE bytes to the client as they arrive. Raises ``httpx.HTTPError``."""
-    prev = last = b""
+async def relay_sse(
+    response: EngineResponse, emit: Callable[[bytes], Awaitable[None]], stats: StreamStats
+) -> None:
+    """Hand the engine's SSE bytes to ``emit`` as they arrive. Raises ``httpx.HTTPError``."""
+    recent: deque[bytes] = deque(maxlen=_TAIL_PIECES)
     events = 0
     try:
         async for chunk in response.chunks():
             if stats.first_chunk_at is None:
                 stats.first_chunk_at = time.perf_counter()
-            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await emit(chunk)
             events += chunk.count(b"\n\n")
-            prev, last = last, chunk
+            recent.append(chunk)
     finally:
         stats.events = events
-        stats.tail = prev[-512:] + last
+        stats.tail = b"".join(recent)[-_TAIL_BYTES:]
         stats.done = _DONE in stats.tail[-64:]

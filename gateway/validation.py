@@ -297,7 +297,9 @@ def _count_media(req: ChatRequest) -> dict[str, int]:
     return media
 
 
-def _completion_bounds(prompt: str | list[str] | list[int] | list[list[int]]) -> tuple[int, int | None]:
+def _completion_bounds(
+    prompt: str | list[str] | list[int] | list[list[int]],
+) -> tuple[int, int | None]:
     """(upper bound, exact count or None): token ids are counted by length, text bounded."""
     if isinstance(prompt, str):
         return len(prompt.encode()) + COMPLETION_SLACK, None

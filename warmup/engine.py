@@ -7,38 +7,16 @@ two sides of the handshake can never disagree about which engine is which.
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import httpx
 
 from gateway.identity import engine_instance
+from gateway.promtext import metric_labels
 
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 # Labels of vllm:cache_config_info worth keeping in the report (the rest is noise).
 CACHE_LABELS = ("block_size", "cache_dtype", "enable_prefix_caching", "kv_cache_size_tokens")
-
-
-def metric_sum(text: str, name: str) -> float | None:
-    """Sum of every sample of ``name`` (all label sets); None when the metric is absent."""
-    total, seen = 0.0, False
-    for line in text.splitlines():
-        m = _SAMPLE.match(line)
-        if m and m.group(1) == name:
-            total += float(m.group(3))
-            seen = True
-    return total if seen else None
-
-
-def metric_labels(text: str, name: str) -> dict[str, str]:
-    """Labels of the first sample of an ``*_info`` style metric."""
-    for line in text.splitlines():
-        m = _SAMPLE.match(line)
-        if m and m.group(1) == name and m.group(2):
-            return dict(_LABEL.findall(m.group(2)))
-    return {}
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The gateway handshake (``/internal/warmup``) and the compile-cache write-back.
 
 The gateway serves an engine instance only after the sidecar posts ``passed`` for that exact
-instance (see /tmp/handshake.md, mirrored in warmup/README.md). The sidecar therefore always
+instance (the contract is ``gateway/handshake.py``, which both sides import). The sidecar therefore always
 names the instance it warmed; a 409 means the gateway sees another one, either because the
 engine restarted (warm the new one) or because the gateway has not polled the engine yet (wait
 a moment and post again). Which of the two is for the caller to decide: it can look at the
@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 
 from env.settings import GatewaySettings, WarmupSettings
+from gateway import handshake
 
 
 class GatewayStale(Exception):
@@ -34,12 +35,11 @@ def gateway_url(warmup: WarmupSettings, gateway: GatewaySettings) -> str:
     """WARMUP_GATEWAY_URL, else the gateway's own listen address (loopback for 0.0.0.0)."""
     if warmup.gateway_url:
         return warmup.gateway_url.rstrip("/")
-    host = gateway.host if gateway.host not in ("", "0.0.0.0", "::") else "127.0.0.1"
-    return f"http://{host}:{gateway.port}"
+    return gateway.url
 
 
-class Gateway:
-    """Client of the gateway's internal warm-up endpoint."""
+class HandshakeClient:
+    """Client of the gateway's internal warm-up endpoint (``gateway/handshake.py``)."""
 
     def __init__(self, url: str, token_file: Path, timeout_s: float) -> None:
         self.url = url
@@ -71,7 +71,7 @@ class Gateway:
                 async with httpx.AsyncClient(timeout=10) as client:
                     resp = await client.request(
                         method,
-                        f"{self.url}/internal/warmup",
+                        f"{self.url}{handshake.PATH}",
                         json=body,
                         headers={"Authorization": f"Bearer {token}"},
                     )
@@ -101,8 +101,8 @@ class Gateway:
         timeout_s: float | None = None,
     ) -> dict[str, Any]:
         """POST running/passed/failed for ``instance``; raises GatewayStale on 409."""
-        body = {"engine_instance": instance, "status": status, "step": step, "detail": detail}
-        return await self._call("POST", body, timeout_s)
+        report = handshake.Report(instance, status, step, detail)  # type: ignore[arg-type]
+        return await self._call("POST", report.to_json(), timeout_s)
 
 
 def cache_save(profile: str, timeout_s: float = 900) -> tuple[bool, str]:

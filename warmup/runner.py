@@ -23,7 +23,8 @@ from typing import Any
 import httpx
 
 from env.settings import WarmupSettings
-from warmup.engine import metric_sum
+from gateway.errors import engine_message
+from gateway.promtext import metric_sum
 from warmup.images import png_data_url
 from warmup.plan import Plan, Step
 from warmup.progress import Reporter
@@ -118,18 +119,7 @@ def is_stall(first_s: float, second_s: float, ratio: float, min_s: float) -> boo
 
 def engine_error(resp: httpx.Response) -> str:
     """The engine's own error message (OpenAI error JSON), else the start of the body."""
-    try:
-        body = resp.json()
-    except ValueError:
-        return resp.text[:500] or resp.reason_phrase
-    if isinstance(body, dict):
-        err = body.get("error")
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])
-        for key in ("message", "detail"):
-            if body.get(key):
-                return str(body[key])
-    return resp.text[:500]
+    return engine_message(resp.content) or resp.reason_phrase
 
 
 class Runner:

@@ -25,8 +25,9 @@ import httpx
 from rich.console import Console
 
 from env.settings import EngineEnv, EngineSettings, GatewaySettings, WarmupSettings
+from gateway.handshake import DETAIL_MAX
 from warmup.engine import EngineInfo, current_instance, describe
-from warmup.notify import Gateway, GatewayStale, GatewayUnavailable, cache_save, gateway_url
+from warmup.notify import GatewayStale, GatewayUnavailable, HandshakeClient, cache_save, gateway_url
 from warmup.plan import Plan, build_plan
 from warmup.progress import Reporter
 from warmup.report import build_report, print_summary, write_report
@@ -43,7 +44,6 @@ EXIT_CODES: dict[str, int] = {
 }
 MAX_ATTEMPTS = 3  # one-shot mode: warm at most this many successive engine instances
 RUNNING_POST_TIMEOUT_S = 5.0  # "running" is informative: never hold the warm-up up for it
-DETAIL_MAX = 500
 
 
 @dataclass
@@ -78,7 +78,7 @@ class Sidecar:
     engine_env: EngineEnv
     warmup: WarmupSettings
     reporter: Reporter
-    gateway: Gateway | None
+    gateway: HandshakeClient | None
     report_path: Path
     console: Console = field(default_factory=Console)
 
@@ -90,7 +90,7 @@ class Sidecar:
         gateway = None
         if notify:
             gw = GatewaySettings.load(profile)
-            gateway = Gateway(
+            gateway = HandshakeClient(
                 gateway_url(warmup, gw), gw.internal_token_file, warmup.gateway_timeout_s
             )
         return cls(
@@ -216,7 +216,7 @@ class Sidecar:
         """
         if self.gateway is None or outcome.result is None or outcome.instance is None:
             return
-        detail = (outcome.message or "")[:DETAIL_MAX] or None
+        detail = (outcome.message or "")[:DETAIL_MAX] or None  # the contract's own bound
         deadline = time.monotonic() + timeout_s
         while True:
             try:

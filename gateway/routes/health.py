@@ -2,50 +2,50 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from gateway.asgi import Receive, Scope, Send, send_bytes, send_error, send_json
-from gateway.auth import bearer
+from gateway.asgi import send_bytes, send_error, send_json
+from gateway.auth import Access
 from gateway.errors import OpenAIError
-from gateway.metrics import CONTENT_TYPE
-
-if TYPE_CHECKING:
-    from gateway.app import Gateway
-
-
-async def health(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
-    snap = gw.health.snapshot()
-    body = {"status": snap.status_text, **snap.as_dict()}
-    if snap.ready:
-        await send_json(send, 200, body)
-        gw.metrics.request("health", 200)
-        return
-    retry = gw.unavailable(snap).retry_after
-    await send_json(send, 503, body, [(b"retry-after", str(retry).encode())])
-    gw.metrics.request("health", 503)
+from gateway.health import HealthTracker, unavailable
+from gateway.metrics import CONTENT_TYPE, GatewayMetrics
+from gateway.types import Receive, Scope, Send
 
 
-async def livez(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
+class Health:
+    def __init__(self, health: HealthTracker, metrics: GatewayMetrics) -> None:
+        self.health = health
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        snap = self.health.snapshot()
+        body = {"status": snap.status_text, **snap.as_dict()}
+        if snap.ready:
+            await send_json(send, 200, body)
+            self.metrics.request("health", 200)
+            return
+        retry = unavailable(snap).retry_after
+        await send_json(send, 503, body, [(b"retry-after", str(retry).encode())])
+        self.metrics.request("health", 503)
+
+
+async def livez(scope: Scope, receive: Receive, send: Send) -> None:
     await send_json(send, 200, {"status": "ok"})
 
 
-async def metrics(gw: Gateway, scope: Scope, receive: Receive, send: Send) -> None:
-    """Prometheus text: public only if configured, else an API key or the internal token.
+class Metrics:
+    """Prometheus text, for whoever ``Access.may_scrape`` lets in."""
 
-    An open gateway (cpu, no keys) has no API keys to check, so there only the internal token
-    (Prometheus' ``bearer_token_file``) opens it.
-    """
-    allowed = (
-        gw.settings.metrics_public
-        or gw.is_internal(scope)
-        or (not gw.keys.open and gw.keys.identify(bearer(scope["headers"])) is not None)
-    )
-    if not allowed:
-        gw.metrics.reject("auth")
-        err = OpenAIError(
-            401, "metrics need an API key or the internal token (or GATEWAY_METRICS_PUBLIC=true)",
-            code="invalid_api_key",
-        )  # fmt: skip
-        await send_error(send, err)
-        return
-    await send_bytes(send, 200, gw.metrics.render(), CONTENT_TYPE)
+    def __init__(self, access: Access, metrics: GatewayMetrics) -> None:
+        self.access = access
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.access.may_scrape(scope["headers"]):
+            self.metrics.reject("auth")
+            err = OpenAIError(
+                401,
+                "metrics need an API key or the internal token (or GATEWAY_METRICS_PUBLIC=true)",
+                code="invalid_api_key",
+            )
+            await send_error(send, err)
+            return
+        await send_bytes(send, 200, self.metrics.render(), CONTENT_TYPE)

@@ -1,318 +1,189 @@
-"""``/v1/chat/completions`` and ``/v1/completions``: validate, admit, proxy. Plus passthroughs.
+"""``/v1/chat/completions`` and ``/v1/completions``, and the engine passthroughs: HTTP only.
 
-Order of work per request, cheapest refusal first: auth -> body size -> validation (pure) ->
-serving state (503) -> token count (only if the prompt could be too long) -> admission (429 or
-queue) -> upstream. Until the first byte goes out, every refusal is an HTTP status with OpenAI
-error JSON. A streaming request that has to queue longer than ``GATEWAY_QUEUE_KEEPALIVE_S``
-gets its SSE response started early so that SSE comments can keep the connection alive; after
-that point a refusal (wait timeout, engine fault) is a terminal SSE error event plus
-``data: [DONE]``, which the OpenAI SDK raises as an ``APIError``.
+A completion route reads who is calling and the body, hands a ``Call`` to the completion
+service with an ``AsgiSink`` to answer into, and counts the outcome; the service does the work
+(``gateway/service.py``). The sink is where HTTP lives: SSE headers sent at most once, comments
+while queued, the engine's bytes as ASGI body messages, and an error rendered as a status with
+OpenAI error JSON before the first byte, as a terminal SSE event (then ``data: [DONE]``) after.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from typing import TYPE_CHECKING
 
 import httpx
 
-from gateway import validation
-from gateway.admission import Ticket
-from gateway.asgi import (
-    JSON,
-    ClientGone,
-    DisconnectGuard,
-    Receive,
-    Scope,
-    Send,
-    read_body,
-    request_id,
-    send_bytes,
-    send_error,
-)
+from gateway.asgi import ClientGone, DisconnectGuard, read_body, request_id, send_bytes, send_error
+from gateway.auth import Access
 from gateway.errors import OpenAIError
-from gateway.upstream import StreamStats, relay_sse, upstream_error
+from gateway.metrics import CLIENT_CLOSED, GatewayMetrics, rejection_reason
+from gateway.service import Call, CompletionService
+from gateway.types import Headers, Receive, Scope, Send
+from gateway.upstream import upstream_error
+from gateway.validation import Kind
 
-if TYPE_CHECKING:
-    from gateway.app import Gateway
-
-CLIENT_CLOSED = 499  # nginx's status for "client went away": recorded in metrics only
 _KEEPALIVE = {"type": "http.response.body", "body": b": queued\n\n", "more_body": True}
 _END = {"type": "http.response.body", "body": b"", "more_body": False}
-_JSON = b"content-type: application/json\r\n"
-
-_REASONS = {
-    "queue_full": "queue_full",
-    "wait_timeout": "wait_timeout",
-    "per_key_limit": "per_key_limit",
-    "engine_down": "engine_down",
-    "warming_up": "warming",
-    "warmup_failed": "warming",
-    "invalid_api_key": "auth",
-}
+_SSE_HEADERS: Headers = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
 
 
-def rejection_reason(err: OpenAIError) -> str:
-    reason = _REASONS.get(err.code or "")
-    if reason:
-        return reason
-    return "validation" if 400 <= err.status < 500 else (err.code or "upstream")
+class AsgiSink:
+    """The service's ``Sink`` over one ASGI response (per request, never shared)."""
 
+    __slots__ = ("_send", "guard", "headers", "started")
 
-class CompletionsEndpoint:
-    """One of the two generation routes (``kind`` chat or completions)."""
-
-    def __init__(self, gw: Gateway, kind: validation.Kind, path: str) -> None:
-        self.gw = gw
-        self.kind: validation.Kind = kind
-        self.path = path
-        self.route = kind
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        gw = self.gw
-        t0 = time.perf_counter()
-        rid = request_id(scope)
-        guard: DisconnectGuard | None = None
-        status = 500
-        try:
-            caller = gw.authenticate(scope)
-            raw = await read_body(scope, receive, gw.policy.max_body_bytes)
-            guard = DisconnectGuard(receive)
-            status = await self._serve(raw, caller, rid, send, guard, t0)
-        except OpenAIError as err:  # raised only before anything was sent
-            if guard is not None:
-                guard.finish()
-            gw.metrics.reject(rejection_reason(err))
-            status = err.status
-            await send_error(send, err, [(b"x-request-id", rid)])
-        except ClientGone:
-            status = CLIENT_CLOSED
-            gw.metrics.disconnects.labels("request").inc()
-        except asyncio.CancelledError:
-            if guard is None or not guard.absorb():
-                raise
-            status = CLIENT_CLOSED
-        finally:
-            if guard is not None:
-                guard.close()
-            gw.metrics.request(self.route, status)
-            gw.metrics.latency.labels(self.route).observe(time.perf_counter() - t0)
-
-    async def _serve(
-        self, raw: bytes, caller: str, rid: bytes, send: Send, guard: DisconnectGuard, t0: float
-    ) -> int:
-        gw = self.gw
-        policy = gw.policy
-        parsed = validation.parse(self.kind, raw, policy)
-        snap = gw.health.snapshot()
-        if not snap.ready:
-            raise gw.unavailable(snap)
-        prompt_tokens = None
-        if validation.needs_count(parsed, policy):
-            assert gw.tokens is not None
-            prompt_tokens = await gw.tokens.count(parsed, rid.decode())
-            gw.metrics.token_counts.labels("counted").inc()
-        final = validation.finalize(parsed, prompt_tokens, policy)
-
-        headers = [(b"x-request-id", rid)]
-        if final.stripped:
-            headers.append((b"x-gateway-stripped-params", ", ".join(final.stripped).encode()))
-        sse = _SSE(send, headers)
-        try:
-            ticket = await self._admit(caller, final.stream, sse)
-        except OpenAIError as err:
-            if not sse.started:
-                raise
-            gw.metrics.reject(rejection_reason(err))
-            await sse.fail(err, guard)
-            return err.status
-        except asyncio.CancelledError:
-            if guard.disconnected:
-                gw.metrics.disconnects.labels("queued").inc()
-            raise
-        gw.metrics.queue_wait.observe(ticket.queued_s)
-        try:
-            return await self._forward(final, rid, sse, guard, t0)
-        except asyncio.CancelledError:
-            if guard.disconnected:
-                gw.metrics.disconnects.labels("upstream").inc()
-            raise
-        finally:
-            gw.admission.release(ticket)
-
-    async def _admit(self, caller: str, stream: bool, sse: _SSE) -> Ticket:
-        adm = self.gw.admission
-        ticket = adm.try_admit(caller)
-        if ticket is not None:
-            return ticket
-        waiter = adm.enqueue(caller)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + adm.queue_timeout_s
-        keepalive = self.gw.settings.queue_keepalive_s if stream else 0.0
-        try:
-            while True:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise adm.timed_out(waiter)
-                ticket = await adm.wait(waiter, min(remaining, keepalive or remaining))
-                if ticket is not None:
-                    return ticket
-                if keepalive and deadline - loop.time() > 0:
-                    await sse.start()
-                    await sse.send(_KEEPALIVE)
-        except BaseException:
-            adm.cancel(waiter)  # no-op if already out of the queue; frees a slot granted late
-            raise
-
-    async def _forward(
-        self, final: validation.Final, rid: bytes, sse: _SSE, guard: DisconnectGuard, t0: float
-    ) -> int:
-        gw = self.gw
-        assert gw.pool is not None and gw.monitor is not None
-        s = gw.settings
-        read_timeout = s.stream_idle_timeout_s if final.stream else s.request_timeout_s
-        try:
-            response = await gw.pool.request(
-                "POST", self.path, final.body, _JSON + b"x-request-id: " + rid + b"\r\n",
-                read_timeout,
-            )  # fmt: skip
-        except httpx.HTTPError as exc:
-            return await self._upstream_failed(exc, sse, guard, final.stream)
-        try:
-            if response.status_code != 200 or not final.stream:
-                try:
-                    data = await response.aread()
-                except httpx.HTTPError as exc:
-                    return await self._upstream_failed(exc, sse, guard, final.stream)
-                if sse.started:  # only streams start early; the engine refused after all
-                    err = OpenAIError(response.status_code, _message(data), code="engine_error")
-                    await sse.fail(err, guard)
-                    return response.status_code
-                ctype = response.headers.get(b"content-type", b"application/json")
-                guard.finish()
-                await send_bytes(sse.send, response.status_code, data, ctype, sse.headers)
-                return response.status_code
-
-            await sse.start()
-            stats = StreamStats()
-            try:
-                await relay_sse(response, sse.send, stats)
-            except httpx.HTTPError as exc:
-                gw.metrics.upstream_errors.labels(type(exc).__name__).inc()
-                gw.monitor.poke()
-                await sse.fail(upstream_error(exc, streaming=True), guard)
-                return 502
-            finally:
-                if stats.first_chunk_at is not None:
-                    gw.metrics.ttft.labels(self.route).observe(stats.first_chunk_at - t0)
-                gw.metrics.tokens_streamed.inc(
-                    stats.completion_tokens(1 if self.kind == "chat" else 0)
-                )
-            if not stats.done:
-                gw.monitor.poke()
-                err = OpenAIError(502, "the engine ended the stream early",
-                                  code="engine_connection_lost")  # fmt: skip
-                await sse.fail(err, guard)
-                return 502
-            guard.finish()
-            await sse.send(_END)
-            return 200
-        finally:
-            response.close()
-
-    async def _upstream_failed(
-        self, exc: httpx.HTTPError, sse: _SSE, guard: DisconnectGuard, streaming: bool
-    ) -> int:
-        gw = self.gw
-        assert gw.monitor is not None
-        gw.metrics.upstream_errors.labels(type(exc).__name__).inc()
-        gw.monitor.poke()
-        err = upstream_error(exc, streaming=streaming)
-        if not sse.started:
-            raise err
-        gw.metrics.reject(rejection_reason(err))
-        await sse.fail(err, guard)
-        return err.status
-
-
-class _SSE:
-    """The client side of one response: SSE headers sent at most once, terminal errors."""
-
-    __slots__ = ("headers", "send", "started")
-
-    def __init__(self, send: Send, headers: list[tuple[bytes, bytes]]) -> None:
-        self.send = send
-        self.headers = headers
+    def __init__(self, send: Send, request_id: bytes) -> None:
+        self._send = send
+        self.headers: Headers = [(b"x-request-id", request_id)]
+        self.guard: DisconnectGuard | None = None
         self.started = False
 
-    async def start(self) -> None:
+    def add_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    async def open(self) -> None:
         if self.started:
             return
         self.started = True
-        await self.send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", b"text/event-stream; charset=utf-8"),
-                    (b"cache-control", b"no-cache"),
-                    (b"x-accel-buffering", b"no"),
-                    *self.headers,
-                ],
-            }
+        start = {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": _SSE_HEADERS + self.headers,
+        }
+        await self._send(start)
+
+    async def keepalive(self) -> None:
+        await self.open()
+        await self._send(_KEEPALIVE)
+
+    async def chunk(self, data: bytes) -> None:
+        await self._send({"type": "http.response.body", "body": data, "more_body": True})
+
+    async def end(self) -> None:
+        self._finish()
+        await self._send(_END)
+
+    async def reply(self, status: int, body: bytes, content_type: bytes) -> None:
+        self._finish()
+        await send_bytes(self._send, status, body, content_type, self.headers)
+
+    async def fail(self, err: OpenAIError) -> None:
+        self._finish()
+        if not self.started:
+            await send_error(self._send, err, self.headers)
+            return
+        await self._send(
+            {"type": "http.response.body", "body": err.sse_event(), "more_body": False}
         )
 
-    async def fail(self, err: OpenAIError, guard: DisconnectGuard) -> None:
-        """Terminal SSE error event then ``[DONE]``, and end the response."""
-        await self.start()
-        guard.finish()
-        await self.send({"type": "http.response.body", "body": err.sse_event(), "more_body": False})
+    def _finish(self) -> None:
+        """The response is about to complete: a later disconnect is just its end."""
+        if self.guard is not None:
+            self.guard.finish()
 
 
-def _message(data: bytes) -> str:
-    try:
-        err = json.loads(data).get("error", {})
-        return str(err.get("message") or data[:500].decode(errors="replace"))
-    except (ValueError, AttributeError):
-        return data[:500].decode(errors="replace")
+class CompletionsRoute:
+    """One of the two generation routes (``kind`` chat or completions)."""
+
+    def __init__(
+        self,
+        kind: Kind,
+        path: str,
+        service: CompletionService,
+        access: Access,
+        metrics: GatewayMetrics,
+        body_limit: int,
+    ) -> None:
+        self.call_args = (kind, path)
+        self.kind = kind
+        self.service = service
+        self.access = access
+        self.metrics = metrics
+        self.body_limit = body_limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        m = self.metrics
+        t0 = time.perf_counter()
+        sink = AsgiSink(send, request_id(scope))
+        call: Call | None = None
+        status = 500
+        try:
+            caller = self.access.caller(scope["headers"])
+            body = await read_body(scope, receive, self.body_limit)
+            call = Call(*self.call_args, body, caller, sink.headers[0][1], t0)
+            sink.guard = DisconnectGuard(receive)
+            status = await self.service.run(call, sink)
+        except OpenAIError as err:
+            m.reject(rejection_reason(err))
+            status = err.status
+            await sink.fail(err)
+        except ClientGone:
+            status = CLIENT_CLOSED
+            m.disconnects.labels("request").inc()
+        except asyncio.CancelledError:
+            if sink.guard is None or not sink.guard.absorb():
+                raise
+            status = CLIENT_CLOSED
+            if call is not None and call.phase is not None:
+                m.disconnects.labels(call.phase).inc()
+        finally:
+            if sink.guard is not None:
+                sink.guard.close()
+            m.request(self.kind, status)
+            m.latency.labels(self.kind).observe(time.perf_counter() - t0)
 
 
 class Passthrough:
     """Authorised passthrough for engine utility routes (``/v1/models``, ``/tokenize`` ...)."""
 
-    def __init__(self, gw: Gateway, method: str, path: str, route: str) -> None:
-        self.gw = gw
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        route: str,
+        client: httpx.AsyncClient,
+        access: Access,
+        metrics: GatewayMetrics,
+        body_limit: int,
+        timeout_s: float,
+    ) -> None:
         self.method = method
         self.path = path
         self.route = route
+        self.client = client
+        self.access = access
+        self.metrics = metrics
+        self.body_limit = body_limit
+        self.timeout_s = timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        gw = self.gw
         rid = request_id(scope)
         headers = [(b"x-request-id", rid)]
         try:
-            gw.authenticate(scope)
+            self.access.caller(scope["headers"])
             body = b""
             if self.method == "POST":
-                body = await read_body(scope, receive, gw.policy.max_body_bytes)
-            assert gw.aux is not None
+                body = await read_body(scope, receive, self.body_limit)
             try:
-                r = await gw.aux.request(
+                r = await self.client.request(
                     self.method, self.path, content=body or None,
                     headers={"content-type": "application/json", "x-request-id": rid.decode()},
-                    timeout=gw.settings.tokenize_timeout_s,
+                    timeout=self.timeout_s,
                 )  # fmt: skip
             except httpx.HTTPError as exc:
                 raise upstream_error(exc) from None
         except OpenAIError as err:
-            gw.metrics.reject(rejection_reason(err))
-            gw.metrics.request(self.route, err.status)
+            self.metrics.reject(rejection_reason(err))
+            self.metrics.request(self.route, err.status)
             await send_error(send, err, headers)
             return
         except ClientGone:
             return
         ctype = r.headers.get("content-type", "application/json").encode()
-        gw.metrics.request(self.route, r.status_code)
-        await send_bytes(send, r.status_code, r.content, ctype or JSON, headers)
+        self.metrics.request(self.route, r.status_code)
+        await send_bytes(send, r.status_code, r.content, ctype, headers)

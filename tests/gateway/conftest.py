@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from gateway.promtext import metric_sum
 from tests.support.engine import Engine
 from tests.support.gateway import RunningGateway, mark_warm, run_gateway
 
@@ -35,10 +36,5 @@ def gateway(engine: Engine) -> Iterator[RunningGateway]:
 
 def engine_metric(engine_url: str, name: str, **labels: str) -> float:
     """Sum of a metric's samples on the engine's /metrics (optionally filtered by labels)."""
-    total = 0.0
-    for line in httpx.get(f"{engine_url}/metrics", timeout=30).text.splitlines():
-        if not line.startswith(name) or line[len(name) : len(name) + 1] not in ("{", " "):
-            continue
-        if all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    text = httpx.get(f"{engine_url}/metrics", timeout=30).text
+    return metric_sum(text, name, **labels) or 0.0

@@ -27,7 +27,7 @@ def test_accelerator_profiles_refuse_to_start_without_keys(platform: str, tmp_pa
 def test_cpu_runs_open_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, "gateway")
     app = create_app(engine=EngineSettings(platform="cpu"), settings=settings(tmp_path))
-    assert app.gateway.keys.open
+    assert app.config.access.keys.open
     assert "OPEN" in caplog.text
     assert (tmp_path / "tok").stat().st_mode & 0o777 == 0o600
 
@@ -42,11 +42,11 @@ def test_missing_keys_file_is_an_error(tmp_path: Path) -> None:
 
 def test_in_flight_cap_defaults_to_max_num_seqs(tmp_path: Path) -> None:
     app = create_app(engine=EngineSettings(max_num_seqs=7), settings=settings(tmp_path))
-    assert app.gateway.admission.max_inflight == 7
+    assert app.config.max_inflight == 7
     app = create_app(
         engine=EngineSettings(max_num_seqs=7), settings=settings(tmp_path, max_inflight=3)
     )
-    assert app.gateway.admission.max_inflight == 3
+    assert app.config.max_inflight == 3
 
 
 def test_tpu_profile_process_exits_with_one_clear_line(tmp_path: Path) -> None:

@@ -30,11 +30,12 @@ def assert_openai_error(r: httpx.Response) -> dict[str, Any]:
 def test_corpus(gateway: RunningGateway) -> None:
     failures = []
     with httpx.Client(base_url=gateway.url, timeout=30) as client:
-        for name, kind, body in BAD:
+        for name, kind, body, (status, code, param) in BAD:
             raw = body if isinstance(body, bytes) else json.dumps(body).encode()
             r = client.post(PATHS[kind], content=raw, headers={"content-type": "application/json"})
             try:
-                assert_openai_error(r)
+                err = assert_openai_error(r)
+                assert (r.status_code, err["code"], err["param"]) == (status, code, param)
             except (AssertionError, ValueError, KeyError) as exc:
                 failures.append(f"{name}: {r.status_code} {r.text[:200]} ({exc})")
     assert failures == []
@@ -60,4 +61,5 @@ def test_http_level_cases(gateway: RunningGateway) -> None:
             json={"model": "gemma-4-tiny", "tools": tools, "max_tokens": 4,
                   "messages": [{"role": "user", "content": [{"type": "mystery", "x": 1}]}]},
         )  # fmt: skip
-        assert r.status_code < 500, r.text
+        assert 400 <= r.status_code < 500, r.text
+        assert assert_openai_error(r)["param"] == "messages"

@@ -153,7 +153,9 @@ async def test_silence_is_a_read_timeout_not_a_hang() -> None:
     async with serving(factory) as srv:
         pool = EnginePool(srv.url, connect_timeout_s=5)
         try:
-            r = await pool.request("POST", "/x", b"{}", b"", 0.2)
+            # The bound is what is under test (silence -> ReadTimeout); 1 s leaves a loaded
+            # machine time to deliver the one chunk that does come.
+            r = await pool.request("POST", "/x", b"{}", b"", 1.0)
             pieces = []
             with pytest.raises(httpx.ReadTimeout):
                 async for piece in r.chunks():
@@ -161,7 +163,7 @@ async def test_silence_is_a_read_timeout_not_a_hang() -> None:
             assert pieces == [b"data: 0\n\n"]
             r.close()
             with pytest.raises(httpx.ReadTimeout):  # no head at all: same timeout
-                await pool.request("POST", "/x", b"{}", b"", 0.2)
+                await pool.request("POST", "/x", b"{}", b"", 1.0)
         finally:
             await pool.aclose()
 
@@ -270,8 +272,9 @@ async def test_a_slow_reader_pauses_the_socket(monkeypatch: pytest.MonkeyPatch) 
         try:
             r = await pool.request("POST", "/x", b"{}", b"", 5)
             conn = next(iter(pool.active))
-            while not conn.paused:  # nobody reads: the buffer fills and reading stops
-                await asyncio.sleep(0.01)
+            async with asyncio.timeout(60):  # bounded: a pool that never pauses fails here
+                while not conn.paused:  # nobody reads: the buffer fills and reading stops
+                    await asyncio.sleep(0.01)
             assert conn.buffered <= 1024 + 64 * 1024  # at most one socket read past the mark
             assert len(await r.aread()) == 64 * 512
             r.close()

@@ -10,6 +10,7 @@ gateway benchmark uses it too); tests add the /metrics readers below.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,9 +20,11 @@ import httpx
 
 from bench import gatewayproc
 from bench.gatewayproc import GatewayProcess, mark_warm, wait_for_instance
+from gateway.promtext import metric_sum
 from tests.support.process import REPO
 
 PROFILE = REPO / "env" / "cpu.env"
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 __all__ = ["PROFILE", "RunningGateway", "mark_warm", "run_gateway", "wait_for_instance"]
 
@@ -39,9 +42,11 @@ class RunningGateway(GatewayProcess):
     def metric(self, sample: str, default: float | None = None) -> float:
         """One sample's value, by its exact name and labels as printed (``name`` or
         ``name{label="v"}``); ``default`` if absent (else AssertionError)."""
-        for line in self.metrics_text().splitlines():
-            if line.startswith(sample + " "):
-                return float(line.split()[1])
+        name, _, rest = sample.partition("{")
+        labels = dict(_LABEL.findall(rest))
+        value = metric_sum(self.metrics_text(), name, **labels)
+        if value is not None:
+            return value
         if default is None:
             raise AssertionError(f"{sample} not in gateway metrics")
         return default

@@ -7,8 +7,9 @@ import asyncio
 import httpx
 import pytest
 
+from gateway.promtext import metric_labels, metric_sum
 from tests.support.engine import Engine
-from warmup.engine import EngineInfo, describe, metric_labels, metric_sum
+from warmup.engine import EngineInfo, describe
 
 PAGE = """\
 # HELP process_start_time_seconds Start time of the process since unix epoch in seconds.

@@ -25,13 +25,14 @@ import pytest
 
 from bench.overhead import synthetic_upstream
 from env.settings import EngineEnv, EngineSettings, WarmupSettings
+from gateway.handshake import DETAIL_MAX
 from gateway.identity import engine_instance
 from tests.support.gateway import run_gateway
 from tests.support.process import REPO, free_port
 from tests.warmup.fakes import Answer, FakeEngine, FakeGateway, serve
-from warmup.notify import Gateway
+from warmup.notify import HandshakeClient
 from warmup.progress import PlainReporter
-from warmup.sidecar import DETAIL_MAX, Outcome, Sidecar
+from warmup.sidecar import Outcome, Sidecar
 
 # A plan the synthetic upstream can serve: no tool or reasoning parser, no logprobs, buckets
 # 16/32/64 and one request bucket of 8 (about 20 requests in all).
@@ -61,7 +62,7 @@ def make_sidecar(tmp_path: Path, engine_url: str, gateway_url: str, **warmup: An
         engine_env=EngineEnv(),
         warmup=settings,
         reporter=PlainReporter(io.StringIO()),
-        gateway=Gateway(gateway_url, token, settings.gateway_timeout_s),
+        gateway=HandshakeClient(gateway_url, token, settings.gateway_timeout_s),
         report_path=tmp_path / "report.json",
     )
 

@@ -1,0 +1,314 @@
+"""The completion service without ASGI or sockets: a scripted engine, a recording sink.
+
+What the routes rely on: the order of work (validate -> serving state -> count -> admit ->
+forward), every exit path releasing its admission slot, and the sink told exactly one ending
+(reply, end, or fail) with the right status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.admission import Admission, Rejected
+from gateway.errors import OpenAIError
+from gateway.health import HealthTracker
+from gateway.metrics import GatewayMetrics
+from gateway.service import Call, CompletionService, Timeouts
+from tests.gateway.test_validation import CPU, MODEL
+
+pytestmark = pytest.mark.anyio
+
+SSE = [b'data: {"choices":[{"delta":{"role":"assistant"}}]}\n\n', b'data: {"x":1}\n\n',
+       b'data: {"usage":{"prompt_tokens":3,"completion_tokens":7}}\n\n', b"data: [DONE]\n\n"]  # fmt: skip
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class FakeResponse:
+    def __init__(self, status: int, pieces: list[bytes], fail_after: int | None = None) -> None:
+        self.status_code = status
+        self.headers = {b"content-type": b"application/json"}
+        self.pieces = pieces
+        self.fail_after = fail_after
+        self.closed = False
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        for i, piece in enumerate(self.pieces):
+            if self.fail_after is not None and i == self.fail_after:
+                raise httpx.RemoteProtocolError("engine went away")
+            yield piece
+
+    async def aread(self) -> bytes:
+        return b"".join(self.pieces)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeEngine:
+    """Answers each request with the next scripted response (or raises it)."""
+
+    def __init__(self, *answers: FakeResponse | Exception) -> None:
+        self.answers = list(answers)
+        self.requests: list[tuple[str, bytes, bytes, float]] = []
+        self.gate: asyncio.Event | None = None  # set: requests wait for it
+
+    async def request(
+        self, method: str, path: str, body: bytes, headers: bytes, read_timeout: float
+    ) -> Any:
+        self.requests.append((path, body, headers, read_timeout))
+        if self.gate is not None:
+            await self.gate.wait()
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.started = False
+        self.events: list[tuple[str, Any]] = []
+        self.headers: list[tuple[bytes, bytes]] = []
+
+    def add_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    async def keepalive(self) -> None:
+        self.started = True
+        self.events.append(("keepalive", None))
+
+    async def open(self) -> None:
+        self.started = True
+        self.events.append(("open", None))
+
+    async def chunk(self, data: bytes) -> None:
+        self.events.append(("chunk", data))
+
+    async def end(self) -> None:
+        self.events.append(("end", None))
+
+    async def reply(self, status: int, body: bytes, content_type: bytes) -> None:
+        self.events.append(("reply", (status, body, content_type)))
+
+    async def fail(self, err: OpenAIError) -> None:
+        self.events.append(("fail", (err.status, err.code, self.started)))
+
+    def kinds(self) -> list[str]:
+        return [k for k, _ in self.events]
+
+
+class Liveness:
+    def __init__(self) -> None:
+        self.pokes = 0
+
+    def poke(self) -> None:
+        self.pokes += 1
+
+
+class Counter:
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.calls = 0
+
+    async def count(self, parsed: object, request_id: str) -> int:
+        self.calls += 1
+        return self.n
+
+
+def ready_health() -> HealthTracker:
+    h = HealthTracker()
+    h.observe_engine(True, "i1")
+    h.report_warmup("i1", "passed", None, None)
+    return h
+
+
+def service(
+    engine: FakeEngine,
+    *,
+    admission: Admission | None = None,
+    health: HealthTracker | None = None,
+    counter: Counter | None = None,
+    keepalive_s: float = 0.0,
+) -> tuple[CompletionService, Admission, Liveness, GatewayMetrics]:
+    adm = admission or Admission(2, 2, 30.0)
+    live = Liveness()
+    metrics = GatewayMetrics()
+    svc = CompletionService(
+        policy=CPU,
+        health=health or ready_health(),
+        tokens=counter or Counter(10),
+        admission=adm,
+        engine=engine,
+        liveness=live,
+        metrics=metrics,
+        timeouts=Timeouts(stream_idle_s=7.0, request_s=9.0, queue_keepalive_s=keepalive_s),
+    )
+    return svc, adm, live, metrics
+
+
+def chat_call(**body: Any) -> Call:
+    payload = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], **body}
+    return Call("chat", "/v1/chat/completions", json.dumps(payload).encode(), "k1", b"rid-1")
+
+
+def sample(metrics: GatewayMetrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels or None)
+    return 0.0 if value is None else value
+
+
+async def test_a_stream_is_relayed_in_order_and_its_slot_released() -> None:
+    engine = FakeEngine(FakeResponse(200, SSE))
+    svc, adm, _, metrics = service(engine)
+    sink = Sink()
+    call = chat_call(stream=True, max_tokens=8)
+    assert await svc.run(call, sink) == 200
+    assert sink.kinds() == ["open", "chunk", "chunk", "chunk", "chunk", "end"]
+    assert [d for k, d in sink.events if k == "chunk"] == SSE
+    assert adm.inflight == 0 and call.phase == "upstream"
+    path, body, headers, timeout = engine.requests[0]
+    assert path == "/v1/chat/completions" and body == call.body  # forwarded untouched
+    assert b"x-request-id: rid-1\r\n" in headers and timeout == 7.0  # the stream's idle bound
+    assert sample(metrics, "gateway_streamed_tokens_total") == 7  # from the usage event
+    assert sample(metrics, "gateway_prompt_token_counts_total", outcome="skipped") == 1
+
+
+async def test_a_non_stream_answer_is_one_reply_with_the_request_timeout() -> None:
+    engine = FakeEngine(FakeResponse(200, [b'{"choices":[]}']))
+    svc, adm, _, _ = service(engine)
+    sink = Sink()
+    assert await svc.run(chat_call(max_tokens=4), sink) == 200
+    assert sink.events == [("reply", (200, b'{"choices":[]}', b"application/json"))]
+    assert engine.requests[0][3] == 9.0 and adm.inflight == 0
+
+
+async def test_the_default_max_tokens_is_written_into_the_forwarded_body() -> None:
+    engine = FakeEngine(FakeResponse(200, [b"{}"]))
+    svc, _, _, _ = service(engine)
+    await svc.run(chat_call(), Sink())
+    assert json.loads(engine.requests[0][1])["max_tokens"] == CPU.default_max_tokens
+
+
+async def test_an_engine_refusal_before_streaming_is_relayed_as_is() -> None:
+    refusal = b'{"error":{"message":"bad template","code":400}}'
+    engine = FakeEngine(FakeResponse(400, [refusal]))
+    svc, adm, _, _ = service(engine)
+    sink = Sink()
+    assert await svc.run(chat_call(stream=True, max_tokens=4), sink) == 400
+    assert sink.events == [("reply", (400, refusal, b"application/json"))]
+    assert adm.inflight == 0
+
+
+async def test_not_ready_is_a_503_before_any_slot_or_count() -> None:
+    health = HealthTracker()
+    health.observe_engine(True, "i1")  # up, not warmed
+    counter = Counter(10)
+    svc, adm, _, _ = service(FakeEngine(), health=health, counter=counter)
+    with pytest.raises(OpenAIError) as info:
+        await svc.run(chat_call(max_tokens=4), Sink())
+    assert (info.value.status, info.value.code) == (503, "warming_up")
+    assert counter.calls == 0 and adm.inflight == 0
+
+
+async def test_a_long_prompt_is_counted_and_refused_over_the_limit() -> None:
+    counter = Counter(CPU.prompt_limit + 1)
+    svc, adm, _, metrics = service(FakeEngine(), counter=counter)
+    long = [{"role": "user", "content": "x" * 3000}]
+    with pytest.raises(OpenAIError) as info:
+        await svc.run(chat_call(messages=long, max_tokens=4, stream=True), Sink())
+    assert info.value.code == "context_length_exceeded" and counter.calls == 1
+    assert sample(metrics, "gateway_prompt_token_counts_total", outcome="counted") == 1
+    assert adm.inflight == 0
+
+
+async def test_engine_unreachable_pokes_the_monitor_and_frees_the_slot() -> None:
+    svc, adm, live, metrics = service(FakeEngine(httpx.ConnectError("refused")))
+    with pytest.raises(OpenAIError) as info:
+        await svc.run(chat_call(stream=True, max_tokens=4), Sink())
+    assert (info.value.status, info.value.code) == (503, "engine_down")
+    assert live.pokes == 1 and adm.inflight == 0
+    assert sample(metrics, "gateway_upstream_errors_total", kind="ConnectError") == 1
+
+
+async def test_engine_dying_mid_stream_is_a_terminal_sse_error() -> None:
+    svc, adm, live, _ = service(FakeEngine(FakeResponse(200, SSE, fail_after=2)))
+    sink = Sink()
+    assert await svc.run(chat_call(stream=True, max_tokens=4), sink) == 502
+    assert sink.kinds() == ["open", "chunk", "chunk", "fail"]
+    assert sink.events[-1] == ("fail", (502, "engine_connection_lost", True))
+    assert live.pokes == 1 and adm.inflight == 0
+
+
+async def test_a_stream_without_done_is_an_error_not_a_success() -> None:
+    svc, adm, live, _ = service(FakeEngine(FakeResponse(200, SSE[:2])))
+    sink = Sink()
+    assert await svc.run(chat_call(stream=True, max_tokens=4), sink) == 502
+    assert sink.events[-1] == ("fail", (502, "engine_connection_lost", True))
+    assert "end" not in sink.kinds() and live.pokes == 1 and adm.inflight == 0
+
+
+async def test_a_queued_stream_gets_keepalives_then_its_turn() -> None:
+    adm = Admission(1, 2, 30.0)
+    holder = adm.try_admit("other")
+    assert holder is not None
+    engine = FakeEngine(FakeResponse(200, SSE))
+    svc, _, _, _ = service(engine, admission=adm, keepalive_s=0.01)
+    sink = Sink()
+    task = asyncio.create_task(svc.run(chat_call(stream=True, max_tokens=4), sink))
+    async with asyncio.timeout(30):
+        while sink.kinds().count("keepalive") < 2:  # two ticks while queued
+            await asyncio.sleep(0.005)
+    assert adm.queued == 1 and not engine.requests
+    adm.release(holder)
+    assert await asyncio.wait_for(task, 30) == 200
+    assert sink.kinds()[-1] == "end" and adm.inflight == 0
+
+
+async def test_queue_full_is_a_429_with_retry_after() -> None:
+    adm = Admission(1, 0, 30.0)
+    assert adm.try_admit("other") is not None
+    svc, _, _, _ = service(FakeEngine(), admission=adm)
+    with pytest.raises(Rejected) as info:
+        await svc.run(chat_call(max_tokens=4), Sink())
+    assert info.value.status == 429 and info.value.code == "queue_full"
+    assert info.value.retry_after is not None and info.value.retry_after >= 1
+
+
+async def test_cancellation_upstream_releases_the_slot() -> None:
+    engine = FakeEngine(FakeResponse(200, SSE))
+    engine.gate = asyncio.Event()  # the engine never answers
+    svc, adm, _, _ = service(engine)
+    call = chat_call(stream=True, max_tokens=4)
+    task = asyncio.create_task(svc.run(call, Sink()))
+    async with asyncio.timeout(30):
+        while not engine.requests:
+            await asyncio.sleep(0.005)
+    assert adm.inflight == 1 and call.phase == "upstream"
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert adm.inflight == 0
+
+
+async def test_stripped_parameters_are_announced_in_a_header() -> None:
+    from tests.gateway.test_validation import TPU, TPU_MODEL, tpu_policy
+
+    engine = FakeEngine(FakeResponse(200, [b"{}"]))
+    svc, _, _, _ = service(engine)
+    svc.policy = tpu_policy(unsupported_sampling="strip")
+    sink = Sink()
+    body = {"model": TPU_MODEL, "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 4, "presence_penalty": 1}  # fmt: skip
+    call = Call("chat", "/v1/chat/completions", json.dumps(body).encode(), "k", b"r")
+    await svc.run(call, sink)
+    assert sink.headers == [(b"x-gateway-stripped-params", b"presence_penalty")]
+    assert "presence_penalty" not in json.loads(engine.requests[0][1]) and TPU.tpu

@@ -1,0 +1,146 @@
+"""The tree's shape, checked: no import cycles, product code never imports ``tests``, request
+path modules stay small. Parsed with ``ast`` (nothing is imported), so it runs in milliseconds.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests.support.process import REPO
+
+PRODUCT = ("entrypoint", "env", "gateway", "warmup", "bench", "deploy", "ops")
+PACKAGES = (*PRODUCT, "tests")
+# The modules one completion request passes through (gateway/README.md, "one request").
+REQUEST_PATH = (
+    "gateway/app.py", "gateway/routes/openai.py", "gateway/service.py", "gateway/validation.py",
+    "gateway/schema.py", "gateway/admission.py", "gateway/tokens.py", "gateway/upstream.py",
+    "gateway/wire.py", "gateway/asgi.py", "gateway/health.py", "gateway/errors.py",
+)  # fmt: skip
+MAX_LINES = 400
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def project_modules(root: Path) -> dict[str, Path]:
+    out = {}
+    for pkg in PACKAGES:
+        for path in (root / pkg).rglob("*.py"):
+            if ".venv" not in path.parts:
+                out[module_name(path, root)] = path
+    return out
+
+
+def imports_of(path: Path, name: str, known: set[str]) -> set[str]:
+    """Project modules that ``path`` imports (any depth: in functions, under TYPE_CHECKING)."""
+    tree = ast.parse(path.read_text(), str(path))
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")
+                anchor = anchor[: len(anchor) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            targets = [f"{base}.{a.name}" for a in node.names] + [base]
+        for t in targets:
+            while t and t not in known:  # ``from pkg import name``: the module is pkg
+                t = t.rpartition(".")[0]
+            if t and t != name:
+                found.add(t)
+    return found
+
+
+def graph(root: Path) -> dict[str, set[str]]:
+    mods = project_modules(root)
+    known = set(mods)
+    return {name: imports_of(path, name, known) for name, path in mods.items()}
+
+
+def cycles(g: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+    counter = [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in g.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(g):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def package_of(module: str) -> str:
+    return module.split(".")[0]
+
+
+def test_no_import_cycles() -> None:
+    assert cycles(graph(REPO)) == []
+
+
+def test_product_code_never_imports_tests() -> None:
+    bad = sorted(
+        f"{m} -> {t}"
+        for m, targets in graph(REPO).items()
+        if package_of(m) in PRODUCT
+        for t in targets
+        if package_of(t) == "tests"
+    )
+    assert bad == []
+
+
+def test_request_path_modules_stay_small() -> None:
+    sizes = {p: len((REPO / p).read_text().splitlines()) for p in REQUEST_PATH}
+    assert {p: n for p, n in sizes.items() if n > MAX_LINES} == {}
+
+
+def test_the_checks_can_fail(tmp_path: Path) -> None:
+    """A planted cycle and a planted tests import are found (the checks are not vacuous)."""
+    (tmp_path / "gateway").mkdir()
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "gateway" / "__init__.py").write_text("")
+    (tmp_path / "tests" / "__init__.py").write_text("")
+    (tmp_path / "tests" / "helper.py").write_text("X = 1\n")
+    (tmp_path / "gateway" / "a.py").write_text("from gateway import b\n")
+    (tmp_path / "gateway" / "b.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from gateway.a import A\n"
+    )
+    (tmp_path / "gateway" / "c.py").write_text("def f():\n    from tests.helper import X\n")
+    for pkg in PACKAGES:
+        (tmp_path / pkg).mkdir(exist_ok=True)
+    g = graph(tmp_path)
+    assert cycles(g) == [["gateway.a", "gateway.b"]]
+    assert g["gateway.c"] == {"tests.helper"}
