@@ -1,6 +1,6 @@
 """Pure maths from recorded timings to a cell's metrics, defined exactly as ``vllm bench serve``.
 
-Definitions (FACTS.md section 5, checked against vllm/benchmarks/serve.py::calculate_metrics):
+Definitions (checked against vllm/benchmarks/serve.py::calculate_metrics):
 
 - t0: just before the POST, after any client-side wait for a concurrency slot.
 - TTFT: first chunk carrying ``choices`` - t0.

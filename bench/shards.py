@@ -1,8 +1,8 @@
 """Run one cell's load in this process, or across several client processes above a threshold.
 
-One Python process tops out around 1,000 concurrent streams (FACTS.md section 5): above
-``per_process`` streams the load is split into processes that each run ``bench.client``
-with a share of the concurrency and of the request indices. They start together (a barrier),
+One Python process tops out around 1,000 concurrent streams (seen in real runs on this
+project's machines): above ``per_process`` streams the load is split into processes that each
+run ``bench.client`` with a share of the concurrency and of the request indices. They start together (a barrier),
 stamp with the same monotonic clock, and send their records back for the parent to merge, so
 the metrics are computed exactly as for a single process.
 

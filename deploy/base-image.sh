@@ -3,9 +3,11 @@
 #
 #   deploy/base-image.sh [IMAGE]        (default gemma4-serving/base:bookworm; `make docker-base`)
 #
-# Nothing can be pulled on these machines (../shared/FACTS.md section 4), so every Dockerfile
-# takes `ARG BASE_IMAGE` (default the public python:3.11-slim-bookworm) and the Makefile passes
-# this image instead when it exists. It is a debootstrap'ed Debian bookworm minbase with
+# No container registry is reachable from the development and CI machines, so nothing can be
+# pulled: the Dockerfiles built from a Python base (entrypoint/Dockerfile.cpu,
+# deploy/Dockerfile.app) take `ARG BASE_IMAGE` (default the public python:3.11-slim-bookworm) and
+# the Makefile passes this image instead when it exists. (entrypoint/Dockerfile.upstream builds
+# on the profile's ENGINE_IMAGE, the upstream vLLM image, instead.) It is a debootstrap'ed Debian bookworm minbase with
 # Python 3.11 + venv, CA certificates and the few shared libraries the vLLM CPU build links
 # (libnuma, libstdc++, libgomp), so image builds need no apt at all. Idempotent: an existing
 # image is kept unless FORCE=1.

@@ -1,8 +1,10 @@
 """Compile cache: a hot directory (tmpfs under compose) seeded from a persistent copy.
 
 A tmpfs cache survives container restarts but not host reboots or ``compose down -v``; a cold
-TPU start compiles for 10-30 minutes (FACTS.md section 1). So the hot dir is seeded from a
-persistent dir at start and written back by the warm-up after it has proved the engine serves.
+TPU start compiles for 10-30 minutes (26B/31B; tpu-inference PR #3408), and JAX's compilation
+cache is keyed by the JAX/libtpu version (tpu_inference/runner/compilation_manager.py). So the
+hot dir is seeded from a persistent dir at start and written back by the warm-up after it has
+proved the engine serves.
 
 Entries are keyed by engine image / vLLM version, model and TP size: JAX artifacts from another
 libtpu or another sharding must never be loaded, so a changed stack starts cold in a fresh key.

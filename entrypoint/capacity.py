@@ -1,9 +1,11 @@
 """KV-cache capacity estimate: how many full-context sequences fit in accelerator memory.
 
 Used only for a preflight *warning* (max-num-seqs above what the KV cache can hold at full
-context). Geometry from FACTS.md section 2: Gemma 4 mixes sliding-window layers (KV bounded by
-the window) with full-attention layers (KV grows with context); the full layers of 26B/31B/12B
-share K and V (k_eq_v), halving their footprint.
+context). Geometry from the published Gemma 4 model configs (``config.json``: ``layer_types``,
+``num_key_value_heads``, ``head_dim``/``global_head_dim``, ``sliding_window``; transformers'
+``Gemma4TextConfig``): Gemma 4 mixes sliding-window layers (KV bounded by the window) with
+full-attention layers (KV grows with context); the full layers of 26B/31B/12B share K and V
+(k_eq_v), halving their footprint.
 """
 
 from __future__ import annotations

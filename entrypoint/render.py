@@ -116,7 +116,8 @@ def engine_environ(
     env["VLLM_CACHE_ROOT"] = str(layout.hot / "vllm")
     if engine.platform == "tpu":
         # tpu-inference maps VLLM_XLA_CACHE_PATH onto jax_compilation_cache_dir; upstream CI also
-        # sets JAX_COMPILATION_CACHE_DIR to the same directory (FACTS.md section 1).
+        # sets JAX_COMPILATION_CACHE_DIR to the same directory
+        # (tpu_inference/runner/compilation_manager.py).
         env["VLLM_XLA_CACHE_PATH"] = str(layout.hot / "xla")
         env["JAX_COMPILATION_CACHE_DIR"] = str(layout.hot / "xla")
     if engine.hf_token_file is not None:

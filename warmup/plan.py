@@ -3,8 +3,10 @@
 The plan is computed, never hand-written, so that it follows the profile: change
 ``ENGINE_MAX_NUM_BATCHED_TOKENS`` or ``ENGINE_MAX_NUM_SEQS`` and the buckets move with it. The
 bucket ladders mirror ``tpu_inference/runner/utils.py`` (``get_token_paddings`` and
-``get_req_paddings``, see FACTS.md section 1) because those are the shapes the TPU compiles; on
-CPU and GPU the same steps are simply cheap end-to-end checks.
+``get_req_paddings``: token buckets 16, 32, ... doubling up to the first >=
+``--max-num-batched-tokens``, request buckets 8, 16, ... capped at ``--max-num-seqs``) because
+those are the shapes the TPU compiles; on CPU and GPU the same steps are simply cheap end-to-end
+checks.
 
 What a warm-up genuinely adds on TPU (start-up already precompiles the backbone buckets): the
 chat template and parsers, image shapes, logprobs / prompt_logprobs, long prompts and prefix-cache
@@ -37,7 +39,8 @@ MIN_REQUEST_BUCKET = 8  # tpu-inference's MIN_NUM_SEQS
 # vision_warmup_config shape used when the profile is multimodal but names no shape: Gemma's
 # native square tile, so the commonest client image size is compiled before traffic arrives.
 DEFAULT_IMAGE_SHAPE = (896, 896)
-# prompt_logprobs has its own compiled path for prompts above 1024 tokens (FACTS.md section 1).
+# prompt_logprobs has its own compiled path for prompts above 1024 tokens, which tpu-inference's
+# start-up precompilation (runner/compilation_manager.py, capture_model) does not cover.
 PROMPT_LOGPROBS_TOKENS = 2048
 
 

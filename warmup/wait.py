@@ -1,7 +1,8 @@
 """Wait for the engine to serve: connection refused is the normal state during compilation.
 
-On TPU a cold start compiles every bucket for 10-30 minutes with the port closed (FACTS.md
-section 1), so refusals, resets and 503s are all "not yet", never errors. Only the profile's
+On TPU a cold start compiles every bucket for 10-30 minutes for the 26B/31B models
+(tpu-inference PR #3408 and its benchmarks), and vLLM's API server only opens its port once the
+engine is ready, so refusals, resets and 503s are all "not yet", never errors. Only the profile's
 ready timeout (``VLLM_ENGINE_READY_TIMEOUT_S``, the same budget the engine gives itself) ends
 the wait. Ready means ``/health`` 200 *and* ``/v1/models`` listing a model: the warm-up needs
 the served name, and the two turn on at slightly different moments.
