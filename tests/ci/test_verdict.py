@@ -237,3 +237,15 @@ def test_lib_failing_provisioning_phase_still_prints_the_closing_line(tmp_path: 
     assert r.returncode == 7
     assert r.stdout.splitlines()[-1] == "0 passed, 0 failed, 0 skipped"
     assert "phase test" not in r.stderr
+
+
+def test_ci_phase_keeps_the_callers_errexit_setting() -> None:
+    """The original bug: ci_phase forced `set -e` back on, so `set +e; ci_phase test make test`
+    died at the failing test phase with make's 2 and never printed the summary."""
+    script = (
+        f'. "{CI_DIR / "lib.sh"}"; set +e; ci_phase one bash -c "exit 4"; echo "rc=$?"; '
+        "case $- in *e*) echo errexit-on ;; *) echo errexit-off ;; esac; "
+        "set -e; ci_phase two true; case $- in *e*) echo errexit-on ;; esac"
+    )
+    r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    assert r.stdout.split() == ["rc=4", "errexit-off", "errexit-on"], r.stdout + r.stderr
