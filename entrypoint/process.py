@@ -1,7 +1,9 @@
 """Run vLLM in its own process group and forward signals to the whole group.
 
 ``vllm serve`` forks an EngineCore and workers; SIGKILL of the API server alone orphans them
-(FACTS.md section 3). Starting it as a session leader and signalling the group means a
+(seen with vLLM 0.32 on CPU: the children are separate processes that outlive their parent,
+while a SIGTERM to the whole group stops all of them in about 2 s). Starting it as a session
+leader and signalling the group means a
 ``docker stop``, a Ctrl-C or a test teardown never leaves a child holding memory or a port.
 """
 
