@@ -146,6 +146,7 @@ async def test_per_key_limit_counts_queued_and_running() -> None:
     assert info.value.code == "per_key_limit"
     assert adm.try_admit("other") is None  # other keys just queue
     adm.enqueue("other")
+    assert adm.queued == 2 and adm.inflight == 1
 
 
 async def test_saturation_holds_admissions_and_release_resumes() -> None:

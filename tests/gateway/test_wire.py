@@ -29,12 +29,18 @@ class Server:
         self.connections = 0
         self.requests: list[bytes] = []
         self.server: asyncio.Server | None = None
+        self.handlers: set[asyncio.Task[None]] = set()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.handlers.add(task)
         self.connections += 1
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-            await self.handler(reader, writer)
-        writer.close()
+        try:
+            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+                await self.handler(reader, writer)
+        finally:
+            writer.close()
 
     async def read_request(self, reader: asyncio.StreamReader) -> bytes:
         head = await reader.readuntil(b"\r\n\r\n")
@@ -62,6 +68,11 @@ async def serving(handler_factory: Callable[[Server], Handler]) -> AsyncIterator
         yield srv
     finally:
         srv.server.close()
+        # Handlers still writing or sleeping (a client that hung up) end here, not after the
+        # loop is gone: a callback of theirs on a closed loop is a RuntimeError (seen on uvloop).
+        for task in srv.handlers:
+            task.cancel()
+        await asyncio.gather(*srv.handlers, return_exceptions=True)
         await srv.server.wait_closed()
 
 

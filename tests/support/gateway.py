@@ -24,9 +24,11 @@ from gateway.promtext import metric_sum
 from tests.support.process import REPO
 
 PROFILE = REPO / "env" / "cpu.env"
+# A gateway that never cancels its upstream request on a disconnect (nocancel/sitecustomize.py).
+NOCANCEL = {"PYTHONPATH": f"{Path(__file__).parent / 'nocancel'}:{REPO}"}
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
 
-__all__ = ["PROFILE", "RunningGateway", "mark_warm", "run_gateway", "wait_for_instance"]
+__all__ = ["NOCANCEL", "PROFILE", "RunningGateway", "mark_warm", "run_gateway", "wait_for_instance"]
 
 
 @dataclass
