@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import os
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from deploy.up import engine_problem, probe
+from deploy.up import engine_problem, main, probe
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -80,3 +83,88 @@ def test_engine_problem(state: dict[str, object] | None, expected: str | None) -
         assert problem is None
     else:
         assert problem is not None and expected in problem
+
+
+# --- `python3 -m deploy.up` end to end, with a fake `docker` (a real executable on PATH) and a
+# loopback server for the gateway's /health --------------------------------------------------
+
+FAKE_DOCKER = """#!/bin/sh
+# `docker compose ... <cmd>` and `docker inspect`, answering from files the test writes.
+case "$*" in
+  *" up "*) [ -f "$FAKE/up-blocks" ] && exec sleep 600; exit "$(cat "$FAKE/up-rc" 2>/dev/null || echo 0)" ;;
+  *" ps "*) echo c0ffee ;;
+  inspect*) cat "$FAKE/state" ;;
+  *" logs "*engine*) printf '\\033[31mengine: RuntimeError: out of HBM\\033[0m\\n' ;;
+  *" logs "*) : ;;
+esac
+"""
+
+
+@pytest.fixture
+def fake_docker(tmp_path, monkeypatch):
+    """A ``docker`` executable first on PATH; returns its control dir."""
+    control = tmp_path / "fake"
+    (control / "bin").mkdir(parents=True)
+    docker = control / "bin" / "docker"
+    docker.write_text(FAKE_DOCKER)
+    docker.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{control / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE", str(control))
+    (control / "state").write_text('{"Status": "running", "Health": {"Status": "healthy"}}|0')
+    return control
+
+
+def run_up(tmp_path, monkeypatch, srv, *extra: str) -> tuple[int, str, str]:
+    profile = tmp_path / "p.env"
+    profile.write_text("ENGINE_PLATFORM=cpu\nSTACK_GATEWAY_HOST=127.0.0.1\n")
+    monkeypatch.setenv("GATEWAY_PORT", str(srv.server_address[1]))
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(["--profile-file", str(profile), "--timeout", "60", *extra,
+                     "--", "docker", "compose", "-p", "test"])  # fmt: skip
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_up_waits_for_the_gateways_health(server, fake_docker, tmp_path, monkeypatch) -> None:
+    _Handler.answer = (200, {"status": "ok"})
+    code, out, err = run_up(tmp_path, monkeypatch, server)
+    assert code == 0, out + err
+    assert "up: stack ready in" in out and f"127.0.0.1:{server.server_address[1]}" in out
+
+
+def test_up_fails_fast_on_a_failed_warm_up(server, fake_docker, tmp_path, monkeypatch) -> None:
+    _Handler.answer = (503, {"status": "warmup_failed: logprobs"})
+    code, out, err = run_up(tmp_path, monkeypatch, server)
+    assert code == 1
+    assert "warmup_failed: logprobs" in out  # the reason as it changed
+    assert "up: FAILED after" in err and "warm-up failed: warmup_failed: logprobs" in err
+    # the engine's last lines, without the terminal colours compose adds
+    assert "engine: RuntimeError: out of HBM" in err and "\x1b[" not in err
+
+
+def test_up_stops_waiting_when_the_engine_container_exits(
+    server, fake_docker, tmp_path, monkeypatch
+) -> None:
+    """`compose up -d` still blocked on the engine's healthcheck, the engine already dead."""
+    (fake_docker / "up-blocks").touch()
+    (fake_docker / "state").write_text('{"Status": "exited", "ExitCode": 137}|0')
+    code, _, err = run_up(tmp_path, monkeypatch, server)
+    assert code == 1
+    assert "engine container exited with code 137" in err
+
+
+def test_up_times_out_with_the_last_reason(server, fake_docker, tmp_path, monkeypatch) -> None:
+    _Handler.answer = (503, {"status": "warming_up"})
+    code, _, err = run_up(tmp_path, monkeypatch, server, "--timeout", "1")
+    assert code == 1
+    assert "timed out; gateway /health still 503 warming_up" in err
+
+
+def test_up_refuses_to_start_without_the_secret_files(tmp_path, capsys) -> None:
+    profile = tmp_path / "tpu.env"
+    profile.write_text(f"ENGINE_PLATFORM=tpu\nENGINE_HF_TOKEN_FILE={tmp_path / 'hf'}\n"
+                       f"GATEWAY_API_KEYS_FILE={tmp_path / 'keys'}\n")  # fmt: skip
+    assert main(["--profile-file", str(profile), "--", "docker", "compose"]) == 2
+    out = capsys.readouterr().out
+    assert f"hf_token (ENGINE_HF_TOKEN_FILE): {tmp_path / 'hf'}" in out
+    assert f"api_keys (GATEWAY_API_KEYS_FILE): {tmp_path / 'keys'}" in out
