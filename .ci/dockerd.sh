@@ -2,7 +2,7 @@
 # Start or stop a Docker daemon for this machine: `dockerd.sh start|stop|status`.
 #
 # No init system runs dockerd here, so we start it ourselves. The flags are the ones this
-# network allows (../shared/FACTS.md section 4): no iptables/NAT/forwarding and no default bridge,
+# network allows (found on these CI machines): no iptables/NAT/forwarding and no default bridge,
 # because containers must use the host network (bridge traffic goes to private addresses, which
 # are blocked). `start` is a no-op if a daemon already answers; `stop` only stops the daemon that
 # `start` launched (dockerd's own pidfile in $DOCKERD_STATE_DIR), never someone else's.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install a Docker engine, Compose v2 and buildx on a Debian bookworm machine without a registry.
 #
-# Why this shape (../shared/FACTS.md section 4): bookworm ships docker.io 20.10 + containerd + runc,
+# Why this shape (measured on these CI machines): bookworm ships docker.io 20.10 + containerd + runc,
 # which is all the engine we need, but not Compose v2 nor buildx (its docker-compose is v1.29,
 # which rejects current compose keys). Trixie packages both as Go binaries that run on bookworm's
 # libc, so we fetch the two .debs with a throw-away apt state (bookworm's apt config untouched)
