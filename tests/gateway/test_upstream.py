@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
-from gateway.errors import engine_message
+from gateway.errors import OpenAIError, engine_message
 from gateway.upstream import StreamStats, relay_sse, upstream_error
 
 pytestmark = pytest.mark.anyio
@@ -110,3 +111,17 @@ def test_read_timeout_wording_differs_for_streams() -> None:
 )
 def test_engine_message(body: bytes, message: str) -> None:
     assert engine_message(body) == message
+
+
+def test_one_error_two_renderings() -> None:
+    """The same OpenAIError as an HTTP body and as a terminal SSE event."""
+    err = OpenAIError(429, "busy", code="queue_full", retry_after=7, headers={"X-Extra": "1"})
+    payload = {"error": {"message": "busy", "type": "rate_limit_error", "param": None,
+                         "code": "queue_full"}}  # fmt: skip
+    import json
+
+    assert json.loads(err.body()) == payload
+    event = err.sse_event()
+    assert event.startswith(b"data: ") and event.endswith(b"\n\ndata: [DONE]\n\n")
+    assert json.loads(event[6 : event.index(b"\n\n")]) == payload
+    assert err.header_list() == [(b"x-extra", b"1"), (b"retry-after", b"7")]
