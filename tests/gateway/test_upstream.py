@@ -118,7 +118,6 @@ def test_one_error_two_renderings() -> None:
     err = OpenAIError(429, "busy", code="queue_full", retry_after=7, headers={"X-Extra": "1"})
     payload = {"error": {"message": "busy", "type": "rate_limit_error", "param": None,
                          "code": "queue_full"}}  # fmt: skip
-    import json
 
     assert json.loads(err.body()) == payload
     event = err.sse_event()
