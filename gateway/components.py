@@ -27,7 +27,7 @@ from gateway.saturation import SaturationPolicy
 from gateway.service import CompletionService, Timeouts
 from gateway.tokens import TokenCounter
 from gateway.upstream import make_client
-from gateway.validation import Policy
+from gateway.policy import Policy
 from gateway.wire import EnginePool
 
 log = logging.getLogger("gateway")

@@ -13,26 +13,20 @@ are the gateway's policy (``validation.py``); ``tests/gateway/test_schema_parity
 table of requests through both this schema and vLLM's and lists every case that differs, with
 its reason, so a vLLM upgrade that moves a rule fails a test instead of drifting silently.
 
-Errors: ``error_from(ValidationError)`` turns pydantic's first error into the one
-``OpenAIError`` the client sees, with the offending parameter as a path (``messages[0].role``).
+Errors: ``schema_errors.error_from(ValidationError)`` turns pydantic's most telling error into
+the one ``OpenAIError`` the client sees, with the offending parameter as a path
+(``messages[0].role``).
 """
 
 from __future__ import annotations
 
-import json
-import math
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from gateway.errors import OpenAIError
+from gateway.schema_errors import Rule, error_from
+
+__all__ = ["ChatRequest", "CompletionRequest", "MessagesRequest", "ResponsesRequest", "error_from"]
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
@@ -162,7 +156,7 @@ class _Sampling(_Open):
     @model_validator(mode="after")
     def _stream_options_need_stream(self) -> _Sampling:
         if self.stream_options is not None and not self.stream:
-            raise _Rule('only allowed with "stream": true', "stream_options")
+            raise Rule('only allowed with "stream": true', "stream_options")
         return self
 
     @property
@@ -172,7 +166,7 @@ class _Sampling(_Open):
     def _check_min_tokens(self) -> None:
         mt = self.effective_max_tokens
         if self.min_tokens and mt is not None and self.min_tokens > mt:
-            raise _Rule(f"({self.min_tokens}) must not exceed max_tokens ({mt})", "min_tokens")
+            raise Rule(f"({self.min_tokens}) must not exceed max_tokens ({mt})", "min_tokens")
 
 
 class ChatRequest(_Sampling):
@@ -202,19 +196,19 @@ class ChatRequest(_Sampling):
         for name in ("max_tokens", "max_completion_tokens"):
             v = getattr(self, name)
             if v is not None and v < 1:
-                raise _Rule(f"must be >= 1, got {v}", name)
+                raise Rule(f"must be >= 1, got {v}", name)
         if self.top_logprobs and not self.logprobs:
-            raise _Rule('requires "logprobs": true', "top_logprobs")
+            raise Rule('requires "logprobs": true', "top_logprobs")
         if self.tools == []:
-            raise _Rule("must not be an empty list; omit it instead", "tools")
+            raise Rule("must not be an empty list; omit it instead", "tools")
         if self.tool_choice not in (None, "none") and not self.tools:
-            raise _Rule("requires 'tools'", "tool_choice")
+            raise Rule("requires 'tools'", "tool_choice")
         if isinstance(self.tool_choice, NamedToolChoice) and self.tools:
             name = self.tool_choice.function.name
             if all(t.function.name != name for t in self.tools):
-                raise _Rule(f"names the function {name!r}, which is not in 'tools'", "tool_choice")
+                raise Rule(f"names the function {name!r}, which is not in 'tools'", "tool_choice")
         if self.continue_final_message and self.add_generation_prompt:
-            raise _Rule(
+            raise Rule(
                 "cannot be true together with add_generation_prompt (set that to false)",
                 "continue_final_message",
             )
@@ -239,117 +233,71 @@ class CompletionRequest(_Sampling):
     @model_validator(mode="after")
     def _completion_rules(self) -> CompletionRequest:
         if self.max_tokens is not None and self.max_tokens < 0:
-            raise _Rule(f"must be >= 0, got {self.max_tokens}", "max_tokens")
+            raise Rule(f"must be >= 0, got {self.max_tokens}", "max_tokens")
         n = self.n or 1
         if self.best_of is not None and self.best_of < n:
-            raise _Rule(f"({self.best_of}) must be >= n ({n})", "best_of")
+            raise Rule(f"({self.best_of}) must be >= n ({n})", "best_of")
         self._check_min_tokens()
         return self
 
 
-class _Rule(ValueError):
-    """A cross-field rule broken; carries the parameter to name (pydantic's loc is the model)."""
+class ResponsesRequest(_Open):
+    """OpenAI's Responses API (``POST /v1/responses``), as vLLM 0.32 serves it."""
 
-    def __init__(self, message: str, param: str) -> None:
-        super().__init__(message)
-        self.param = param
-        self.message = message
+    model: str | None = None
+    input: str | Annotated[list[dict[str, Any]], Field(min_length=1)]
+    instructions: str | None = None
+    max_output_tokens: Annotated[int, Field(ge=1)] | None = None
+    stream: bool | None = False
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    top_k: Annotated[int, Field(ge=-1)] | None = None
+    min_p: Prob | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    logit_bias: dict[str, float] | None = None
+    tools: list[dict[str, Any]] | None = None
+    previous_response_id: str | None = None
+    store: bool | None = True
+    background: bool | None = False
+    user: str | None = None
 
+    @model_validator(mode="after")
+    def _responses_rules(self) -> ResponsesRequest:
+        if isinstance(self.input, str) and not self.input:
+            raise Rule("must not be empty", "input")
+        return self
 
-_TYPE_WORDS = {
-    "bool_type": "a boolean",
-    "int_type": "an integer",
-    "float_type": "a number",
-    "string_type": "a string",
-    "list_type": "a list",
-    "dict_type": "an object",
-    "model_type": "an object",
-    "model_attributes_type": "an object",
-}
-
-
-_RANGE_WORDS = {
-    "greater_than_equal": (">=", "ge"),
-    "greater_than": (">", "gt"),
-    "less_than_equal": ("<=", "le"),
-    "less_than": ("<", "lt"),
-}
-
-
-def error_from(exc: ValidationError) -> OpenAIError:
-    """Pydantic's most specific error as the gateway's 400: the parameter path and why."""
-    errors = exc.errors(include_url=False)
-    for e in errors:  # a broken cross-field rule names its own parameter
-        rule = (e.get("ctx") or {}).get("error")
-        if isinstance(rule, _Rule):
-            return OpenAIError(400, f"'{rule.param}' {rule.message}", code="invalid_value",
-                               param=rule.param)  # fmt: skip
-    # Union arms each report an error; the deepest location is the most telling one.
-    depth = max(len(_path(e["loc"])) for e in errors)
-    deepest = [e for e in errors if len(_path(e["loc"])) == depth]
-    # ...and a broken range beats a type mismatch reported by another arm.
-    deepest.sort(key=lambda e: e["type"] in _TYPE_WORDS)
-    err = deepest[0]
-    param = _param(err["loc"])
-    kind = err["type"]
-    value = err.get("input")
-    if kind == "missing":
-        return OpenAIError(400, f"'{param}' is required", code="missing_field", param=param)
-    if kind in _TYPE_WORDS:
-        same = [e for e in deepest if _param(e["loc"]) == param]
-        words = dict.fromkeys(_TYPE_WORDS.get(e["type"]) or "" for e in same)
-        expected = " or ".join(w for w in words if w)
-        if expected and all(e["type"] in _TYPE_WORDS for e in same):
-            return OpenAIError(
-                400, f"'{param}' must be {expected}, got {_json_type(value)}: {_short(value)}",
-                code="invalid_type", param=param,
-            )  # fmt: skip
-    ctx = err.get("ctx") or {}
-    msg = str(err["msg"])
-    if kind in _RANGE_WORDS:
-        op, key = _RANGE_WORDS[kind]
-        msg = f"must be {op} {ctx.get(key)}"
-    elif kind == "literal_error":
-        msg = f"must be {ctx.get('expected')}"
-    elif kind in ("string_too_short", "too_short"):
-        msg = "must not be empty"
-    elif isinstance(ctx.get("error"), ValueError):
-        msg = str(ctx["error"])
-    if isinstance(value, float) and not math.isfinite(value):
-        msg = "must be a finite number"
-    return OpenAIError(400, f"'{param}' {msg} (got {_short(value)})", code="invalid_value",
-                       param=param)  # fmt: skip
+    @property
+    def effective_max_tokens(self) -> int | None:
+        return self.max_output_tokens
 
 
-def _path(loc: tuple[int | str, ...]) -> list[int | str]:
-    return [p for p in loc if isinstance(p, int) or not _is_tag(p)]
+class AnthropicBlock(_Open):
+    type: str
+    text: str | None = None
 
 
-def _is_tag(part: str) -> bool:
-    """Pydantic's union-arm and validator labels in a location (``list[str]``, ``function-...``)."""
-    return part in _UNION_TAGS or "[" in part or part.startswith(("function-", "constrained-"))
+class AnthropicMessage(_Open):
+    role: Literal["user", "assistant", "system"]
+    content: str | list[AnthropicBlock]
 
 
-def _param(loc: tuple[int | str, ...]) -> str:
-    """``("messages", 0, "role")`` -> ``messages[0].role``; union arm labels are dropped."""
-    out = ""
-    for part in _path(loc):
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "body"
+class MessagesRequest(_Open):
+    """Anthropic's Messages API (``POST /v1/messages``), as vLLM 0.32 serves it."""
 
+    model: str | None = None
+    messages: Annotated[list[AnthropicMessage], Field(min_length=1)]
+    max_tokens: Annotated[int, Field(ge=1)]  # required by the Messages API
+    system: str | list[AnthropicBlock] | None = None
+    stream: bool | None = False
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    top_k: Annotated[int, Field(ge=-1)] | None = None
+    stop_sequences: list[str] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: dict[str, Any] | None = None
 
-_UNION_TAGS = frozenset(
-    {"str", "int", "float", "bool", "list", "dict", "NamedToolChoice", "ImageURL"}
-)
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
-            dict: "object"}.get(type(value), type(value).__name__)  # fmt: skip
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value, default=str)
-    return text if len(text) <= 60 else text[:57] + "..."
+    @property
+    def effective_max_tokens(self) -> int | None:
+        return self.max_tokens
