@@ -23,11 +23,11 @@ from gateway.auth import Access
 from gateway.health import HealthTracker, Snapshot
 from gateway.metrics import GatewayMetrics
 from gateway.monitor import EngineMonitor
+from gateway.policy import Policy
 from gateway.saturation import SaturationPolicy
 from gateway.service import CompletionService, Timeouts
 from gateway.tokens import TokenCounter
 from gateway.upstream import make_client
-from gateway.policy import Policy
 from gateway.wire import EnginePool
 
 log = logging.getLogger("gateway")

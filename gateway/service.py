@@ -28,8 +28,8 @@ from gateway.admission import Admission
 from gateway.errors import OpenAIError, engine_message
 from gateway.health import HealthTracker, unavailable
 from gateway.metrics import GatewayMetrics
-from gateway.upstream import StreamStats, relay_sse, upstream_error
 from gateway.policy import Policy
+from gateway.upstream import StreamStats, relay_sse, upstream_error
 from gateway.validation import Final, Kind, finalize, needs_count, parse
 from gateway.wire import EngineResponse
 
