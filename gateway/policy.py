@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from env.settings import EngineSettings, GatewaySettings
 from gateway.errors import OpenAIError, bad_request
-from gateway.schema import ChatRequest
+from gateway.schema import ChatRequest, MessagesRequest, ResponsesRequest
 
 COMPLETION_SLACK = 8
 
@@ -33,7 +33,7 @@ TPU_IGNORED_SAMPLING: dict[str, Any] = {
 STRUCTURED_OUTPUT_KEYS = ("structured_outputs", "guided_json", "guided_regex", "guided_choice")
 # Content part types by the modality whose per-prompt limit they count against.
 _MODALITY = {
-    **dict.fromkeys(("image_url", "input_image", "image_embeds", "image_pil"), "image"),
+    **dict.fromkeys(("image_url", "input_image", "image_embeds", "image_pil", "image"), "image"),
     **dict.fromkeys(("input_audio", "audio_url"), "audio"),
     "video_url": "video",
 }
@@ -91,15 +91,29 @@ def check_model(body: dict[str, Any], policy: Policy) -> None:
         )
 
 
-def count_media(req: ChatRequest) -> dict[str, int]:
+def count_media(req: ChatRequest | MessagesRequest | ResponsesRequest) -> dict[str, int]:
+    """Media items per modality, from the content parts of any of the chat-like APIs."""
     media = {"image": 0, "audio": 0, "video": 0}
-    for msg in req.messages:
-        if isinstance(msg.content, list):
-            for part in msg.content:
-                modality = _MODALITY.get(part.type)
-                if modality:
-                    media[modality] += 1
+    for part_type in _part_types(req):
+        modality = _MODALITY.get(part_type)
+        if modality:
+            media[modality] += 1
     return media
+
+
+def _part_types(req: ChatRequest | MessagesRequest | ResponsesRequest) -> list[str]:
+    if isinstance(req, ResponsesRequest):
+        if isinstance(req.input, str):
+            return []
+        types = []
+        for item in req.input:
+            content = item.get("content")
+            if isinstance(content, list):
+                types.extend(str(p.get("type")) for p in content if isinstance(p, dict))
+        return types
+    return [
+        part.type for msg in req.messages if isinstance(msg.content, list) for part in msg.content
+    ]
 
 
 def completion_bounds(

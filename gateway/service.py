@@ -25,6 +25,7 @@ from typing import Protocol
 import httpx
 
 from gateway.admission import Admission
+from gateway.apis import APIS
 from gateway.errors import OpenAIError, engine_message
 from gateway.health import HealthTracker, unavailable
 from gateway.metrics import GatewayMetrics
@@ -194,7 +195,7 @@ class CompletionService:
 
     async def _relay(self, call: Call, response: EngineResponse, sink: Sink) -> int:
         await sink.open()
-        stats = StreamStats()
+        stats = StreamStats(APIS[call.kind].stream)
         try:
             await relay_sse(response, sink.chunk, stats)
         except httpx.HTTPError as exc:
@@ -205,8 +206,7 @@ class CompletionService:
         finally:
             if stats.first_chunk_at is not None:
                 self.metrics.ttft.labels(call.kind).observe(stats.first_chunk_at - call.started_at)
-            role_events = 1 if call.kind == "chat" else 0
-            self.metrics.tokens_streamed.inc(stats.completion_tokens(role_events))
+            self.metrics.tokens_streamed.inc(stats.completion_tokens())
         if not stats.done:
             self.liveness.poke()
             await sink.fail(

@@ -17,22 +17,19 @@ Two clients reach the engine: ``gateway.wire.EnginePool`` carries the completion
 
 from __future__ import annotations
 
-import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
 import httpx
 
+from gateway.apis import OPENAI_STREAM, StreamFormat
 from gateway.errors import OpenAIError
 from gateway.wire import EngineResponse
 
-_USAGE_RE = re.compile(rb'"usage":\{[^{}]*?"completion_tokens":(\d+)')
-_DONE = b"data: [DONE]"
-# The usage event is read once from the stream's tail: the last pieces (a usage event split over
-# several reads is still whole) cut to the last bytes (it is the last event before [DONE]).
+# The usage and the end are read once from the stream's tail: the last pieces, so that an event
+# split over several reads is still whole.
 _TAIL_PIECES = 16
-_TAIL_BYTES = 2048
 
 
 def make_client(
@@ -71,20 +68,21 @@ def upstream_error(exc: httpx.HTTPError, *, streaming: bool = False) -> OpenAIEr
 class StreamStats:
     """What the relay learned about one stream, without parsing it."""
 
-    __slots__ = ("done", "events", "first_chunk_at", "tail")
+    __slots__ = ("done", "events", "first_chunk_at", "format", "tail")
 
-    def __init__(self) -> None:
+    def __init__(self, format: StreamFormat = OPENAI_STREAM) -> None:
+        self.format = format
         self.events = 0
         self.tail = b""
         self.done = False
         self.first_chunk_at: float | None = None
 
-    def completion_tokens(self, role_events: int) -> int:
-        """From the usage event when the client asked for it, else one token per event."""
-        found = _USAGE_RE.findall(self.tail)  # the last one: pieces may hold several events
+    def completion_tokens(self) -> int:
+        """From the usage event when there is one, else one token per event."""
+        found = self.format.usage.findall(self.tail)  # the last one: pieces hold several events
         if found:
             return int(found[-1])
-        return max(0, self.events - role_events - (1 if self.done else 0))
+        return max(0, self.events - self.format.role_events - (1 if self.done else 0))
 
 
 async def relay_sse(
@@ -102,5 +100,5 @@ async def relay_sse(
             recent.append(chunk)
     finally:
         stats.events = events
-        stats.tail = b"".join(recent)[-_TAIL_BYTES:]
-        stats.done = _DONE in stats.tail[-64:]
+        stats.tail = b"".join(recent)
+        stats.done = stats.format.finished(stats.tail)

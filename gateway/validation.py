@@ -20,11 +20,13 @@ happens between them and only when needed:
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import ValidationError
 
+from gateway.apis import APIS, Api, Kind
 from gateway.errors import bad_request
 from gateway.policy import (
     Policy,
@@ -34,9 +36,9 @@ from gateway.policy import (
     count_media,
     tpu_hygiene,
 )
-from gateway.schema import ChatRequest, CompletionRequest, error_from
+from gateway.schema import CompletionRequest, error_from
 
-Kind = Literal["chat", "completions"]
+__all__ = ["Final", "Kind", "Parsed", "Policy", "finalize", "needs_count", "parse"]
 
 # Fixed template overhead bound for a chat prompt (BOS, turn markers, generation prompt,
 # a thinking-mode system turn): generous, since undercounting only costs a /tokenize call.
@@ -47,7 +49,7 @@ CHAT_TEMPLATE_SLACK = 256
 class Parsed:
     """Outcome of phase 1."""
 
-    kind: Kind
+    api: Api
     body: dict[str, Any]
     raw: bytes
     stream: bool
@@ -57,6 +59,10 @@ class Parsed:
     truncate_prompt_tokens: int | None = None
     stripped: list[str] = field(default_factory=list)
     modified: bool = False
+
+    @property
+    def kind(self) -> Kind:
+        return self.api.kind
 
     @property
     def prompt_strings(self) -> list[str]:
@@ -82,11 +88,6 @@ class Final:
 
 # -- phase 1 ---------------------------------------------------------------------------------
 
-_SCHEMAS: dict[Kind, type[ChatRequest] | type[CompletionRequest]] = {
-    "chat": ChatRequest,
-    "completions": CompletionRequest,
-}
-
 
 def parse(kind: Kind, raw: bytes, policy: Policy) -> Parsed:
     """The body checked against the schema (types, ranges, cross-field rules) and the policy
@@ -100,30 +101,32 @@ def parse(kind: Kind, raw: bytes, policy: Policy) -> Parsed:
     except (ValueError, UnicodeDecodeError) as exc:
         raise bad_request(f"request body is not valid JSON: {exc}", None, "invalid_json") from None
     except RecursionError:
-        raise bad_request("request body is nested too deeply", None, "invalid_json") from None
+        raise _too_deep() from None
     if not isinstance(body, dict):
         raise bad_request("request body must be a JSON object", None, "invalid_type")
     check_model(body, policy)
+    api = APIS[kind]
     try:
-        req = _SCHEMAS[kind].model_validate(body)
+        req: Any = api.schema.model_validate(body)
     except ValidationError as exc:
         raise error_from(exc) from None
     except RecursionError:
-        raise bad_request("request body is nested too deeply", None, "invalid_json") from None
+        raise _too_deep() from None
 
-    if isinstance(req, ChatRequest):
-        media = count_media(req)
-        boundable = not (req.tools or req.documents or req.chat_template or any(media.values()))
-        upper = len(raw) + CHAT_TEMPLATE_SLACK if boundable else None
-        exact = None
-    else:
-        media = {}
+    exact = None
+    if isinstance(req, CompletionRequest):
+        media: dict[str, int] = {}
         upper, exact = completion_bounds(req.prompt)
+    else:
+        media = count_media(req)
+        # Tools and documents are re-rendered by the template, media expand to many tokens.
+        extra = req.tools or getattr(req, "documents", None) or getattr(req, "chat_template", None)
+        upper = None if extra or any(media.values()) else len(raw) + CHAT_TEMPLATE_SLACK
     check_media(media, policy)
 
     parsed = Parsed(
-        kind, body, raw, bool(req.stream), req.effective_max_tokens, upper, exact,
-        req.truncate_prompt_tokens,
+        api, body, raw, bool(req.stream), req.effective_max_tokens, upper, exact,
+        getattr(req, "truncate_prompt_tokens", None),
     )  # fmt: skip
     if policy.tpu:
         parsed.stripped = tpu_hygiene(body, policy)
@@ -156,7 +159,8 @@ def finalize(parsed: Parsed, prompt_tokens: int | None, policy: Policy) -> Final
     # For the default and the checks below, a skipped count is replaced by its upper bound,
     # which by construction (needs_count) passes every rule.
     known = counted if counted is not None else (parsed.prompt_upper_bound or 0)
-    prompt_param = "messages" if parsed.kind == "chat" else "prompt"
+    prompt_param = parsed.api.prompt_field
+    mt_param = _max_tokens_param(parsed)
     limit = policy.max_model_len
 
     if known > policy.prompt_limit:
@@ -178,22 +182,22 @@ def finalize(parsed: Parsed, prompt_tokens: int | None, policy: Policy) -> Final
                 prompt_param,
                 "context_length_exceeded",
             )
-        parsed.body["max_tokens"] = max_tokens
+        parsed.body[parsed.api.max_tokens_field] = max_tokens
         parsed.modified = True
     elif known + max_tokens > limit:
         raise bad_request(
-            f"the prompt has {known} tokens and max_tokens is {max_tokens}: {known + max_tokens} "
-            f"exceeds the context length {limit}; set max_tokens to at most "
+            f"the prompt has {known} tokens and {mt_param} is {max_tokens}: "
+            f"{known + max_tokens} exceeds the context length {limit}; set {mt_param} to at most "
             f"{max(0, limit - known)}",
-            _max_tokens_param(parsed.body),
+            mt_param,
             "context_length_exceeded",
         )
 
     if not parsed.stream:
         if max_tokens > policy.stream_required_max_tokens:
             raise bad_request(
-                f"requests with max_tokens above {policy.stream_required_max_tokens} must set "
-                f'"stream": true (got max_tokens={max_tokens}): long non-streaming requests '
+                f"requests with {mt_param} above {policy.stream_required_max_tokens} must set "
+                f'"stream": true (got {mt_param}={max_tokens}): long non-streaming requests '
                 "time out in clients and proxies and get retried",
                 "stream",
                 "stream_required",
@@ -212,7 +216,15 @@ def finalize(parsed: Parsed, prompt_tokens: int | None, policy: Policy) -> Final
     return Final(out, parsed.stream, max_tokens, counted, parsed.stripped)
 
 
-def _max_tokens_param(body: dict[str, Any]) -> str:
-    return (
-        "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    )
+def _max_tokens_param(parsed: Parsed) -> str:
+    """The parameter the client set (or would set) for the generation length."""
+    if parsed.kind == "chat" and parsed.body.get("max_completion_tokens") is not None:
+        return "max_completion_tokens"
+    return parsed.api.max_tokens_field
+
+
+def _too_deep() -> Exception:
+    return bad_request(
+        f"request body is nested too deeply (the limit is about {sys.getrecursionlimit()} "
+        "levels)", None, "invalid_json",
+    )  # fmt: skip

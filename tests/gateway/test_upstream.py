@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from gateway.apis import CHAT_STREAM, MESSAGES_STREAM, OPENAI_STREAM, RESPONSES_STREAM, StreamFormat
 from gateway.errors import OpenAIError, engine_message
 from gateway.upstream import StreamStats, relay_sse, upstream_error
 
@@ -31,13 +32,15 @@ class Pieces:
             raise self.error
 
 
-async def relay(*pieces: bytes, error: Exception | None = None) -> tuple[StreamStats, list[bytes]]:
+async def relay(
+    *pieces: bytes, error: Exception | None = None, fmt: StreamFormat = CHAT_STREAM
+) -> tuple[StreamStats, list[bytes]]:
     out: list[bytes] = []
 
     async def emit(data: bytes) -> None:
         out.append(data)
 
-    stats = StreamStats()
+    stats = StreamStats(fmt)
     await relay_sse(Pieces(*pieces, error=error), emit, stats)  # type: ignore[arg-type]
     return stats, out
 
@@ -48,20 +51,20 @@ async def test_bytes_pass_through_unchanged_and_events_are_counted() -> None:
     assert out == list(pieces)
     assert stats.events == 4 and stats.done and stats.first_chunk_at is not None
     # Without a usage event: one token per content event (role event and [DONE] excluded).
-    assert stats.completion_tokens(role_events=1) == 2
+    assert stats.completion_tokens() == 2
 
 
 async def test_usage_event_wins_even_split_across_pieces() -> None:
     usage = b'data: {"usage":{"prompt_tokens":5,"completion_tokens":42,"total_tokens":47}}\n\n'
     stats, _ = await relay(b"data: x\n\n", usage[:20], usage[20:], b"data: [DONE]\n\n")
-    assert stats.completion_tokens(role_events=1) == 42
+    assert stats.completion_tokens() == 42
 
 
 async def test_the_last_usage_counts_when_a_piece_holds_several() -> None:
     first = b'data: {"usage":{"completion_tokens":1}}\n\n'
     last = b'data: {"usage":{"completion_tokens":9}}\n\ndata: [DONE]\n\n'
-    stats, _ = await relay(first + last)
-    assert stats.completion_tokens(0) == 9
+    stats, _ = await relay(first + last, fmt=OPENAI_STREAM)
+    assert stats.completion_tokens() == 9
 
 
 async def test_a_stream_without_done_is_marked_unfinished() -> None:
@@ -124,3 +127,34 @@ def test_one_error_two_renderings() -> None:
     assert event.startswith(b"data: ") and event.endswith(b"\n\ndata: [DONE]\n\n")
     assert json.loads(event[6 : event.index(b"\n\n")]) == payload
     assert err.header_list() == [(b"x-extra", b"1"), (b"retry-after", b"7")]
+
+
+async def test_responses_stream_ends_with_its_completed_event() -> None:
+    text = "x" * 100_000  # the completed event carries the whole response after its name
+    completed = (b'event: response.completed\ndata: {"type":"response.completed","response":'
+                 b'{"output_text":"' + text.encode() + b'","usage":{"input_tokens":3,'
+                 b'"input_tokens_details":{"cached_tokens":0},"output_tokens":12}}}\n\n')  # fmt: skip
+    delta = b'event: response.output_text.delta\ndata: {"delta":"data: [DONE]"}\n\n'
+    stats, _ = await relay(delta, completed[:70_000], completed[70_000:], fmt=RESPONSES_STREAM)
+    assert stats.done and stats.completion_tokens() == 12
+    stats, _ = await relay(delta, fmt=RESPONSES_STREAM)  # cut after a delta: not finished
+    assert not stats.done
+
+
+async def test_messages_stream_ends_with_message_stop() -> None:
+    pieces = (b'event: message_start\ndata: {"type":"message_start"}\n\n',
+              b'event: message_delta\ndata: {"type":"message_delta","usage":{"output_tokens":5}}\n\n',
+              b'event: message_stop\ndata: {"type":"message_stop"}\n\n')  # fmt: skip
+    stats, _ = await relay(*pieces, fmt=MESSAGES_STREAM)
+    assert stats.done and stats.completion_tokens() == 5
+    stats, _ = await relay(*pieces[:2], fmt=MESSAGES_STREAM)
+    assert not stats.done
+
+
+def test_each_api_frames_its_terminal_error() -> None:
+    err = OpenAIError(503, "engine down", code="engine_down")
+    assert CHAT_STREAM.error_event(err).endswith(b"data: [DONE]\n\n")
+    responses = RESPONSES_STREAM.error_event(err)
+    assert responses.startswith(b"event: error\ndata: ") and b'"code":"engine_down"' in responses
+    anthropic = MESSAGES_STREAM.error_event(err)
+    assert b'"type":"overloaded_error"' in anthropic and b'"message":"engine down"' in anthropic
