@@ -42,8 +42,8 @@ $(CORE): pyproject.toml | $(VENV)/bin/python
 	touch $@
 
 $(PROJECT_STAMP): pyproject.toml $(VENV)/.engine-installed
-	$(PIP) install -c $(LOCK) -e '.[gateway,bench,dev]' 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -c "import uvicorn, prometheus_client, matplotlib, pytest, pytest_randomly"
+	$(PIP) install -c $(LOCK) -e '.[gateway,bench,dev,ops]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -c "import uvicorn, prometheus_client, matplotlib, pytest, pytest_randomly, mcp"
 	touch $@ $(CORE)
 
 install: $(PROJECT_STAMP) ## venv with the CPU engine (pinned lock), all roles and dev tools

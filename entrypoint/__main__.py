@@ -7,20 +7,24 @@ serve       preflight, seed the compile cache, then run vLLM in its own process 
 cache save  write the hot compile cache back to the persistent copy (called by the warm-up)
 cache seed  fill the hot dir from the persistent copy (serve does this itself)
 model       build the tiny Gemma 4 for the embedded CPU engine (idempotent)
+capacity    the KV-cache capacity model for the profile (tokens, max concurrency at max-model-len,
+            the figures vLLM logs at start); TPU profiles also print the seed blog's 12B v6e-4
+            layout next to the model's readings of it
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
 from pathlib import Path
 
-from entrypoint import cache, preflight, tinymodel
+from entrypoint import cache, capacity, preflight, tinymodel
 from entrypoint.process import run_group
 from entrypoint.render import render
-from env.settings import CacheSettings, EngineEnv, EngineSettings, profile_path
+from env.settings import CacheSettings, EngineEnv, EngineSettings, OpsSettings, profile_path
 
 
 def _vllm_executable() -> str:
@@ -78,7 +82,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(cache.seed(cache.CacheLayout.for_settings(engine, cache_settings)), file=sys.stderr)
     rendered = render(engine, runtime, cache_settings, vllm=_vllm_executable())
     print("entrypoint: " + " ".join(rendered.argv), file=sys.stderr, flush=True)
-    return run_group(rendered.argv, {**os.environ, **rendered.env})
+    log = OpsSettings.load(args.profile).engine_log_path(cache_settings)
+    return run_group(rendered.argv, {**os.environ, **rendered.env}, log_path=log)
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
@@ -94,6 +99,62 @@ def cmd_cache(args: argparse.Namespace) -> int:
 def cmd_model(args: argparse.Namespace) -> int:
     out = args.out or CacheSettings.load(args.profile).tiny_model_dir
     print(f"tiny Gemma 4 model: {tinymodel.build(Path(out), force=args.force)}")
+    return 0
+
+
+def capacity_report(profile: str | None, memory_gib: float | None = None) -> dict[str, object]:
+    """The capacity model's figures for a profile (``python -m entrypoint capacity``)."""
+    engine, runtime = EngineSettings.load(profile), EngineEnv.load(profile)
+    lay = capacity.layout(engine, runtime, memory_gib)
+    out: dict[str, object] = {
+        "profile": str(profile_path(profile)),
+        "platform": engine.platform,
+        "model": engine.model,
+        "model_estimate": lay.as_dict() if lay else None,
+    }
+    if lay is None:
+        out["why_no_estimate"] = (
+            "unknown model geometry"
+            if capacity.geometry(engine) is None
+            else "memory unknown on this platform: pass --memory-gib"
+        )
+    if engine.platform == "tpu":
+        out["seed_12b_v6e4_reported"] = capacity.SEED_12B_V6E4
+        out["seed_12b_v6e4_model"] = capacity.seed_comparison()
+    return out
+
+
+def cmd_capacity(args: argparse.Namespace) -> int:
+    report = capacity_report(args.profile, args.memory_gib)
+    if args.json:
+        print(json.dumps(report, indent=1))
+        return 0
+    est = report["model_estimate"]
+    print(f"profile {report['profile']} ({report['platform']}, {report['model']})")
+    if isinstance(est, dict):
+        print(
+            f"  model: KV cache size {est['kv_cache_tokens']:,} tokens, maximum concurrency "
+            f"{est['max_concurrency']:.2f}x at {est['max_model_len']:,} tokens per request"
+        )
+        print(
+            f"  {est['num_blocks']:,} blocks of {est['bytes_per_block']:,} bytes per worker, "
+            f"{est['blocks_per_request']:,} blocks per full-length request; {est['memory_source']}"
+        )
+    else:
+        print(f"  no estimate: {report['why_no_estimate']}")
+    if "seed_12b_v6e4_model" in report:
+        seed = capacity.SEED_12B_V6E4
+        print(
+            f"  seed blog, Gemma 4 12B on v6e-4 at {seed['max_model_len']:,} tokens with "
+            f"{seed['available_gib']} GiB for KV: {seed['kv_cache_tokens']:,} tokens, "
+            f"{seed['max_concurrency']}x; the model on the same memory:"
+        )
+        for row in report["seed_12b_v6e4_model"]:  # type: ignore[attr-defined]
+            alloc = "hybrid (sliding-window savings)" if row["hybrid_allocator"] else "every layer at full context"
+            print(
+                f"    {row['kv_cache_dtype']:>4} KV, {alloc:<32} {row['kv_cache_tokens']:>10,} "
+                f"tokens {row['max_concurrency']:>6.2f}x ({row['vs_seed_tokens_pct']:+.2f}% vs seed)"
+            )
     return 0
 
 
@@ -133,6 +194,15 @@ def parser() -> argparse.ArgumentParser:
     m = add("model", cmd_model, "build the tiny CPU model")
     m.add_argument("--out", type=Path, default=None, help="default: CACHE_TINY_MODEL_DIR")
     m.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    cap = add("capacity", cmd_capacity, "KV-cache capacity model (tokens, max concurrency)")
+    cap.add_argument(
+        "--memory-gib",
+        type=float,
+        default=None,
+        help="KV-cache memory in GiB over all workers (default: the profile's CPU KV space, or "
+        "the TPU HBM estimate; required on GPU)",
+    )
+    cap.add_argument("--json", action="store_true", help="machine-readable output")
     return p
 
 

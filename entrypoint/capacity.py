@@ -1,7 +1,28 @@
-"""KV-cache capacity estimate: how many full-context sequences fit in accelerator memory.
+"""KV-cache capacity model: how many tokens and full-context sequences fit in the KV cache.
 
-Used only for a preflight *warning* (max-num-seqs above what the KV cache can hold at full
-context). Geometry from the published Gemma 4 model configs (``config.json``: ``layer_types``,
+Used by the preflight's warning (max-num-seqs above what the KV cache holds at full context),
+by ``python -m entrypoint capacity`` and by the ops server's memory layout, which prints it next
+to what the engine logged at start. ``layout`` mirrors vLLM 0.32's own KV-cache sizing
+(``vllm/v1/core/kv_cache_utils.py``), step by step, so that its figures are vLLM's:
+
+1. every attention layer's page = block_size x KV heads on this worker (``max(1, heads // TP)``,
+   vLLM's ``gemma4.py``) x head size x 2 (K and V: vLLM stores both even for the k_eq_v full
+   layers, whose K weights it loads into both slots) x bytes per element;
+2. pages are unified to the largest (``unify_kv_cache_spec_page_size``: a smaller page grows its
+   block size by the ratio);
+3. layers are grouped by type into groups of equal size (``_get_kv_cache_groups_uniform_page_size``:
+   the size is the smallest type's layer count, or the largest when under 1.5x the smallest);
+4. ``num_blocks = available bytes // max over groups of (the group's pages)``;
+5. a request at max-model-len needs, per group, ``cdiv(max-model-len, block)`` blocks (full
+   attention) or ``cdiv(min(window - 1 + max-num-batched-tokens, max-model-len), block) + 1``
+   (sliding window: ``SlidingWindowSpec.max_admission_blocks_per_request``);
+6. maximum concurrency = ``num_blocks / sum of those blocks``; KV cache size in tokens =
+   ``int(concurrency x max-model-len)`` (``get_kv_cache_capacity``): the two figures vLLM logs as
+   ``<device> KV cache size: N tokens, Maximum concurrency for L tokens per request: X.XXx``.
+
+Available memory: on CPU exactly ``VLLM_CPU_KVCACHE_SPACE`` GiB; on TPU per chip
+``HBM x --gpu-memory-utilization - bf16 weights / TP`` (an estimate: the engine's own "used"
+figure also holds activations and compile scratch); on GPU unknown (pass ``--memory-gib``). Geometry from the published Gemma 4 model configs (``config.json``: ``layer_types``,
 ``num_key_value_heads``, ``head_dim``/``global_head_dim``, ``sliding_window``; transformers'
 ``Gemma4TextConfig``): Gemma 4 mixes sliding-window layers (KV bounded by the window) with
 full-attention layers (KV grows with context); the full layers of 26B/31B/12B share K and V
@@ -17,7 +38,13 @@ from pathlib import Path
 from env.settings import EngineEnv, EngineSettings
 
 GIB = 1024**3
-V6E_HBM_BYTES = 32 * 10**9  # per chip
+V6E_HBM_BYTES = 32 * 10**9  # per chip (Cloud TPU docs: 32 GB HBM per v6e chip)
+# What the runtime reports per v6e chip: the seed blog's v6e-4 start-up log shows 124.98 GiB of
+# HBM in total over 4 chips.
+V6E_HBM_REPORTED_BYTES = 124.98 / 4 * GIB
+# vLLM's default --max-num-batched-tokens for the OpenAI server on GPU/TPU (engine/arg_utils.py),
+# used when a profile leaves it unset.
+DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192
 
 
 @dataclass(frozen=True)
@@ -123,3 +150,221 @@ def max_full_context_seqs(engine: EngineSettings, runtime: EngineEnv) -> int | N
         return None
     per_seq = geo.bytes_per_sequence(engine.max_model_len, kv_bytes_per_element(engine))
     return max(0, int(budget // per_seq)) if per_seq else None
+
+
+# --- vLLM's KV-cache sizing, mirrored (module docstring, steps 1-6) ---------------------------
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def block_size(engine: EngineSettings) -> int:
+    """The block size vLLM uses: the profile's, else the platform default (CPU 128:
+    ``platforms/cpu.py``; TPU auto: 16 above 8192 tokens of context, else next_pow2(len) / 16
+    clamped to 16..256, tpu-inference ``flash_attn.py``; GPU 16)."""
+    if engine.block_size:
+        return engine.block_size
+    if engine.platform == "cpu":
+        return 128
+    if engine.platform == "tpu":
+        if engine.max_model_len > 8192:
+            return 16
+        pow2 = 1 << (engine.max_model_len - 1).bit_length()
+        return max(16, min(256, pow2 // 16))
+    return 16
+
+
+@dataclass(frozen=True)
+class GroupShape:
+    kind: str  # "sliding" or "full"
+    groups: int  # KV-cache groups of this kind
+    layers_per_group: int  # the largest group's real layers
+    block_size: int  # tokens per block after page unification
+    blocks_per_request: int  # per group, for one request at max-model-len
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The model's figures for one engine configuration (per worker; TP workers are alike)."""
+
+    max_model_len: int
+    tensor_parallel_size: int
+    kv_bytes_per_element: float
+    page_bytes: int
+    groups: tuple[GroupShape, ...]
+    bytes_per_block: int
+    available_bytes: float  # per worker
+    memory_source: str
+    num_blocks: int
+    blocks_per_request: int
+    max_concurrency: float
+    kv_cache_tokens: int
+    hybrid: bool
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "kv_cache_tokens": self.kv_cache_tokens,
+            "max_concurrency": round(self.max_concurrency, 2),
+            "max_model_len": self.max_model_len,
+            "num_blocks": self.num_blocks,
+            "blocks_per_request": self.blocks_per_request,
+            "bytes_per_block": self.bytes_per_block,
+            "page_bytes": self.page_bytes,
+            "available_gib_per_worker": round(self.available_bytes / GIB, 3),
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "kv_bytes_per_element": self.kv_bytes_per_element,
+            "hybrid_allocator": self.hybrid,
+            "groups": [g.__dict__ for g in self.groups],
+            "memory_source": self.memory_source,
+        }
+
+
+def available_bytes_per_worker(
+    engine: EngineSettings, runtime: EngineEnv, geo: KVGeometry, memory_gib: float | None = None
+) -> tuple[float, str] | None:
+    """KV bytes each worker can use and where the figure comes from; None when unknowable."""
+    tp = engine.tensor_parallel_size
+    if memory_gib is not None:
+        return memory_gib * GIB / tp, f"given: {memory_gib} GiB in total over {tp} worker(s)"
+    if engine.platform == "cpu":
+        if not runtime.vllm_cpu_kvcache_space:
+            return None
+        gib = runtime.vllm_cpu_kvcache_space
+        return gib * GIB, f"VLLM_CPU_KVCACHE_SPACE={gib} GiB"
+    if engine.platform == "tpu":
+        util = engine.gpu_memory_utilization or 0.9
+        weights = geo.params * 2 / tp
+        return (
+            V6E_HBM_REPORTED_BYTES * util - weights,
+            f"v6e HBM {V6E_HBM_REPORTED_BYTES / GIB:.2f} GiB/chip x {util} utilization - bf16 "
+            f"weights {weights / GIB:.2f} GiB/chip (estimate: activations not subtracted)",
+        )
+    return None
+
+
+def layout(
+    engine: EngineSettings,
+    runtime: EngineEnv,
+    memory_gib: float | None = None,
+    geo: KVGeometry | None = None,
+    hybrid: bool = True,
+) -> Layout | None:
+    """vLLM's KV cache size and maximum concurrency for this engine, or None if unknowable.
+
+    ``hybrid=False`` models every layer holding the whole context (vLLM's
+    ``--disable-hybrid-kv-cache-manager``, or a backend without sliding-window savings)."""
+    geo = geo or geometry(engine)
+    if geo is None:
+        return None
+    avail = available_bytes_per_worker(engine, runtime, geo, memory_gib)
+    if avail is None:
+        return None
+    available, source = avail
+    tp = engine.tensor_parallel_size
+    kv_bytes = kv_bytes_per_element(engine)
+    block = block_size(engine)
+    max_len = engine.max_model_len
+    batched = engine.max_num_batched_tokens or DEFAULT_MAX_NUM_BATCHED_TOKENS
+
+    # 1. pages per layer kind on one worker
+    kinds = [
+        ("sliding", geo.sliding_layers, geo.kv_heads_sliding, geo.head_dim_sliding),
+        ("full", geo.full_layers, geo.kv_heads_full, geo.head_dim_full),
+    ]
+    kinds = [k for k in kinds if k[1] > 0]
+    page = {
+        kind: int(block * max(1, heads // tp) * dim * 2 * kv_bytes)
+        for kind, _, heads, dim in kinds
+    }
+    counts = {kind: n for kind, n, _, _ in kinds}
+    if not hybrid:  # one group of every layer, each holding the whole context
+        bpb = sum(page[k] * counts[k] for k in counts)
+        per_req = _cdiv(max_len, block)
+        groups: tuple[GroupShape, ...] = (
+            GroupShape("all", 1, sum(counts.values()), block, per_req),
+        )
+        page_bytes = max(page.values())
+    else:
+        # 2. unify pages: a smaller page grows its block size by the ratio
+        page_bytes = max(page.values())
+        blocks = {k: block * (page_bytes // p) for k, p in page.items()}
+        # 3. equal-size groups per kind
+        size = min(counts.values())
+        if max(counts.values()) < 1.5 * size:
+            size = max(counts.values())
+        shapes = []
+        for kind, n in counts.items():
+            n_groups = _cdiv(n, size)
+            b = blocks[kind]
+            if kind == "full":
+                need = _cdiv(max_len, b)
+            else:  # 5. sliding window: the window plus the tokens in flight, +1 block
+                need = _cdiv(min(geo.window - 1 + batched, max_len), b) + 1
+            shapes.append(GroupShape(kind, n_groups, _cdiv(n, n_groups), b, need))
+        groups = tuple(shapes)
+        # 4. bytes per block: the largest group's pages
+        bpb = page_bytes * max(g.layers_per_group for g in groups)
+        per_req = sum(g.groups * g.blocks_per_request for g in groups)
+    num_blocks = max(0, int(available // bpb))
+    conc = num_blocks / per_req
+    return Layout(
+        max_model_len=max_len,
+        tensor_parallel_size=tp,
+        kv_bytes_per_element=kv_bytes,
+        page_bytes=page_bytes,
+        groups=groups,
+        bytes_per_block=bpb,
+        available_bytes=available,
+        memory_source=source,
+        num_blocks=num_blocks,
+        blocks_per_request=per_req,
+        max_concurrency=conc,
+        kv_cache_tokens=int(conc * max_len),
+        hybrid=hybrid,
+    )
+
+
+# The seed blog's reported layout (its devops agent's memory-layout answer): Gemma 4 12B on a
+# v6e-4, max-model-len 65,536, "HBM available for KV cache & activations: 88.98 GiB",
+# "242,944 tokens", "3.71x", KV said to be fp8_e5m2.
+SEED_12B_V6E4 = {
+    "model": "google/gemma-4-12B-it",
+    "tensor_parallel_size": 4,
+    "max_model_len": 65536,
+    "max_num_batched_tokens": 4096,
+    "available_gib": 88.98,
+    "kv_cache_tokens": 242_944,
+    "max_concurrency": 3.71,
+}
+
+
+def seed_comparison() -> list[dict[str, object]]:
+    """The model's figures for the seed's 12B v6e-4 deployment, under the readings that matter:
+    fp8 or bf16 KV, vLLM's hybrid allocator or every layer at full context. Same memory as the
+    seed reported, so only the layout differs."""
+    s = SEED_12B_V6E4
+    out = []
+    for dtype in ("fp8", None):
+        for hybrid in (True, False):
+            engine = EngineSettings(
+                platform="tpu",
+                model=str(s["model"]),
+                tensor_parallel_size=int(s["tensor_parallel_size"]),  # type: ignore[call-overload]
+                max_model_len=int(s["max_model_len"]),  # type: ignore[call-overload]
+                max_num_batched_tokens=int(s["max_num_batched_tokens"]),  # type: ignore[call-overload]
+                kv_cache_dtype=dtype,
+            )
+            lay = layout(engine, EngineEnv(), float(s["available_gib"]), hybrid=hybrid)  # type: ignore[arg-type]
+            assert lay is not None
+            tokens = lay.kv_cache_tokens
+            out.append(
+                {
+                    "kv_cache_dtype": dtype or "bf16",
+                    "hybrid_allocator": hybrid,
+                    "kv_cache_tokens": tokens,
+                    "max_concurrency": round(lay.max_concurrency, 2),
+                    "vs_seed_tokens_pct": round(100 * (tokens / int(s["kv_cache_tokens"]) - 1), 2),  # type: ignore[call-overload]
+                }
+            )
+    return out

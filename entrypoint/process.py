@@ -18,6 +18,7 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import IO
 
 STOP_GRACE_S = 10.0
 
@@ -40,9 +41,41 @@ def stop_group(proc: subprocess.Popen[bytes], grace_s: float = STOP_GRACE_S) -> 
         signal_group(proc.pid, signal.SIGKILL)  # stragglers that outlived their parent
 
 
-def run_group(argv: Sequence[str], env: Mapping[str, str], grace_s: float = STOP_GRACE_S) -> int:
-    """Run ``argv`` as a new session; forward SIGTERM/SIGINT/SIGHUP to its group; return its code."""
-    proc = subprocess.Popen(list(argv), env=dict(env), start_new_session=True)
+def _tee(src: IO[bytes], log_path: Path) -> None:
+    """Copy the engine's output to our stdout and to ``log_path`` (truncated: one start per file)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    out = sys.stdout.buffer
+    with log_path.open("wb") as log:
+        for chunk in iter(lambda: src.read1(65536), b""):
+            for sink in (out, log):
+                with contextlib.suppress(OSError, ValueError):
+                    sink.write(chunk)
+                    sink.flush()
+
+
+def run_group(
+    argv: Sequence[str],
+    env: Mapping[str, str],
+    grace_s: float = STOP_GRACE_S,
+    log_path: Path | None = None,
+) -> int:
+    """Run ``argv`` as a new session; forward SIGTERM/SIGINT/SIGHUP to its group; return its code.
+
+    With ``log_path`` the engine's stdout and stderr (merged) also go to that file, so the start-up
+    lines (KV cache size, maximum concurrency, TPU HBM) can be read back later (the ops server's
+    memory layout); the console/container log still gets every byte."""
+    tee = subprocess.PIPE if log_path is not None else None
+    proc = subprocess.Popen(
+        list(argv),
+        env=dict(env),
+        start_new_session=True,
+        stdout=tee,
+        stderr=subprocess.STDOUT if tee else None,
+    )
+    copier = None
+    if log_path is not None and proc.stdout is not None:
+        copier = threading.Thread(target=_tee, args=(proc.stdout, log_path), daemon=True)
+        copier.start()
     stopping = threading.Event()
 
     def forward(signum: int, _frame: FrameType | None) -> None:
@@ -61,6 +94,8 @@ def run_group(argv: Sequence[str], env: Mapping[str, str], grace_s: float = STOP
     code = proc.wait()
     # The API server exited on its own (e.g. the engine died): take its children with it.
     signal_group(proc.pid, signal.SIGKILL)
+    if copier is not None:
+        copier.join(timeout=5.0)  # the group is gone, so the pipe reaches EOF
     return 0 if stopping.is_set() and code in (0, -signal.SIGTERM, -signal.SIGINT) else code
 
 

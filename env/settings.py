@@ -232,6 +232,40 @@ class StackSettings(_Slice):
     gpu_count: str = Field("all", pattern=r"^(all|[0-9]+)$")
 
 
+class OpsSettings(_Slice):
+    """The devops MCP server (``python -m ops``): what it reads and whether it may act.
+
+    Empty URLs and paths fall back to the other slices (the gateway's URL and internal token, the
+    engine's URL, the warm-up's report), so a profile needs none of these keys. The engine log is
+    also read by the entrypoint, which keeps a copy of vLLM's output there.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="OPS_")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8090, ge=1, le=65535)
+    gateway_url: str = ""  # empty: GatewaySettings.url
+    engine_urls: str = ""  # comma-separated; empty: EngineSettings.url
+    internal_token_file: Path | None = None  # None: GATEWAY_INTERNAL_TOKEN_FILE
+    api_key_file: Path | None = None  # a client key for the gateway's /v1 routes (first line)
+    engine_log_file: Path | None = None  # None: <CACHE_HOT_DIR>/engine.log
+    bench_dir: Path = Path("results/bench")
+    warmup_report: Path | None = None  # None: WARMUP_REPORT_PATH
+    allow_actions: bool = False
+    request_timeout_s: float = Field(60.0, gt=0)
+    window_s: float = Field(300.0, gt=0)  # get_metrics' recent window when none is given
+
+    def engine_log_path(self, cache: CacheSettings) -> Path:
+        """Where the entrypoint keeps the engine's output and the ops server reads it."""
+        return self.engine_log_file or cache.hot_dir / "engine.log"
+
+
+class PriceSettings(_Slice):
+    """The deployment's on-demand price (USD per hour, whole deployment), for cost estimates."""
+
+    price_per_hour_usd: float | None = Field(None, ge=0)
+
+
 SLICES: tuple[type[_Slice], ...] = (
     EngineSettings,
     EngineEnv,
@@ -239,6 +273,8 @@ SLICES: tuple[type[_Slice], ...] = (
     GatewaySettings,
     WarmupSettings,
     StackSettings,
+    OpsSettings,
+    PriceSettings,
 )
 
 # Keys a profile may carry that no slice reads: PROFILE names the file itself (compose reads it).
