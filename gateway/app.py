@@ -23,9 +23,9 @@ from env.settings import EngineSettings, GatewaySettings, profile_path
 from gateway import asgi
 from gateway.auth import Access, KeyStore, ensure_token_file
 from gateway.components import Components, GatewayConfig, running
-from gateway.errors import OpenAIError
-from gateway.routes import build_routes
-from gateway.types import Handler, Receive, Scope, Send
+from gateway.errors import OpenAIError, internal_error
+from gateway.routes import Routes, build_routes
+from gateway.types import Handler, Message, Receive, Scope, Send
 
 log = logging.getLogger("gateway")
 
@@ -54,24 +54,66 @@ def load_keys(engine: EngineSettings, settings: GatewaySettings) -> KeyStore:
 
 
 class Router:
-    """Exact path -> method -> handler; OpenAI-shaped 404 and 405 (with ``Allow``)."""
+    """Path -> method -> handler: exact paths first (the token path: one dict lookup), then a
+    trailing slash dropped, then the few ``/prefix/{id}`` routes. OpenAI-shaped 404 and 405
+    (with ``Allow``), and an unexpected exception in a handler becomes a logged 500 in OpenAI
+    shape (the completion routes answer their own, with the stream's framing)."""
 
-    def __init__(self, routes: dict[str, dict[str, Handler]]) -> None:
-        self.routes = routes
+    def __init__(self, routes: Routes) -> None:
+        self.exact = routes.exact
+        self.prefixed = routes.prefixed
+        self.guarded = routes.guarded
+
+    def match(self, path: str) -> dict[str, Handler] | None:
+        methods = self.exact.get(path)
+        if methods is None and len(path) > 1 and path.endswith("/"):
+            methods = self.exact.get(path.rstrip("/"))
+        if methods is None:
+            for prefix, prefixed in self.prefixed:
+                if path.startswith(prefix) and len(path) > len(prefix):
+                    return prefixed
+        return methods
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        methods = self.routes.get(scope["path"])
+        methods = self.match(scope["path"])
+        rid = [(b"x-request-id", asgi.request_id(scope))]
         if methods is None:
             err = OpenAIError(404, f"no route {scope['path']}", code="not_found")
-            await asgi.send_error(send, err)
+            await asgi.send_error(send, err, rid)
             return
         handler = methods.get(scope["method"])
         if handler is None:
             allow = ", ".join(sorted(methods)).encode()
             err = OpenAIError(405, f"method {scope['method']} not allowed", code="bad_method")
-            await asgi.send_error(send, err, [(b"allow", allow)])
+            await asgi.send_error(send, err, [(b"allow", allow), *rid])
             return
-        await handler(scope, receive, send)
+        if handler in self.guarded:
+            await handler(scope, receive, send)
+            return
+        await _guarded(handler, scope, receive, send, rid)
+
+
+async def _guarded(
+    handler: Handler, scope: Scope, receive: Receive, send: Send, rid: list[tuple[bytes, bytes]]
+) -> None:
+    """Run a control route with the request id on its answer and a 500 for a crash."""
+    started = False
+
+    async def send_with_id(message: Message) -> None:
+        nonlocal started
+        if message["type"] == "http.response.start":
+            started = True
+            headers = list(message.get("headers", ()))
+            if not any(k == b"x-request-id" for k, _ in headers):
+                message = {**message, "headers": headers + rid}
+        await send(message)
+
+    try:
+        await handler(scope, receive, send_with_id)
+    except Exception:
+        log.exception("unexpected error on %s (request %s)", scope["path"], rid[0][1].decode())
+        if not started:
+            await asgi.send_error(send, internal_error(rid[0][1]), rid)
 
 
 class GatewayApp:

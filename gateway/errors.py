@@ -91,3 +91,29 @@ def engine_message(body: bytes | str, limit: int = 500) -> str:
             if data.get(key):
                 return str(data[key])[:limit]
     return text[:limit]
+
+
+def internal_error(request_id: bytes) -> OpenAIError:
+    """The answer to an unexpected exception (logged with its traceback by whoever caught it)."""
+    return OpenAIError(
+        500,
+        f"internal error in the gateway (request id {request_id.decode()}); it has been logged",
+        code="internal_error",
+    )
+
+
+def reshape_engine_error(status: int, body: bytes) -> bytes:
+    """An engine error answer in OpenAI's shape: vLLM sends ``"type": "BadRequestError"`` and an
+    integer ``code``; clients of OpenAI expect ``type`` by status class and a string or null
+    ``code``. The engine's message and ``param`` are kept."""
+    param = None
+    code = None
+    try:
+        data = json.loads(body)
+        err = data.get("error") if isinstance(data, dict) else None
+        if isinstance(err, dict):
+            param = err.get("param") if isinstance(err.get("param"), str) else None
+            code = err.get("code") if isinstance(err.get("code"), str) else None
+    except (ValueError, RecursionError):
+        pass
+    return OpenAIError(status, engine_message(body), code=code, param=param).body()

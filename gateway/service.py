@@ -26,7 +26,7 @@ import httpx
 
 from gateway.admission import Admission
 from gateway.apis import APIS
-from gateway.errors import OpenAIError, engine_message
+from gateway.errors import OpenAIError, engine_message, reshape_engine_error
 from gateway.health import HealthTracker, unavailable
 from gateway.metrics import GatewayMetrics
 from gateway.policy import Policy
@@ -77,7 +77,7 @@ class Engine(Protocol):
 class Counter(Protocol):
     """Prompt token counting (``gateway.tokens.TokenCounter``)."""
 
-    async def count(self, parsed: object, request_id: str) -> int: ...
+    async def count(self, parsed: object, request_id: str) -> int | None: ...
 
 
 class Liveness(Protocol):
@@ -164,9 +164,8 @@ class CompletionService:
         prompt_tokens = None
         if needs_count(parsed, policy):
             prompt_tokens = await self.tokens.count(parsed, call.request_id.decode())
-            self.metrics.token_counts.labels("counted").inc()
-        else:
-            self.metrics.token_counts.labels("skipped").inc()
+        outcome = "skipped" if prompt_tokens is None else "counted"
+        self.metrics.token_counts.labels(outcome).inc()
         return finalize(parsed, prompt_tokens, policy)
 
     async def _forward(self, call: Call, final: Final, sink: Sink) -> int:
@@ -186,9 +185,15 @@ class CompletionService:
                     status = response.status_code
                     await sink.fail(OpenAIError(status, engine_message(data), code="engine_error"))
                     return status
+                status = response.status_code
+                if status != 200:  # the engine refused: its message, in OpenAI's shape
+                    await sink.reply(
+                        status, reshape_engine_error(status, data), b"application/json"
+                    )
+                    return status
                 ctype = response.headers.get(b"content-type", b"application/json")
-                await sink.reply(response.status_code, data, ctype)
-                return response.status_code
+                await sink.reply(status, data, ctype)
+                return status
             return await self._relay(call, response, sink)
         finally:
             response.close()

@@ -37,13 +37,16 @@ class TokenCounter:
         self.client = client
         self.timeout_s = timeout_s
 
-    async def count(self, parsed: Parsed, request_id: str) -> int:
-        """Prompt tokens of the request (the longest prompt for batched completions)."""
+    async def count(self, parsed: Parsed, request_id: str) -> int | None:
+        """Prompt tokens of the request (the longest prompt for batched completions); None when
+        the request cannot be put to ``/tokenize`` as it is (a Responses or Messages input
+        with items other than text messages): the engine then judges its length itself."""
         body = parsed.body
-        if parsed.kind == "chat":
-            payload = {k: body[k] for k in _CHAT_KEYS if k in body}
-            payload["model"] = body["model"]
-            return await self._tokenize(payload, request_id, "messages")
+        if parsed.kind != "completions":
+            payload = chat_payload(parsed)
+            if payload is None:
+                return None
+            return await self._tokenize(payload, request_id, parsed.api.prompt_field)
         prompts = parsed.prompt_strings
         counts = await asyncio.gather(
             *(
@@ -83,3 +86,71 @@ class TokenCounter:
             raise OpenAIError(return_status, message, code="invalid_prompt", param=param)
         raise OpenAIError(503, f"the engine failed to count the prompt: {message}",
                           code="engine_error", retry_after=5)  # fmt: skip
+
+
+def chat_payload(parsed: Parsed) -> dict[str, Any] | None:
+    """The ``/tokenize`` chat body that renders the same prompt as the request (None: no
+    faithful one). Chat as sent; Messages and Responses as the chat messages they stand for."""
+    body = parsed.body
+    if parsed.kind == "chat":
+        payload = {k: body[k] for k in _CHAT_KEYS if k in body}
+    elif parsed.kind == "messages":
+        msgs = _anthropic_messages(body)
+        if msgs is None:
+            return None
+        payload = {"messages": msgs}
+    else:
+        msgs = _responses_messages(body)
+        if msgs is None:
+            return None
+        payload = {"messages": msgs}
+    if parsed.kind != "chat" and body.get("tools"):
+        return None  # tool schemas differ per API: let the engine judge
+    payload["model"] = body["model"]
+    return payload
+
+
+def _text(content: Any, text_types: tuple[str, ...]) -> str | None:
+    """A message's content as text, or None when it holds anything but text parts."""
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        return None
+    texts = []
+    for part in content:
+        if not isinstance(part, dict) or part.get("type") not in text_types:
+            return None
+        texts.append(str(part.get("text", "")))
+    return "".join(texts)
+
+
+def _anthropic_messages(body: dict[str, Any]) -> list[dict[str, str]] | None:
+    out = []
+    if body.get("system") is not None:
+        system = _text(body["system"], ("text",))
+        if system is None:
+            return None
+        out.append({"role": "system", "content": system})
+    for msg in body["messages"]:
+        text = _text(msg.get("content"), ("text",))
+        if text is None:
+            return None
+        out.append({"role": msg["role"], "content": text})
+    return out
+
+
+def _responses_messages(body: dict[str, Any]) -> list[dict[str, str]] | None:
+    out = []
+    if body.get("instructions"):
+        out.append({"role": "system", "content": str(body["instructions"])})
+    items = body["input"]
+    if isinstance(items, str):
+        return [*out, {"role": "user", "content": items}]
+    for item in items:
+        if item.get("type", "message") != "message" or "role" not in item:
+            return None
+        text = _text(item.get("content"), ("input_text", "output_text", "text"))
+        if text is None:
+            return None
+        out.append({"role": str(item["role"]), "content": text})
+    return out

@@ -1,29 +1,41 @@
-"""Route table: exact path -> method -> raw ASGI handler, built from the live components."""
+"""Route table, built from the live components: exact paths (one dict lookup on the token path)
+plus the few ``/prefix/{id}`` routes."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from gateway.apis import APIS
 from gateway.components import Components
 from gateway.handshake import PATH as WARMUP_PATH
 from gateway.routes.health import Health, Metrics, livez
 from gateway.routes.internal import Warmup
-from gateway.routes.openai import CompletionsRoute, Passthrough
+from gateway.routes.openai import CompletionsRoute, ModelRoute, Passthrough
 from gateway.types import Handler
 
 
-def build_routes(c: Components) -> dict[str, dict[str, Handler]]:
+@dataclass(frozen=True)
+class Routes:
+    exact: dict[str, dict[str, Handler]]
+    prefixed: list[tuple[str, dict[str, Handler]]]  # (prefix ending in "/", methods)
+    guarded: frozenset[Handler]  # handlers that answer their own unexpected errors
+
+
+def build_routes(c: Components) -> Routes:
     limit = c.policy.max_body_bytes
     timeout = c.config.settings.tokenize_timeout_s
 
-    def completions(kind: str, path: str) -> CompletionsRoute:
-        return CompletionsRoute(kind, path, c.completions, c.access, c.metrics, limit)  # type: ignore[arg-type]
-
-    def passthrough(method: str, path: str, route: str) -> Passthrough:
+    def passthrough(method: str, path: str | None, route: str) -> Passthrough:
         return Passthrough(method, path, route, c.control, c.access, c.metrics, limit, timeout)
 
+    generation = {
+        api.path: {"POST": CompletionsRoute(api, c.completions, c.access, c.metrics, limit)}
+        for api in APIS.values()
+    }
     warmup = Warmup(c.access, c.health, c.metrics)
-    return {
-        "/v1/chat/completions": {"POST": completions("chat", "/v1/chat/completions")},
-        "/v1/completions": {"POST": completions("completions", "/v1/completions")},
+    exact: dict[str, dict[str, Handler]] = {
+        **generation,
+        "/v1/messages/count_tokens": {"POST": passthrough("POST", None, "count_tokens")},
         "/v1/models": {"GET": passthrough("GET", "/v1/models", "models")},
         "/tokenize": {"POST": passthrough("POST", "/tokenize", "tokenize")},
         "/detokenize": {"POST": passthrough("POST", "/detokenize", "detokenize")},
@@ -32,3 +44,11 @@ def build_routes(c: Components) -> dict[str, dict[str, Handler]]:
         "/metrics": {"GET": Metrics(c.access, c.metrics)},
         WARMUP_PATH: {"GET": warmup.get, "POST": warmup.post},
     }
+    prefixed: list[tuple[str, dict[str, Handler]]] = [
+        # GET /v1/responses/{id}, POST /v1/responses/{id}/cancel: the engine's stored responses
+        ("/v1/responses/", {"GET": passthrough("GET", None, "responses_get"),
+                            "POST": passthrough("POST", None, "responses_cancel")}),
+        ("/v1/models/", {"GET": ModelRoute(c.control, c.access, c.metrics, timeout)}),
+    ]  # fmt: skip
+    guarded = frozenset(h for methods in generation.values() for h in methods.values())
+    return Routes(exact, prefixed, guarded)

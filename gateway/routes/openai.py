@@ -10,19 +10,31 @@ OpenAI error JSON before the first byte, as a terminal SSE event (then ``data: [
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Callable
 
 import httpx
 
-from gateway.asgi import ClientGone, DisconnectGuard, read_body, request_id, send_bytes, send_error
+from gateway.apis import Api
+from gateway.asgi import (
+    JSON,
+    ClientGone,
+    DisconnectGuard,
+    read_body,
+    request_id,
+    send_bytes,
+    send_error,
+    send_json,
+)
 from gateway.auth import Access
-from gateway.errors import OpenAIError
+from gateway.errors import OpenAIError, engine_message, internal_error, reshape_engine_error
 from gateway.metrics import CLIENT_CLOSED, GatewayMetrics, rejection_reason
 from gateway.service import Call, CompletionService
 from gateway.types import Headers, Receive, Scope, Send
 from gateway.upstream import upstream_error
-from gateway.validation import Kind
 
+log = logging.getLogger("gateway")
 _KEEPALIVE = {"type": "http.response.body", "body": b": queued\n\n", "more_body": True}
 _END = {"type": "http.response.body", "body": b"", "more_body": False}
 _SSE_HEADERS: Headers = [
@@ -35,13 +47,17 @@ _SSE_HEADERS: Headers = [
 class AsgiSink:
     """The service's ``Sink`` over one ASGI response (per request, never shared)."""
 
-    __slots__ = ("_send", "guard", "headers", "started")
+    __slots__ = ("_error_event", "_send", "done", "guard", "headers", "started")
 
-    def __init__(self, send: Send, request_id: bytes) -> None:
+    def __init__(
+        self, send: Send, request_id: bytes, error_event: Callable[[OpenAIError], bytes]
+    ) -> None:
         self._send = send
+        self._error_event = error_event  # a terminal error after the stream started
         self.headers: Headers = [(b"x-request-id", request_id)]
         self.guard: DisconnectGuard | None = None
         self.started = False
+        self.done = False
 
     def add_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
@@ -77,30 +93,30 @@ class AsgiSink:
         if not self.started:
             await send_error(self._send, err, self.headers)
             return
-        await self._send(
-            {"type": "http.response.body", "body": err.sse_event(), "more_body": False}
-        )
+        event = self._error_event(err)
+        await self._send({"type": "http.response.body", "body": event, "more_body": False})
 
     def _finish(self) -> None:
         """The response is about to complete: a later disconnect is just its end."""
+        self.done = True
         if self.guard is not None:
             self.guard.finish()
 
 
 class CompletionsRoute:
-    """One of the two generation routes (``kind`` chat or completions)."""
+    """One generation route (``api``: chat, completions, responses or messages)."""
 
     def __init__(
         self,
-        kind: Kind,
-        path: str,
+        api: Api,
         service: CompletionService,
         access: Access,
         metrics: GatewayMetrics,
         body_limit: int,
     ) -> None:
-        self.call_args = (kind, path)
-        self.kind = kind
+        self.call_args = (api.kind, api.path)
+        self.error_event = api.stream.error_event
+        self.kind = api.kind
         self.service = service
         self.access = access
         self.metrics = metrics
@@ -109,7 +125,7 @@ class CompletionsRoute:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         m = self.metrics
         t0 = time.perf_counter()
-        sink = AsgiSink(send, request_id(scope))
+        sink = AsgiSink(send, request_id(scope), self.error_event)
         call: Call | None = None
         status = 500
         try:
@@ -131,6 +147,12 @@ class CompletionsRoute:
             status = CLIENT_CLOSED
             if call is not None and call.phase is not None:
                 m.disconnects.labels(call.phase).inc()
+        except Exception:
+            rid = sink.headers[0][1]
+            log.exception("unexpected error on %s (request %s)", self.kind, rid.decode())
+            status = 500
+            if not sink.done:
+                await sink.fail(internal_error(rid))
         finally:
             if sink.guard is not None:
                 sink.guard.close()
@@ -139,12 +161,15 @@ class CompletionsRoute:
 
 
 class Passthrough:
-    """Authorised passthrough for engine utility routes (``/v1/models``, ``/tokenize`` ...)."""
+    """Authorised passthrough for engine utility routes (``/v1/models``, ``/tokenize`` ...).
+
+    ``path=None`` forwards the request's own path and query (the ``/v1/responses/{id}``
+    routes). An engine error is re-shaped to OpenAI's error conventions."""
 
     def __init__(
         self,
         method: str,
-        path: str,
+        path: str | None,
         route: str,
         client: httpx.AsyncClient,
         access: Access,
@@ -169,9 +194,10 @@ class Passthrough:
             body = b""
             if self.method == "POST":
                 body = await read_body(scope, receive, self.body_limit)
+            path = self.path or _path_and_query(scope)
             try:
                 r = await self.client.request(
-                    self.method, self.path, content=body or None,
+                    self.method, path, content=body or None,
                     headers={"content-type": "application/json", "x-request-id": rid.decode()},
                     timeout=self.timeout_s,
                 )  # fmt: skip
@@ -186,4 +212,55 @@ class Passthrough:
             return
         ctype = r.headers.get("content-type", "application/json").encode()
         self.metrics.request(self.route, r.status_code)
-        await send_bytes(send, r.status_code, r.content, ctype, headers)
+        content = r.content
+        if r.status_code >= 400:
+            content, ctype = reshape_engine_error(r.status_code, content), JSON
+        await send_bytes(send, r.status_code, content, ctype, headers)
+
+
+def _path_and_query(scope: Scope) -> str:
+    query = scope.get("query_string") or b""
+    return scope["path"] + ("?" + query.decode("latin-1") if query else "")
+
+
+class ModelRoute:
+    """``GET /v1/models/{id}`` (``client.models.retrieve``): the engine has no such route, so
+    the answer is picked from its ``/v1/models`` list; an unknown id is a 404."""
+
+    def __init__(
+        self, client: httpx.AsyncClient, access: Access, metrics: GatewayMetrics, timeout_s: float
+    ) -> None:
+        self.client = client
+        self.access = access
+        self.metrics = metrics
+        self.timeout_s = timeout_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(b"x-request-id", request_id(scope))]
+        model_id = scope["path"][len("/v1/models/") :].rstrip("/")
+        try:
+            self.access.caller(scope["headers"])
+            try:
+                r = await self.client.get("/v1/models", timeout=self.timeout_s)
+                models = r.json().get("data", []) if r.status_code == 200 else None
+            except (httpx.HTTPError, ValueError) as exc:
+                raise (
+                    upstream_error(exc)
+                    if isinstance(exc, httpx.HTTPError)
+                    else OpenAIError(
+                        502, "bad /v1/models answer from the engine", code="engine_error"
+                    )
+                ) from None
+            if models is None:
+                raise OpenAIError(r.status_code, engine_message(r.content), code="engine_error")
+            found = next((m for m in models if m.get("id") == model_id), None)
+            if found is None:
+                raise OpenAIError(404, f"the model '{model_id}' does not exist on this server",
+                                  code="model_not_found", param="model")  # fmt: skip
+        except OpenAIError as err:
+            self.metrics.reject(rejection_reason(err))
+            self.metrics.request("models", err.status)
+            await send_error(send, err, headers)
+            return
+        self.metrics.request("models", 200)
+        await send_json(send, 200, found, headers)

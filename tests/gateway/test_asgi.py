@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from gateway.apis import CHAT_STREAM
 from gateway.asgi import ClientGone, DisconnectGuard, read_body, request_id
 from gateway.errors import OpenAIError
 from gateway.routes.openai import AsgiSink
@@ -136,7 +137,7 @@ class Recorder:
 
 async def test_sink_error_before_start_is_a_status_with_json() -> None:
     send = Recorder()
-    sink = AsgiSink(send, b"r1")
+    sink = AsgiSink(send, b"r1", CHAT_STREAM.error_event)
     await sink.fail(OpenAIError(429, "busy", code="queue_full", retry_after=3))
     start, end = send.messages
     assert start["status"] == 429
@@ -147,7 +148,7 @@ async def test_sink_error_before_start_is_a_status_with_json() -> None:
 
 async def test_sink_error_after_start_is_a_terminal_sse_event() -> None:
     send = Recorder()
-    sink = AsgiSink(send, b"r1")
+    sink = AsgiSink(send, b"r1", CHAT_STREAM.error_event)
     await sink.keepalive()
     await sink.keepalive()
     await sink.fail(OpenAIError(429, "waited too long", code="wait_timeout"))

@@ -198,13 +198,18 @@ async def test_the_default_max_tokens_is_written_into_the_forwarded_body() -> No
     assert json.loads(engine.requests[0][1])["max_tokens"] == CPU.default_max_tokens
 
 
-async def test_an_engine_refusal_before_streaming_is_relayed_as_is() -> None:
-    refusal = b'{"error":{"message":"bad template","code":400}}'
+async def test_an_engine_refusal_keeps_its_message_in_openai_shape() -> None:
+    refusal = (
+        b'{"error":{"message":"bad template","type":"BadRequestError","param":null,"code":400}}'
+    )
     engine = FakeEngine(FakeResponse(400, [refusal]))
     svc, adm, _, _ = service(engine)
     sink = Sink()
     assert await svc.run(chat_call(stream=True, max_tokens=4), sink) == 400
-    assert sink.events == [("reply", (400, refusal, b"application/json"))]
+    [(kind, (status, body, ctype))] = sink.events
+    assert (kind, status, ctype) == ("reply", 400, b"application/json")
+    assert json.loads(body) == {"error": {"message": "bad template", "type": "invalid_request_error",
+                                          "param": None, "code": None}}  # fmt: skip
     assert adm.inflight == 0
 
 
