@@ -79,11 +79,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not _print_findings(preflight.run(args.profile)):
         return 1
     runtime = EngineEnv.load(args.profile)
-    print(cache.seed(cache.CacheLayout.for_settings(engine, cache_settings)), file=sys.stderr)
+    seeded = cache.seed(cache.CacheLayout.for_settings(engine, cache_settings))
+    print(seeded, file=sys.stderr)
     rendered = render(engine, runtime, cache_settings, vllm=_vllm_executable())
-    print("entrypoint: " + " ".join(rendered.argv), file=sys.stderr, flush=True)
+    command = "entrypoint: " + " ".join(rendered.argv)
+    print(command, file=sys.stderr, flush=True)
     log = OpsSettings.load(args.profile).engine_log_path(cache_settings)
-    return run_group(rendered.argv, {**os.environ, **rendered.env}, log_path=log)
+    header = f"entrypoint: {seeded}\n{command}\n"
+    return run_group(rendered.argv, {**os.environ, **rendered.env}, log_path=log, log_header=header)
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
@@ -150,7 +153,11 @@ def cmd_capacity(args: argparse.Namespace) -> int:
             f"{seed['max_concurrency']}x; the model on the same memory:"
         )
         for row in report["seed_12b_v6e4_model"]:  # type: ignore[attr-defined]
-            alloc = "hybrid (sliding-window savings)" if row["hybrid_allocator"] else "every layer at full context"
+            alloc = (
+                "hybrid (sliding-window savings)"
+                if row["hybrid_allocator"]
+                else "every layer at full context"
+            )
             print(
                 f"    {row['kv_cache_dtype']:>4} KV, {alloc:<32} {row['kv_cache_tokens']:>10,} "
                 f"tokens {row['max_concurrency']:>6.2f}x ({row['vs_seed_tokens_pct']:+.2f}% vs seed)"

@@ -274,8 +274,7 @@ def layout(
     ]
     kinds = [k for k in kinds if k[1] > 0]
     page = {
-        kind: int(block * max(1, heads // tp) * dim * 2 * kv_bytes)
-        for kind, _, heads, dim in kinds
+        kind: int(block * max(1, heads // tp) * dim * 2 * kv_bytes) for kind, _, heads, dim in kinds
     }
     counts = {kind: n for kind, n, _, _ in kinds}
     if not hybrid:  # one group of every layer, each holding the whole context

@@ -41,11 +41,13 @@ def stop_group(proc: subprocess.Popen[bytes], grace_s: float = STOP_GRACE_S) -> 
         signal_group(proc.pid, signal.SIGKILL)  # stragglers that outlived their parent
 
 
-def _tee(src: IO[bytes], log_path: Path) -> None:
+def _tee(src: IO[bytes], log_path: Path, header: str) -> None:
     """Copy the engine's output to our stdout and to ``log_path`` (truncated: one start per file)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     out = sys.stdout.buffer
     with log_path.open("wb") as log:
+        log.write(header.encode())
+        log.flush()
         for chunk in iter(lambda: src.read1(65536), b""):
             for sink in (out, log):
                 with contextlib.suppress(OSError, ValueError):
@@ -58,12 +60,14 @@ def run_group(
     env: Mapping[str, str],
     grace_s: float = STOP_GRACE_S,
     log_path: Path | None = None,
+    log_header: str = "",
 ) -> int:
     """Run ``argv`` as a new session; forward SIGTERM/SIGINT/SIGHUP to its group; return its code.
 
     With ``log_path`` the engine's stdout and stderr (merged) also go to that file, so the start-up
     lines (KV cache size, maximum concurrency, TPU HBM) can be read back later (the ops server's
-    memory layout); the console/container log still gets every byte."""
+    memory layout), after ``log_header`` (the launcher's own lines: the command, the compile
+    cache); the console/container log still gets every byte."""
     tee = subprocess.PIPE if log_path is not None else None
     proc = subprocess.Popen(
         list(argv),
@@ -74,7 +78,9 @@ def run_group(
     )
     copier = None
     if log_path is not None and proc.stdout is not None:
-        copier = threading.Thread(target=_tee, args=(proc.stdout, log_path), daemon=True)
+        copier = threading.Thread(
+            target=_tee, args=(proc.stdout, log_path, log_header), daemon=True
+        )
         copier.start()
     stopping = threading.Event()
 
