@@ -181,6 +181,8 @@ class GatewaySettings(_Slice):
     stream_required_prompt_tokens: int = Field(4096, ge=1)
     stream_required_max_tokens: int = Field(1024, ge=1)
     unsupported_sampling: Literal["reject", "strip"] = "reject"
+    # One access-log line per request (json for log pipelines, text for a terminal, off).
+    log_format: Literal["json", "text", "off"] = "json"
     # Upstream timeouts: streams time out on silence, not on total duration.
     connect_timeout_s: float = Field(5.0, gt=0)
     stream_idle_timeout_s: float = Field(120.0, gt=0)

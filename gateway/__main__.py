@@ -39,11 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     import uvicorn
 
+    from gateway import accesslog
     from gateway.app import ConfigError, create_app
 
     path = profile_path(args.profile)
     engine = EngineSettings.load(path)
     settings = GatewaySettings.load(path)
+    accesslog.configure(settings.log_format)
     try:
         app = create_app(path, engine=engine, settings=settings)
     except ConfigError as exc:
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         lifespan="on",
         access_log=False,  # no per-request logging on the token path; metrics cover it
         server_header=False,
-        date_header=False,
+        date_header=True,  # RFC 9110: an origin server with a clock sends Date (cached per second)
         log_level=args.log_level.lower(),
         timeout_keep_alive=30,
         backlog=4096,

@@ -42,8 +42,13 @@ class Rejected(OpenAIError):
     """429 from admission; ``code`` is the reason (queue_full, wait_timeout, per_key_limit)."""
 
 
-def _rejected(code: str, message: str, retry_after: int) -> Rejected:
-    return Rejected(429, message, code=code, retry_after=retry_after)
+def _rejected(code: str, message: str, retry_after: int, limit: int) -> Rejected:
+    headers = {
+        "x-ratelimit-limit-requests": str(limit),
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": f"{retry_after}s",
+    }
+    return Rejected(429, message, code=code, retry_after=retry_after, headers=headers)
 
 
 @dataclass(eq=False)
@@ -121,6 +126,17 @@ class Admission:
         span = now - self._releases[0]
         return (len(self._releases) - 1) / span if span > 0 else None
 
+    def rate_headers(self) -> list[tuple[bytes, bytes]]:
+        """``x-ratelimit-*-requests`` for an admitted request, from the admission state (the
+        names OpenAI clients and proxies read; the limit is the in-flight cap)."""
+        free = max(0, self.max_inflight - self._inflight - self._queued)
+        reset = 0 if free else self.retry_after(0)
+        return [
+            (b"x-ratelimit-limit-requests", str(self.max_inflight).encode()),
+            (b"x-ratelimit-remaining-requests", str(free).encode()),
+            (b"x-ratelimit-reset-requests", f"{reset}s".encode()),
+        ]
+
     def retry_after(self, ahead: int) -> int:
         """Seconds until ``ahead`` more requests have drained at the observed rate (>= 1 s).
 
@@ -183,6 +199,7 @@ class Admission:
                 "per_key_limit",
                 f"too many concurrent requests for this API key (limit {self.per_key_limit})",
                 self.retry_after(self.per_key_limit - 1),
+                self.per_key_limit,
             )
         if self._queued == 0 and self._inflight < self.max_inflight and not self._saturated:
             return self._grant(key, self._clock(), 0.0)
@@ -196,6 +213,7 @@ class Admission:
                 f"the server is at capacity ({self._inflight} running, {self._queued} queued); "
                 "retry after the indicated time",
                 self.retry_after(self._queued),
+                self.max_inflight,
             )
         waiter = Waiter(key, self._clock(), asyncio.get_running_loop().create_future())
         self._queue.append(waiter)
@@ -220,6 +238,7 @@ class Admission:
             "wait_timeout",
             f"request waited {self.queue_timeout_s:g} s in the queue without a free slot",
             self.retry_after(ahead),
+            self.max_inflight,
         )
 
     def position(self, waiter: Waiter) -> int:

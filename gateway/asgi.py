@@ -11,6 +11,7 @@ import asyncio
 import json
 import re
 import secrets
+import zlib
 from typing import Any
 
 from gateway.errors import OpenAIError
@@ -25,6 +26,19 @@ def header(scope: Scope, name: bytes) -> bytes | None:
         if k == name:
             return v
     return None
+
+
+_TRACE = (b"traceparent", b"tracestate")
+
+
+def trace_headers(scope: Scope) -> bytes:
+    """W3C trace context as sent (``traceparent``, ``tracestate``), as header lines to pass on
+    to the engine, which can then join the caller's trace (vLLM's OpenTelemetry spans)."""
+    out = b""
+    for k, v in scope["headers"]:
+        if k in _TRACE and len(v) <= 512:
+            out += k + b": " + v + b"\r\n"
+    return out
 
 
 def request_id(scope: Scope) -> bytes:
@@ -48,6 +62,10 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
             413, f"request body is {int(length)} bytes; the limit is {limit}",
             code="request_too_large",
         )  # fmt: skip
+    encoding = header(scope, b"content-encoding")
+    inflate = None
+    if encoding is not None and encoding.strip().lower() not in (b"", b"identity"):
+        inflate = _decompressor(encoding)
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -55,16 +73,42 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         if message["type"] == "http.disconnect":
             raise ClientGone
         chunk = message.get("body", b"")
+        if chunk and inflate is not None:
+            # Bounded output: at most one byte past the limit, whatever the ratio (no zip bomb).
+            try:
+                chunk = inflate.decompress(chunk, limit + 1 - size)
+            except zlib.error as exc:
+                raise OpenAIError(400, f"the compressed request body is corrupt: {exc}",
+                                  code="invalid_encoding") from None  # fmt: skip
+            if inflate.unconsumed_tail:
+                chunk += b"x"  # more output is waiting: over the limit by definition
         if chunk:
             size += len(chunk)
             if size > limit:
                 raise OpenAIError(
-                    413, f"request body exceeds the limit of {limit} bytes",
+                    413, f"request body exceeds the limit of {limit} bytes"
+                    + (" once decompressed" if inflate is not None else ""),
                     code="request_too_large",
                 )  # fmt: skip
             chunks.append(chunk)
         if not message.get("more_body", False):
+            if inflate is not None and not inflate.eof:
+                raise OpenAIError(400, "the compressed request body is truncated",
+                                  code="invalid_encoding")  # fmt: skip
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _decompressor(encoding: bytes) -> Any:
+    """gzip or deflate (zlib or raw) request bodies; anything else is a 415."""
+    name = encoding.strip().lower()
+    if name in (b"gzip", b"x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if name == b"deflate":
+        return zlib.decompressobj(32 + zlib.MAX_WBITS)  # zlib header auto-detected
+    raise OpenAIError(
+        415, f"Content-Encoding {name.decode('latin-1')!r} is not supported (gzip, deflate)",
+        code="unsupported_encoding",
+    )  # fmt: skip
 
 
 class ClientGone(Exception):

@@ -131,9 +131,9 @@ class Access:
     def may_scrape(self, headers: list[tuple[bytes, bytes]]) -> bool:
         """``/metrics``: public if configured, else an API key or the internal token.
 
-        An open gateway (cpu, no keys) has no API keys to check, so there only the internal
-        token (Prometheus' ``bearer_token_file``) opens it.
+        An open gateway (cpu profile, no keys file) lets anyone call ``/v1/*``, so its metrics
+        are open too: refusing them to the callers it serves would protect nothing.
         """
-        if self.metrics_public or self.is_internal(headers):
+        if self.metrics_public or self.keys.open or self.is_internal(headers):
             return True
-        return not self.keys.open and self.keys.identify(bearer(headers)) is not None
+        return self.keys.identify(bearer(headers)) is not None

@@ -96,7 +96,10 @@ class Timeouts:
 class Call:
     """One generation request as the route hands it over; ``phase`` tells where it is now."""
 
-    __slots__ = ("body", "caller", "kind", "path", "phase", "request_id", "started_at")
+    __slots__ = (
+        "body", "caller", "completion_tokens", "forward", "kind", "path", "phase",
+        "prompt_tokens", "queue_wait_s", "request_id", "started_at", "ttft_s",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -106,6 +109,7 @@ class Call:
         caller: str,
         request_id: bytes,
         started_at: float | None = None,
+        forward: bytes = b"",
     ) -> None:
         self.kind: Kind = kind
         self.path = path
@@ -113,7 +117,13 @@ class Call:
         self.caller = caller
         self.request_id = request_id
         self.started_at = time.perf_counter() if started_at is None else started_at  # for TTFT
+        self.forward = forward  # header lines passed to the engine as sent (trace context)
         self.phase: str | None = None  # None (preparing), "queued", "upstream"
+        # What the service learned, for the access log.
+        self.prompt_tokens: int | None = None
+        self.completion_tokens: int | None = None
+        self.queue_wait_s: float | None = None
+        self.ttft_s: float | None = None
 
 
 class CompletionService:
@@ -151,7 +161,10 @@ class CompletionService:
         on_wait = sink.keepalive if final.stream and self.timeouts.queue_keepalive_s > 0 else None
         async with self.admission.slot(call.caller, on_wait, self.timeouts.queue_keepalive_s) as t:
             call.phase = "upstream"
+            call.queue_wait_s = t.queued_s
             self.metrics.queue_wait.observe(t.queued_s)
+            for name, value in self.admission.rate_headers():
+                sink.add_header(name, value)
             return await self._forward(call, final, sink)
 
     async def prepare(self, call: Call) -> Final:
@@ -166,11 +179,13 @@ class CompletionService:
             prompt_tokens = await self.tokens.count(parsed, call.request_id.decode())
         outcome = "skipped" if prompt_tokens is None else "counted"
         self.metrics.token_counts.labels(outcome).inc()
-        return finalize(parsed, prompt_tokens, policy)
+        final = finalize(parsed, prompt_tokens, policy)
+        call.prompt_tokens = final.prompt_tokens
+        return final
 
     async def _forward(self, call: Call, final: Final, sink: Sink) -> int:
         timeout = self.timeouts.stream_idle_s if final.stream else self.timeouts.request_s
-        headers = _JSON_HEADER + b"x-request-id: " + call.request_id + b"\r\n"
+        headers = _JSON_HEADER + b"x-request-id: " + call.request_id + b"\r\n" + call.forward
         try:
             response = await self.engine.request("POST", call.path, final.body, headers, timeout)
         except httpx.HTTPError as exc:
@@ -192,6 +207,8 @@ class CompletionService:
                     )
                     return status
                 ctype = response.headers.get(b"content-type", b"application/json")
+                found = APIS[call.kind].stream.usage.findall(data)
+                call.completion_tokens = int(found[-1]) if found else None
                 await sink.reply(status, data, ctype)
                 return status
             return await self._relay(call, response, sink)
@@ -210,8 +227,10 @@ class CompletionService:
             return 502
         finally:
             if stats.first_chunk_at is not None:
-                self.metrics.ttft.labels(call.kind).observe(stats.first_chunk_at - call.started_at)
-            self.metrics.tokens_streamed.inc(stats.completion_tokens())
+                call.ttft_s = stats.first_chunk_at - call.started_at
+                self.metrics.ttft.labels(call.kind).observe(call.ttft_s)
+            call.completion_tokens = stats.completion_tokens()
+            self.metrics.tokens_streamed.inc(call.completion_tokens)
         if not stats.done:
             self.liveness.poke()
             await sink.fail(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.accesslog import AccessLog
 from gateway.apis import APIS
 from gateway.components import Components
 from gateway.handshake import PATH as WARMUP_PATH
@@ -28,8 +29,11 @@ def build_routes(c: Components) -> Routes:
     def passthrough(method: str, path: str | None, route: str) -> Passthrough:
         return Passthrough(method, path, route, c.control, c.access, c.metrics, limit, timeout)
 
+    access_log = AccessLog(c.config.settings.log_format)
     generation = {
-        api.path: {"POST": CompletionsRoute(api, c.completions, c.access, c.metrics, limit)}
+        api.path: {
+            "POST": CompletionsRoute(api, c.completions, c.access, c.metrics, limit, access_log)
+        }
         for api in APIS.values()
     }
     warmup = Warmup(c.access, c.health, c.metrics)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import httpx
 
+from gateway.accesslog import AccessLog
 from gateway.apis import Api
 from gateway.asgi import (
     JSON,
@@ -26,6 +27,7 @@ from gateway.asgi import (
     send_bytes,
     send_error,
     send_json,
+    trace_headers,
 )
 from gateway.auth import Access
 from gateway.errors import OpenAIError, engine_message, internal_error, reshape_engine_error
@@ -113,7 +115,9 @@ class CompletionsRoute:
         access: Access,
         metrics: GatewayMetrics,
         body_limit: int,
+        access_log: AccessLog,
     ) -> None:
+        self.access_log = access_log
         self.call_args = (api.kind, api.path)
         self.error_event = api.stream.error_event
         self.kind = api.kind
@@ -131,7 +135,7 @@ class CompletionsRoute:
         try:
             caller = self.access.caller(scope["headers"])
             body = await read_body(scope, receive, self.body_limit)
-            call = Call(*self.call_args, body, caller, sink.headers[0][1], t0)
+            call = Call(*self.call_args, body, caller, sink.headers[0][1], t0, trace_headers(scope))
             sink.guard = DisconnectGuard(receive)
             status = await self.service.run(call, sink)
         except OpenAIError as err:
@@ -157,7 +161,18 @@ class CompletionsRoute:
             if sink.guard is not None:
                 sink.guard.close()
             m.request(self.kind, status)
-            m.latency.labels(self.kind).observe(time.perf_counter() - t0)
+            duration = time.perf_counter() - t0
+            m.latency.labels(self.kind).observe(duration)
+            if call is None:
+                self.access_log.emit(request_id=sink.headers[0][1], key=None, route=self.kind,
+                                     status=status, duration_s=duration)  # fmt: skip
+            else:
+                self.access_log.emit(
+                    request_id=call.request_id, key=call.caller, route=self.kind, status=status,
+                    duration_s=duration, prompt_tokens=call.prompt_tokens,
+                    completion_tokens=call.completion_tokens, queue_wait_s=call.queue_wait_s,
+                    ttft_s=call.ttft_s,
+                )  # fmt: skip
 
 
 class Passthrough:

@@ -180,6 +180,10 @@ async def test_a_stream_is_relayed_in_order_and_its_slot_released() -> None:
     assert b"x-request-id: rid-1\r\n" in headers and timeout == 7.0  # the stream's idle bound
     assert sample(metrics, "gateway_streamed_tokens_total") == 7  # from the usage event
     assert sample(metrics, "gateway_prompt_token_counts_total", outcome="skipped") == 1
+    # Rate headers from the admission state when admitted: cap 2, this request holds 1.
+    assert dict(sink.headers)[b"x-ratelimit-limit-requests"] == b"2"
+    assert dict(sink.headers)[b"x-ratelimit-remaining-requests"] == b"1"
+    assert call.completion_tokens == 7 and call.queue_wait_s == 0.0
 
 
 async def test_a_non_stream_answer_is_one_reply_with_the_request_timeout() -> None:
@@ -286,6 +290,9 @@ async def test_queue_full_is_a_429_with_retry_after() -> None:
         await svc.run(chat_call(max_tokens=4), Sink())
     assert info.value.status == 429 and info.value.code == "queue_full"
     assert info.value.retry_after is not None and info.value.retry_after >= 1
+    headers = dict(info.value.header_list())
+    assert headers[b"x-ratelimit-remaining-requests"] == b"0"
+    assert headers[b"x-ratelimit-reset-requests"] == f"{info.value.retry_after}s".encode()
 
 
 async def test_cancellation_upstream_releases_the_slot() -> None:
@@ -315,5 +322,5 @@ async def test_stripped_parameters_are_announced_in_a_header() -> None:
             "max_tokens": 4, "presence_penalty": 1}  # fmt: skip
     call = Call("chat", "/v1/chat/completions", json.dumps(body).encode(), "k", b"r")
     await svc.run(call, sink)
-    assert sink.headers == [(b"x-gateway-stripped-params", b"presence_penalty")]
+    assert sink.headers[0] == (b"x-gateway-stripped-params", b"presence_penalty")
     assert "presence_penalty" not in json.loads(engine.requests[0][1]) and TPU.tpu
