@@ -54,6 +54,9 @@ def _json(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
+QUIET_ENDPOINTS = "/health,/metrics"
+
+
 def engine_args(engine: EngineSettings) -> list[str]:
     """``vllm serve`` arguments for the engine slice, in a stable order. Unset options are left
     to vLLM's own defaults rather than repeated here."""
@@ -101,6 +104,10 @@ def engine_args(engine: EngineSettings) -> list[str]:
         args.append("--disable-chunked-mm-input")
     if engine.enforce_eager:
         args.append("--enforce-eager")
+    # The gateway polls /metrics four times a second and /health once: without this the
+    # engine's access log is mostly those polls (vLLM's own filter, vllm/entrypoints/launchers/
+    # cli_args.py; the engine's other requests are still logged).
+    args += ["--disable-access-log-for-endpoints", QUIET_ENDPOINTS]
     args += shlex.split(engine.extra_args)
     return args
 
