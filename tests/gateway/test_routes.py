@@ -6,6 +6,8 @@ not generation (that is ``test_service.py`` and the end-to-end tests)."""
 from __future__ import annotations
 
 import asyncio
+import gzip
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -165,3 +167,74 @@ async def test_shutdown_closes_every_part(tmp_path: Path) -> None:
         assert all(not t.done() for t in parts.monitor._tasks)
     assert app.components is None
     assert all(t.done() for t in parts.monitor._tasks) and parts.control.is_closed
+
+
+async def test_trailing_slash_and_request_id_on_the_gateways_own_answers(
+    client: tuple[httpx.AsyncClient, GatewayApp],
+) -> None:
+    c, _ = client
+    r = await c.post("/v1/chat/completions/", json=CHAT, headers={"X-Request-Id": "abc"})
+    assert r.status_code == 401 and r.headers["x-request-id"] == "abc"  # routed, then refused
+    for r in (await c.get("/nope", headers={"X-Request-Id": "n1"}),
+              await c.put("/v1/models", headers={"X-Request-Id": "n1"}),
+              await c.get("/health", headers={"X-Request-Id": "n1"})):  # fmt: skip
+        assert r.headers["x-request-id"] == "n1", r.status_code
+        assert r.headers["content-type"] == "application/json"
+
+
+async def test_new_api_routes_exist_and_are_keyed(
+    client: tuple[httpx.AsyncClient, GatewayApp],
+) -> None:
+    c, _ = client
+    for method, path in [("POST", "/v1/responses"), ("POST", "/v1/messages"),
+                         ("POST", "/v1/messages/count_tokens"), ("GET", "/v1/responses/resp_1"),
+                         ("POST", "/v1/responses/resp_1/cancel"), ("GET", "/v1/models/x")]:  # fmt: skip
+        r = await c.request(method, path, json={})
+        assert r.status_code == 401, (path, r.status_code, r.text)
+    r = await c.get("/v1/models/gemma-4-tiny", headers=auth())
+    assert r.status_code == 503 and r.json()["error"]["code"] == "engine_down"  # asks the engine
+    body = {"model": "gemma-4-tiny", "messages": [{"role": "user", "content": "x"}]}
+    r = await c.post("/v1/messages", json=body, headers=auth())
+    assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens"  # required there
+
+
+async def test_compressed_bodies(client: tuple[httpx.AsyncClient, GatewayApp]) -> None:
+    c, app = client
+    assert app.components is not None
+    limit = app.components.policy.max_body_bytes
+    gz = {"Content-Encoding": "gzip", **auth()}
+    r = await c.post("/v1/chat/completions", content=gzip.compress(json.dumps(CHAT).encode()),
+                     headers=gz)  # fmt: skip
+    assert r.status_code == 503 and r.json()["error"]["code"] == "engine_down"  # parsed fine
+    bomb = gzip.compress(b"0" * (limit + 1024))  # a few KB that inflate past the limit
+    r = await c.post("/v1/chat/completions", content=bomb, headers=gz)
+    assert r.status_code == 413 and "decompressed" in r.json()["error"]["message"]
+    r = await c.post("/v1/chat/completions", content=b"not gzip at all", headers=gz)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_encoding"
+    r = await c.post(
+        "/v1/chat/completions", content=b"x", headers={"Content-Encoding": "br", **auth()}
+    )
+    assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_encoding"
+
+
+async def test_an_unexpected_exception_is_a_logged_500_in_openai_shape(
+    client: tuple[httpx.AsyncClient, GatewayApp],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    c, _ = client
+
+    def boom(*args: object) -> None:
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr("gateway.service.parse", boom)  # on the token path
+    monkeypatch.setattr("gateway.routes.health.unavailable", boom)  # on a control route
+    r = await c.post("/v1/chat/completions", json=CHAT, headers={"X-Request-Id": "x1", **auth()})
+    assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+    assert "x1" in r.json()["error"]["message"] and r.headers["x-request-id"] == "x1"
+    r = await c.get("/health", headers={"X-Request-Id": "x2"})
+    assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
+    assert r.headers["x-request-id"] == "x2"
+    assert "injected" in caplog.text and "x1" in caplog.text and "x2" in caplog.text
+    r = await c.get("/livez")  # and it still serves
+    assert r.status_code == 200
