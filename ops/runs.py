@@ -70,6 +70,13 @@ def cell(row: dict | None) -> dict[str, Any] | None:
     return {k: row.get(k) for k in CELL_KEYS} if row else None
 
 
+def _verdict(row: dict) -> str:
+    """``pass`` / ``fail`` (ran, SLOs missed) / the status of a cell that did not run cleanly."""
+    if row.get("slo_pass"):
+        return "pass"
+    return "fail" if row.get("status") == "ok" else str(row.get("status") or "?")
+
+
 def summary(bench_dir: Path, run: str) -> dict[str, Any]:
     name, meta, rows = load(bench_dir, run)
     policy = policy_of(meta)
@@ -79,11 +86,7 @@ def summary(bench_dir: Path, run: str) -> dict[str, Any]:
     contexts = sorted({r["context"] for r in rows})
     concurrencies = sorted({r["concurrency"] for r in rows})
     grid = {
-        str(ctx): {
-            str(r["concurrency"]): ("pass" if r.get("slo_pass") else r.get("status") or "?")
-            for r in rows
-            if r["context"] == ctx
-        }
+        str(ctx): {str(r["concurrency"]): _verdict(r) for r in rows if r["context"] == ctx}
         for ctx in contexts
     }
     return {

@@ -15,6 +15,8 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 from ops.config import OpsConfig
 from ops.service import Ops, OpsError
@@ -377,5 +379,10 @@ def build(config: OpsConfig) -> MCPServer:
         """Ask the gateway to start a warm-up run (an action: only with OPS_ALLOW_ACTIONS=true,
         through the gateway's authenticated internal routes)."""
         return await _run(ActionResult, ops.start_warmup(), lambda d: "warm-up started")
+
+    @server.custom_route("/livez", methods=["GET"])
+    async def livez(_request: Request) -> Response:
+        """The HTTP transport's own liveness (no stack call), for supervisors and tests."""
+        return JSONResponse({"status": "ok"})
 
     return server

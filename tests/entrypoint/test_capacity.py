@@ -6,6 +6,7 @@ Every expected value is worked out by hand in the test from the geometry it name
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -16,9 +17,12 @@ from entrypoint.capacity import (
     geometry,
     geometry_from_config,
     kv_bytes_per_element,
+    layout,
     max_full_context_seqs,
+    seed_comparison,
 )
 from env.settings import ENV_DIR, EngineEnv, EngineSettings
+from tests.support.engine import PROFILE, Engine
 
 
 def test_bytes_per_sequence_of_gemma_4_26b_at_16k_in_fp8() -> None:
@@ -96,3 +100,81 @@ def test_unknown_memory_gives_no_estimate() -> None:
     assert max_full_context_seqs(gpu, EngineEnv()) is None  # GPU memory varies by card
     other = EngineSettings(platform="tpu", model="meta-llama/Llama-3-8B")
     assert max_full_context_seqs(other, EngineEnv()) is None  # geometry unknown
+
+
+# --- the vLLM-mirroring layout model -------------------------------------------------------------
+
+
+def test_tiny_cpu_layout_worked_by_hand() -> None:
+    """The cpu profile: 1 sliding layer (2 heads x 32) and 1 full layer (2 heads x 64), bf16,
+    block 128, 1 GiB. Pages: 128 x 2 x 32 x 2 x 2 = 32 KiB and 128 x 2 x 64 x 2 x 2 = 64 KiB;
+    unified to 64 KiB (sliding block 256). Groups of 1 layer: 1 GiB / 64 KiB = 16,384 blocks.
+    Per 2048-token request: full 2048/128 = 16, sliding min(127 + 2048, 2048) / 256 + 1 = 9:
+    25 blocks. 16,384 / 25 = 655.36x; x 2048 = 1,342,177 tokens."""
+    profile = ENV_DIR / "cpu.env"
+    lay = layout(EngineSettings.load(profile), EngineEnv.load(profile))
+    assert lay is not None
+    assert (lay.page_bytes, lay.num_blocks, lay.blocks_per_request) == (65536, 16384, 25)
+    assert lay.max_concurrency == pytest.approx(655.36)
+    assert lay.kv_cache_tokens == 1_342_177
+
+
+def test_hybrid_groups_of_gemma_4_26b() -> None:
+    """25 sliding + 5 full layers: group size 5 (25 >= 1.5 x 5), so 5 sliding groups + 1 full.
+    TP 4: sliding heads 8/4 = 2, the 2 full heads -> max(1, 0) = 1 replicated. fp8, block 16:
+    pages 16 x 2 x 256 x 2 = 16 KiB (sliding) and 16 x 1 x 512 x 2 = 16 KiB (full). 5 layers
+    per group: 80 KiB per block. Sliding blocks per request: cdiv(min(1023 + 4096, 16384), 16)
+    + 1 = 321; full: 16384 / 16 = 1024; 5 x 321 + 1024 = 2,629."""
+    profile = ENV_DIR / "v6e4-gemma4-26b.env"
+    lay = layout(EngineSettings.load(profile), EngineEnv.load(profile), memory_gib=100.0)
+    assert lay is not None
+    assert [(g.kind, g.groups, g.layers_per_group) for g in lay.groups] == [
+        ("sliding", 5, 5),
+        ("full", 1, 5),
+    ]
+    assert (lay.bytes_per_block, lay.blocks_per_request) == (81920, 2629)
+    assert lay.num_blocks == int(100 * 1024**3 / 4 // 81920)
+
+
+def test_seed_layout_is_reproduced_only_by_bf16_without_sliding_savings() -> None:
+    """The seed's 12B v6e-4 at 65,536: 88.98 GiB, 242,944 tokens. bf16, every layer at full
+    context: 48 layers x 2 heads/chip x 256|512... = 96 KiB per token per chip; 22.245 GiB /
+    (16-token blocks of 1.5 MiB) = 15,185 blocks -> 242,960 tokens (+0.01%)."""
+    rows = {(r["kv_cache_dtype"], r["hybrid_allocator"]): r for r in seed_comparison()}
+    assert rows[("bf16", False)]["kv_cache_tokens"] == 242_960
+    assert rows[("bf16", False)]["max_concurrency"] == pytest.approx(3.71, abs=0.005)
+    assert all(abs(r["vs_seed_tokens_pct"]) > 50 for k, r in rows.items() if k != ("bf16", False))
+
+
+def test_capacity_cli_prints_the_model_and_the_seed_readings(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from entrypoint.__main__ import main
+
+    assert main(["capacity", "--profile", "cpu"]) == 0
+    assert "KV cache size 1,342,177 tokens, maximum concurrency 655.36x" in capsys.readouterr().out
+    assert main(["capacity", "--profile", "v6e4-gemma4-26b", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["seed_12b_v6e4_reported"]["kv_cache_tokens"] == 242_944
+    assert len(doc["seed_12b_v6e4_model"]) == 4
+    assert main(["capacity", "--profile", "gpu-gemma4-26b"]) == 0
+    assert "pass --memory-gib" in capsys.readouterr().out
+
+
+KV_LINE = re.compile(
+    r"KV cache size: ([\d,]+) tokens, Maximum concurrency for ([\d,]+) tokens per request: ([\d.]+)x"
+)
+
+
+@pytest.mark.engine
+def test_model_matches_what_the_real_engine_logs(engine: Engine) -> None:
+    """The session's CPU engine, started by the production entrypoint, which keeps vLLM's output
+    in <CACHE_HOT_DIR>/engine.log: its KV line must match the model within 5%."""
+    log = Path(engine.env["CACHE_HOT_DIR"]) / "engine.log"
+    found = KV_LINE.findall(log.read_text())
+    assert found, f"no KV cache line in {log}"
+    tokens, max_len, conc = found[-1]
+    lay = layout(engine.settings, EngineEnv.load(PROFILE))
+    assert lay is not None and lay.max_model_len == int(max_len.replace(",", ""))
+    assert lay.kv_cache_tokens == pytest.approx(int(tokens.replace(",", "")), rel=0.05)
+    assert lay.max_concurrency == pytest.approx(float(conc), rel=0.05)
