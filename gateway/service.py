@@ -97,7 +97,7 @@ class Call:
     """One generation request as the route hands it over; ``phase`` tells where it is now."""
 
     __slots__ = (
-        "body", "caller", "completion_tokens", "forward", "kind", "path", "phase",
+        "body", "caller", "completion_tokens", "forward", "http10", "kind", "path", "phase",
         "prompt_tokens", "queue_wait_s", "request_id", "started_at", "ttft_s",
     )  # fmt: skip
 
@@ -110,6 +110,7 @@ class Call:
         request_id: bytes,
         started_at: float | None = None,
         forward: bytes = b"",
+        http10: bool = False,
     ) -> None:
         self.kind: Kind = kind
         self.path = path
@@ -118,6 +119,7 @@ class Call:
         self.request_id = request_id
         self.started_at = time.perf_counter() if started_at is None else started_at  # for TTFT
         self.forward = forward  # header lines passed to the engine as sent (trace context)
+        self.http10 = http10  # an HTTP/1.0 client cannot read a chunked (streamed) answer
         self.phase: str | None = None  # None (preparing), "queued", "upstream"
         # What the service learned, for the access log.
         self.prompt_tokens: int | None = None
@@ -155,6 +157,11 @@ class CompletionService:
         the engine after the stream started is rendered here and returned as a status.
         """
         final = await self.prepare(call)
+        if final.stream and call.http10:
+            raise OpenAIError(
+                400, 'streaming needs HTTP/1.1 (the stream is sent chunked); use HTTP/1.1 or '
+                '"stream": false', code="stream_needs_http11", param="stream",
+            )  # fmt: skip
         if final.stripped:
             sink.add_header(b"x-gateway-stripped-params", ", ".join(final.stripped).encode())
         call.phase = "queued"

@@ -135,7 +135,10 @@ class CompletionsRoute:
         try:
             caller = self.access.caller(scope["headers"])
             body = await read_body(scope, receive, self.body_limit)
-            call = Call(*self.call_args, body, caller, sink.headers[0][1], t0, trace_headers(scope))
+            call = Call(
+                *self.call_args, body, caller, sink.headers[0][1], t0, trace_headers(scope),
+                scope.get("http_version") == "1.0",
+            )  # fmt: skip
             sink.guard = DisconnectGuard(receive)
             status = await self.service.run(call, sink)
         except OpenAIError as err:

@@ -324,3 +324,20 @@ async def test_stripped_parameters_are_announced_in_a_header() -> None:
     await svc.run(call, sink)
     assert sink.headers[0] == (b"x-gateway-stripped-params", b"presence_penalty")
     assert "presence_penalty" not in json.loads(engine.requests[0][1]) and TPU.tpu
+
+
+async def test_trace_context_reaches_the_engine_and_http10_cannot_stream() -> None:
+    engine = FakeEngine(FakeResponse(200, [b"{}"]))
+    svc, adm, _, _ = service(engine)
+    payload = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    trace = b"traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n"
+    call = Call("chat", "/v1/chat/completions", json.dumps(payload).encode(), "k", b"r", None,
+                trace)  # fmt: skip
+    await svc.run(call, Sink())
+    assert engine.requests[0][2].endswith(trace)
+    old = Call("chat", "/v1/chat/completions", json.dumps({**payload, "stream": True}).encode(),
+               "k", b"r", None, b"", http10=True)  # fmt: skip
+    with pytest.raises(OpenAIError) as info:
+        await svc.run(old, Sink())
+    assert (info.value.status, info.value.code) == (400, "stream_needs_http11")
+    assert adm.inflight == 0 and len(engine.requests) == 1
