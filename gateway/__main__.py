@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from gateway import accesslog
     from gateway.app import ConfigError, create_app
+    from gateway.httpproto import GatewayHttpProtocol, Limits
 
     path = profile_path(args.profile)
     engine = EngineSettings.load(path)
@@ -51,12 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
+    limits = Limits(settings.max_head_bytes, settings.head_timeout_s, settings.body_timeout_s)
     uvicorn.run(
         app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=GatewayHttpProtocol.configured(limits),  # httptools + head/body limits
         lifespan="on",
         access_log=False,  # no per-request logging on the token path; metrics cover it
         server_header=False,
