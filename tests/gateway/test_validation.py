@@ -217,6 +217,8 @@ def test_tpu_structured_output_refused() -> None:
 M = MODEL
 BAD: list[tuple[str, Kind, Any, tuple[int, str, str | None]]] = [
     ("not json", "chat", b"{not json", (400, 'invalid_json', None)),
+    ("huge integer", "chat", b'{"model": "' + M.encode() + b'", "messages": [{"role": "user", "content": "x"}], "max_tokens": ' + b"9" * 5000 + b"}", (400, "invalid_json", None)),
+    ("infinite float", "chat", b'{"model": "' + M.encode() + b'", "messages": [{"role": "user", "content": "x"}], "temperature": 1e999}', (400, "invalid_value", "temperature")),
     ("empty body", "chat", b"", (400, 'invalid_json', None)),
     ("json array", "chat", b"[1, 2]", (400, 'invalid_type', None)),
     ("json string", "chat", b'"hello"', (400, 'invalid_type', None)),
