@@ -167,13 +167,16 @@ def tpu_hygiene(body: dict[str, Any], policy: Policy) -> list[str]:
                 "unsupported_on_tpu",
             )
     rf = body.get("response_format")
-    if isinstance(rf, dict) and rf.get("type") not in (None, "text"):
-        raise bad_request(
-            f"response_format type {rf.get('type')!r} (structured output) is not supported on "
-            "TPU yet",
-            "response_format",
-            "unsupported_on_tpu",
-        )
+    text = body.get("text")  # the Responses API's structured output: text.format
+    fmt = text.get("format") if isinstance(text, dict) else None
+    for param, spec in (("response_format", rf), ("text.format", fmt)):
+        if isinstance(spec, dict) and spec.get("type") not in (None, "text"):
+            raise bad_request(
+                f"{param} type {spec.get('type')!r} (structured output) is not supported on "
+                "TPU yet",
+                param,
+                "unsupported_on_tpu",
+            )
     choice = body.get("tool_choice")
     if choice == "required" or isinstance(choice, dict):
         raise bad_request(

@@ -301,3 +301,37 @@ def test_deeply_nested_json_is_a_400_not_a_crash() -> None:
     )
     err = refused(deep)
     assert (err.status, err.code) == (400, "invalid_json")
+
+
+def test_errors_name_the_length_parameter_the_client_used() -> None:
+    err = refused(chat(max_completion_tokens=1500))
+    assert err.code == "stream_required" and "max_completion_tokens" in err.message
+    assert "max_tokens=" not in err.message.replace("max_completion_tokens=", "")
+    err = refused(chat(max_completion_tokens=CPU.max_model_len, stream=True), tokens=10)
+    assert (err.code, err.param) == ("context_length_exceeded", "max_completion_tokens")
+    body = {"model": MODEL, "input": "hi", "max_output_tokens": 1500}
+    err = refused(body, "responses")
+    assert err.code == "stream_required" and "max_output_tokens" in err.message
+
+
+def test_responses_and_messages_get_the_same_policy_as_chat() -> None:
+    final = run({"model": MODEL, "input": "hi"}, "responses")
+    assert json.loads(final.body)["max_output_tokens"] == CPU.default_max_tokens
+    final = run({"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]},
+                "messages")  # fmt: skip
+    assert (
+        final.max_tokens == 5
+        and final.body
+        == json.dumps(
+            {"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+        ).encode()
+    )
+    err = refused({"model": TPU_MODEL, "input": "hi", "seed": 3}, "responses", TPU)
+    assert err.code == "unsupported_on_tpu"
+    err = refused({"model": TPU_MODEL, "input": "hi", "text": {"format": {"type": "json_schema"}}},
+                  "responses", TPU)  # fmt: skip
+    assert (err.code, err.param) == ("unsupported_on_tpu", "text.format")
+    image = {"type": "image", "source": {"type": "url", "url": "http://x/y.png"}}
+    body = {"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": [image]}]}
+    err = refused(body, "messages")  # the cpu profile enables no images
+    assert err.code == "too_many_images"
