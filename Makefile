@@ -185,3 +185,9 @@ bench-gateway: $(PROJECT_STAMP) ## gateway overhead vs direct on a synthetic ups
 
 bench-vllm: $(PROJECT_STAMP) ## one cell measured by our client and by `vllm bench serve`, side by side
 	$(PY) -m bench vllm-check --url $(BENCH_URL) $(BENCH_ARGS)
+
+# --- ops (issue 15): the devops MCP server, see ops/README.md -----------------------------
+# (ops/ is a directory: without .PHONY make would call the target up to date)
+.PHONY: ops
+ops: $(PROJECT_STAMP) ## the devops MCP server over streamable HTTP on loopback (http://127.0.0.1:8090/mcp)
+	$(PY) -m ops --profile $(PROFILE) --transport http
