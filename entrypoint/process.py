@@ -21,6 +21,9 @@ from types import FrameType
 from typing import IO
 
 STOP_GRACE_S = 10.0
+# The kept log is for the start-up lines; past this the file stops growing (it may live on a
+# tmpfs volume: the compile-cache dir under compose) while the console still gets every byte.
+LOG_FILE_MAX_BYTES = 64 * 1024 * 1024
 
 
 def signal_group(pgid: int, sig: int) -> None:
@@ -48,8 +51,11 @@ def _tee(src: IO[bytes], log_path: Path, header: str) -> None:
     with log_path.open("wb") as log:
         log.write(header.encode())
         log.flush()
+        kept = len(header)
         for chunk in iter(lambda: src.read1(65536), b""):
-            for sink in (out, log):
+            sinks = (out, log) if kept < LOG_FILE_MAX_BYTES else (out,)
+            kept += len(chunk)
+            for sink in sinks:
                 with contextlib.suppress(OSError, ValueError):
                     sink.write(chunk)
                     sink.flush()

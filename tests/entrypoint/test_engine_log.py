@@ -38,3 +38,20 @@ def test_each_start_truncates_the_file(tmp_path: Path) -> None:
     drive("echo first", log)
     drive("echo second", log)
     assert log.read_text() == "launcher header\nsecond\n"
+
+
+def test_the_file_stops_growing_past_its_cap(tmp_path: Path) -> None:
+    """With the cap lowered to 100 bytes: the chunk that crosses it is still written, nothing
+    after it; the console gets everything."""
+    capped = DRIVER.replace(
+        "from entrypoint.process import run_group",
+        "import entrypoint.process as p\np.LOG_FILE_MAX_BYTES = 100\nfrom entrypoint.process import run_group",
+    )
+    log = tmp_path / "engine.log"
+    r = subprocess.run(
+        [sys.executable, "-c", capped, "yes a | head -c 300; sleep 0.5; echo TAIL", str(log)],
+        capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2],
+    )  # fmt: skip
+    assert "TAIL" in r.stdout
+    content = log.read_text()
+    assert content.startswith("launcher header\na\na") and "TAIL" not in content
