@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -657,8 +656,3 @@ def _pct(model: float, reported: float | None) -> float | None:
     if not reported:
         return None
     return round(100.0 * (model - reported) / reported, 3)
-
-
-def as_plain(obj: Any) -> Any:
-    """Dataclasses to dicts (for a Knee and the like)."""
-    return asdict(obj) if hasattr(obj, "__dataclass_fields__") else obj
