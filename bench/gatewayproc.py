@@ -57,7 +57,9 @@ class ServerProcess:
             raise RuntimeError("not started")
         return self.proc.pid
 
-    def start(self, timeout_s: float = 240.0) -> ServerProcess:
+    def start(self, timeout_s: float = 600.0) -> ServerProcess:
+        """Start and wait until ``ready_url`` answers 200; an outer bound, generous because a
+        vLLM CPU engine compiles for minutes on a loaded 2-core machine."""
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             list(self.argv), env={**os.environ, **self.env}, cwd=REPO,
