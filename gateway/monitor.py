@@ -25,6 +25,7 @@ from gateway.health import HealthTracker
 from gateway.saturation import EngineSample, SaturationPolicy, parse_engine_metrics
 
 log = logging.getLogger("gateway.monitor")
+SLOW_HEALTH_POLLS = 3  # consecutive late /health answers before the engine counts as down
 
 
 class EngineCalls(Protocol):
@@ -52,6 +53,7 @@ class EngineMonitor:
         self.sample: EngineSample | None = None
         self.saturation_reason: str | None = "no_metrics"
         self._health_ok = False
+        self._late_polls = 0
         self._poke = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -93,11 +95,19 @@ class EngineMonitor:
         self._evaluate()
 
     async def poll_health(self) -> None:
+        """A refused connection or a non-200 is "down" at once; an answer that is only late is
+        down after ``SLOW_HEALTH_POLLS`` in a row (a starved or busy engine is slow, not dead:
+        turning every request into a 503 for one late poll would be the outage)."""
         try:
             status, _ = await self.engine.call("GET", "/health", max(1.0, 2 * self.health_poll_s))
             self._health_ok = status == 200
-        except httpx.HTTPError:
+            self._late_polls = 0
+        except httpx.ConnectError:
             self._health_ok = False
+            self._late_polls = 0
+        except httpx.HTTPError:
+            self._late_polls += 1
+            self._health_ok = self._health_ok and self._late_polls < SLOW_HEALTH_POLLS
         if not self._health_ok:
             # Forget the instance: when the engine answers again it may be a new process, and
             # it must not be served under the old one's warm-up until /metrics says which it is.

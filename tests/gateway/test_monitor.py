@@ -1,7 +1,7 @@
 """The engine monitor's reading of /health and /metrics (a scripted upstream, no sockets).
 
 What matters: a slow /metrics under load is saturation, not "engine down" (which would turn
-every request into a 503); a failed /health is down at once; and an engine that comes back is
+every request into a 503); a refused /health is down at once, a late one only when it persists; and an engine that comes back is
 not served under the previous instance's warm-up before /metrics has said which process it is.
 """
 
@@ -12,7 +12,7 @@ import pytest
 
 from gateway.admission import Admission
 from gateway.health import HealthTracker
-from gateway.monitor import EngineMonitor
+from gateway.monitor import SLOW_HEALTH_POLLS, EngineMonitor
 from gateway.saturation import SaturationPolicy
 
 pytestmark = pytest.mark.anyio
@@ -33,6 +33,8 @@ class Engine:
         if path == "/health":
             if self.health is None:
                 raise httpx.ConnectError("refused")
+            if self.health == -1:
+                raise httpx.ReadTimeout("late")
             return self.health, b""
         assert path == "/metrics"
         if self.metrics == "refused":
@@ -112,3 +114,23 @@ async def test_restart_is_not_served_under_the_old_warm_up() -> None:
     await mon.poll_metrics()
     snap = health.snapshot()
     assert (snap.state, snap.engine_instance) == ("warming_up", "2000.0")
+
+
+async def test_late_health_answers_are_down_only_when_they_persist() -> None:
+    engine = Engine()
+    mon, health, _ = monitor(engine)
+    await mon.poll_metrics()
+    await mon.poll_health()
+    health.report_warmup("1000.0", "passed", None, None)
+    engine.health = -1  # answers too late
+    for _ in range(SLOW_HEALTH_POLLS - 1):
+        await mon.poll_health()
+        assert health.snapshot().ready  # a busy engine is not a dead one
+    engine.health = 200
+    await mon.poll_health()  # one answer in time resets the count
+    engine.health = -1
+    for _ in range(SLOW_HEALTH_POLLS - 1):
+        await mon.poll_health()
+    assert health.snapshot().ready
+    await mon.poll_health()
+    assert health.snapshot().state == "engine_down"
