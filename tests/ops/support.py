@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from mcp.client.session import ClientSession
@@ -17,6 +17,7 @@ from mcp.types import CallToolResult
 from tests.support.process import REPO
 
 PROFILE = REPO / "env" / "cpu.env"
+T = TypeVar("T")
 CALL_TIMEOUT_S = 180.0  # outer bound of one whole client session (spawn + calls)
 
 
@@ -49,6 +50,21 @@ def over_stdio(env: Mapping[str, str], calls: list[tuple[str, dict[str, Any]]]) 
             ):
                 await session.initialize()
                 return [await _one(session, name, args) for name, args in calls]
+
+    return anyio.run(main)
+
+
+def with_stdio_session(env: Mapping[str, str], work: Callable[[ClientSession], Awaitable[T]]) -> T:
+    """Spawn ``python -m ops`` over stdio and run ``work(session)`` on one initialised session."""
+
+    async def main() -> T:
+        with anyio.fail_after(CALL_TIMEOUT_S):
+            async with (
+                stdio_client(stdio_params(env)) as (read, write),
+                ClientSession(read, write) as session,
+            ):
+                await session.initialize()
+                return await work(session)
 
     return anyio.run(main)
 
