@@ -184,8 +184,8 @@ class GatewaySettings(_Slice):
     # HTTP limits per connection (gateway/httpproto.py): request head size, time to receive a
     # head, silence allowed while a body is due.
     max_head_bytes: int = Field(32 * 1024, ge=1024)
-    head_timeout_s: float = Field(10.0, gt=0)
-    body_timeout_s: float = Field(30.0, gt=0)
+    head_timeout_s: float = Field(30.0, gt=0)
+    body_timeout_s: float = Field(60.0, gt=0)
     # One access-log line per request (json for log pipelines, text for a terminal, off).
     log_format: Literal["json", "text", "off"] = "json"
     # Upstream timeouts: streams time out on silence, not on total duration.

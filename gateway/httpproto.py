@@ -12,7 +12,7 @@ This subclass adds, per connection:
 - head size: more than ``max_head_bytes`` without the head being complete -> 431, closed;
 - head time: a head (the first request's, or a kept-alive connection's next one once its first
   byte arrived) not complete within ``head_timeout_s`` -> 408, closed; an idle new connection
-  too;
+  too (nginx's ``client_header_timeout`` and ``client_body_timeout`` are the same idea);
 - body time: no body byte for ``body_timeout_s`` while a body is due -> 408, closed (the
   request's task sees a disconnect);
 - an unused ``Upgrade`` offer: the upgrade data is the body (by ``Content-Length``), and the
@@ -35,14 +35,16 @@ from uvicorn.server import ServerState
 
 from gateway.errors import OpenAIError
 
+_LATE_S = 0.25  # a timer this late (or more) ran on a starved loop
+
 
 @dataclass(frozen=True)
 class Limits:
     """``GATEWAY_MAX_HEAD_BYTES``, ``GATEWAY_HEAD_TIMEOUT_S``, ``GATEWAY_BODY_TIMEOUT_S``."""
 
     max_head_bytes: int = 32 * 1024
-    head_timeout_s: float = 10.0
-    body_timeout_s: float = 30.0
+    head_timeout_s: float = 30.0
+    body_timeout_s: float = 60.0
 
 
 class GatewayHttpProtocol(HttpToolsProtocol):
@@ -148,7 +150,17 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def _arm(self, delay: float, status: int, message: str) -> None:
         self._disarm()
-        self._timer = self.loop.call_later(delay, self._refuse, status, message)
+        due = self.loop.time() + delay
+        self._timer = self.loop.call_later(delay, self._expire, due, status, message)
+
+    def _expire(self, due: float, status: int, message: str) -> None:
+        """A timer that fires late means the loop was starved, and the client's bytes may be
+        waiting unread (uvloop runs due timers before it polls sockets): give reading one more
+        turn before refusing, so a busy gateway does not blame its clients."""
+        if self.loop.time() - due > _LATE_S:
+            self._timer = self.loop.call_later(_LATE_S, self._refuse, status, message)
+            return
+        self._refuse(status, message)
 
     def _disarm(self) -> None:
         if self._timer is not None:
