@@ -39,14 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     import uvicorn
 
-    from gateway import accesslog
     from gateway.app import ConfigError, create_app
     from gateway.httpproto import GatewayHttpProtocol, Limits
 
     path = profile_path(args.profile)
     engine = EngineSettings.load(path)
     settings = GatewaySettings.load(path)
-    accesslog.configure(settings.log_format)
     try:
         app = create_app(path, engine=engine, settings=settings)
     except ConfigError as exc:

@@ -2,29 +2,39 @@
 caller's key label, route, status, prompt and completion tokens, queue wait, TTFT, duration.
 
 Written once the answer is complete, from what the route and the service recorded on the
-``Call``; never per chunk. ``GATEWAY_LOG_FORMAT=off`` turns it off.
+``Call``; never per chunk. Measured (`make bench-gateway`, 256 streams): through ``logging``
+with ``json.dumps`` and a flush per line it cost ~15% of the gateway's CPU, so lines are built
+with one f-string (the request id is already restricted to ``[A-Za-z0-9._:-]``, the route is a
+constant; only the key label is JSON-escaped), buffered, and written to stderr at most every
+``FLUSH_S`` (and at shutdown). ``GATEWAY_LOG_FORMAT=off`` turns it off.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-import logging
 import sys
 import time
-from typing import Literal
-
-log = logging.getLogger("gateway.access")
+from typing import IO, Literal
 
 Format = Literal["json", "text", "off"]
+FLUSH_S = 0.1
 
 
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 1)
+def _num(value: float | None, scale: float = 1.0) -> str:
+    return "null" if value is None else f"{value * scale:.1f}"
+
+
+def _int(value: int | None) -> str:
+    return "null" if value is None else str(value)
 
 
 class AccessLog:
-    def __init__(self, format: Format) -> None:
+    def __init__(self, format: Format, stream: IO[str] | None = None) -> None:
         self.format = format
+        self.stream = stream  # None: sys.stderr at write time (tests capture it)
+        self._lines: list[str] = []
+        self._flush: asyncio.TimerHandle | None = None
 
     def emit(
         self,
@@ -39,33 +49,39 @@ class AccessLog:
         queue_wait_s: float | None = None,
         ttft_s: float | None = None,
     ) -> None:
-        if self.format == "off" or not log.isEnabledFor(logging.INFO):
+        if self.format == "off":
             return
-        record = {
-            "ts": round(time.time(), 3),
-            "request_id": request_id.decode("latin-1"),
-            "key": key,
-            "route": route,
-            "status": status,
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "queue_wait_ms": _ms(queue_wait_s),
-            "ttft_ms": _ms(ttft_s),
-            "duration_ms": _ms(duration_s),
-        }
+        rid = request_id.decode("latin-1")
         if self.format == "json":
-            log.info(json.dumps(record, separators=(",", ":")))
+            line = (
+                f'{{"ts":{time.time():.3f},"request_id":"{rid}",'
+                f'"key":{json.dumps(key)},"route":"{route}","status":{status},'
+                f'"prompt_tokens":{_int(prompt_tokens)},'
+                f'"completion_tokens":{_int(completion_tokens)},'
+                f'"queue_wait_ms":{_num(queue_wait_s, 1000)},"ttft_ms":{_num(ttft_s, 1000)},'
+                f'"duration_ms":{_num(duration_s, 1000)}}}\n'
+            )
         else:
-            log.info(" ".join(f"{k}={v}" for k, v in record.items() if v is not None))
+            fields = {"request_id": rid, "key": key, "route": route, "status": status,
+                      "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "queue_wait_ms": _num(queue_wait_s, 1000), "ttft_ms": _num(ttft_s, 1000),
+                      "duration_ms": _num(duration_s, 1000)}  # fmt: skip
+            line = " ".join(f"{k}={v}" for k, v in fields.items() if v not in (None, "null"))
+            line += "\n"
+        self._lines.append(line)
+        if self._flush is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush()
+                return
+            self._flush = loop.call_later(FLUSH_S, self.flush)
 
-
-def configure(format: Format) -> None:
-    """Access lines go to stderr as bare lines (a JSON object each for ``json``), not through
-    the application log's ``time level name:`` prefix."""
-    if format == "off":
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
+    def flush(self) -> None:
+        self._flush = None
+        if not self._lines:
+            return
+        lines, self._lines = self._lines, []
+        stream = self.stream or sys.stderr
+        stream.write("".join(lines))
+        stream.flush()

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import httpx
 
 from env.settings import EngineSettings, GatewaySettings
+from gateway.accesslog import AccessLog
 from gateway.admission import Admission
 from gateway.auth import Access
 from gateway.health import HealthTracker, Snapshot
@@ -66,6 +67,7 @@ class Components:
     monitor: EngineMonitor
     control: httpx.AsyncClient  # /tokenize and the passthrough routes
     completions: CompletionService
+    access_log: AccessLog
 
 
 @asynccontextmanager
@@ -82,6 +84,8 @@ async def running(config: GatewayConfig) -> AsyncIterator[Components]:
         s.max_retry_after_s,
     )
     async with AsyncExitStack() as stack:
+        access_log = AccessLog(s.log_format)
+        stack.callback(access_log.flush)  # the last lines, after everything else stopped
         pool = EnginePool(config.upstream_url, s.connect_timeout_s)
         stack.push_async_callback(pool.aclose)
         control = make_client(config.upstream_url, CONTROL_CONNECTIONS, s.connect_timeout_s, 10.0)
@@ -118,7 +122,7 @@ async def running(config: GatewayConfig) -> AsyncIterator[Components]:
         )
         yield Components(
             config, policy, config.access, health, admission, metrics, monitor, control,
-            completions,
+            completions, access_log,
         )  # fmt: skip
 
 

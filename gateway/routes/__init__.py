@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.accesslog import AccessLog
 from gateway.apis import APIS
 from gateway.components import Components
 from gateway.handshake import PATH as WARMUP_PATH
@@ -29,10 +28,9 @@ def build_routes(c: Components) -> Routes:
     def passthrough(method: str, path: str | None, route: str) -> Passthrough:
         return Passthrough(method, path, route, c.control, c.access, c.metrics, limit, timeout)
 
-    access_log = AccessLog(c.config.settings.log_format)
     generation = {
         api.path: {
-            "POST": CompletionsRoute(api, c.completions, c.access, c.metrics, limit, access_log)
+            "POST": CompletionsRoute(api, c.completions, c.access, c.metrics, limit, c.access_log)
         }
         for api in APIS.values()
     }
