@@ -16,6 +16,7 @@ from prometheus_client import (
     Enum,
     Gauge,
     Histogram,
+    ProcessCollector,
     generate_latest,
 )
 
@@ -52,6 +53,7 @@ def rejection_reason(err: OpenAIError) -> str:
 class GatewayMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=r)  # process_start_time_seconds (uptime), CPU, memory, fds
         self.requests = Counter(
             "gateway_requests", "Requests answered, by route and status", ["route", "status"],
             registry=r,

@@ -20,6 +20,7 @@ import httpx
 from entrypoint import cache, capacity
 from entrypoint.render import render
 from env.settings import ENV_DIR, EngineSettings, PriceSettings
+from gateway.promtext import metric_sum
 from ops import enginelog, runs
 from ops.config import OpsConfig
 from ops.prom import Scrape, histogram_mean, increase
@@ -133,7 +134,14 @@ class Ops:
             except httpx.HTTPError as exc:
                 warm = {"error": _describe(exc)}
         gateway["warmup_state"] = warm
-        gateway["uptime_s"] = None  # the gateway's /metrics carries no process start time
+        gateway["uptime_s"] = None
+        if gateway["reachable"]:
+            try:  # the gateway's own process start time, on its /metrics page
+                r = await self._get(f"{cfg.gateway_url}/metrics", self._internal_headers())
+                start = metric_sum(r.text, "process_start_time_seconds") if r.is_success else None
+                gateway["uptime_s"] = round(time.time() - start, 1) if start else None
+            except httpx.HTTPError:
+                pass
         engines = [await self._engine_status(url) for url in cfg.engine_urls]
         report = self.warmup_report()
         return {

@@ -26,6 +26,12 @@ def test_counters_and_a_live_gauge_render_as_prometheus_text() -> None:
     assert metric_sum(text, "gateway_queue_depth") == 3
 
 
+def test_the_process_is_described_for_uptime() -> None:
+    text = GatewayMetrics().render().decode()
+    start = metric_sum(text, "process_start_time_seconds")
+    assert start is not None and start > 1.7e9  # an epoch time, this process's start
+
+
 def test_each_instance_has_its_own_registry() -> None:
     a, b = GatewayMetrics(), GatewayMetrics()
     a.request("chat", 200)

@@ -35,6 +35,8 @@ def test_status_matches_the_gateway_and_engine(ops_stack: OpsStack) -> None:
     assert s["gateway"]["serving"] is (health.status_code == 200) is True
     assert s["gateway"]["reason"] == health.json()["status"] == "ok"
     assert s["gateway"]["warmup_state"]["state"] == ops_stack.gateway.state()["state"] == "ready"
+    gw_start = ops_stack.gateway.metric("process_start_time_seconds")
+    assert 0 < s["gateway"]["uptime_s"] <= time.time() - gw_start + 1
     (eng,) = s["engines"]
     start = engine_scrape(ops_stack).get("process_start_time_seconds")
     assert eng["state"] == "up" and eng["instance"] == repr(start)
