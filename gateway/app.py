@@ -76,21 +76,20 @@ class Router:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         methods = self.match(scope["path"])
+        handler = methods.get(scope["method"]) if methods is not None else None
+        if handler in self.guarded:  # the token path: its route owns request id and errors
+            await handler(scope, receive, send)  # type: ignore[misc]
+            return
         rid = [(b"x-request-id", asgi.request_id(scope))]
         if methods is None:
             err = OpenAIError(404, f"no route {scope['path']}", code="not_found")
             await asgi.send_error(send, err, rid)
-            return
-        handler = methods.get(scope["method"])
-        if handler is None:
+        elif handler is None:
             allow = ", ".join(sorted(methods)).encode()
             err = OpenAIError(405, f"method {scope['method']} not allowed", code="bad_method")
             await asgi.send_error(send, err, [(b"allow", allow), *rid])
-            return
-        if handler in self.guarded:
-            await handler(scope, receive, send)
-            return
-        await _guarded(handler, scope, receive, send, rid)
+        else:
+            await _guarded(handler, scope, receive, send, rid)
 
 
 async def _guarded(
