@@ -24,10 +24,6 @@ from gateway.schema import ChatRequest, CompletionRequest, MessagesRequest, Resp
 Kind = Literal["chat", "completions", "responses", "messages"]
 
 
-def _openai_error_event(err: OpenAIError) -> bytes:
-    return b"data: " + err.body() + b"\n\ndata: [DONE]\n\n"
-
-
 def _responses_error_event(err: OpenAIError) -> bytes:
     data = {"type": "error", "code": err.code, "message": err.message, "param": err.param}
     return b"event: error\ndata: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
@@ -61,10 +57,10 @@ class StreamFormat:
 
 OPENAI_STREAM = StreamFormat(
     (b"data: [DONE]",), re.compile(rb'"usage":\{[^{}]*?"completion_tokens":(\d+)'), 0,
-    _openai_error_event,
+    OpenAIError.sse_event,
 )  # fmt: skip
 CHAT_STREAM = StreamFormat(
-    OPENAI_STREAM.done_markers, OPENAI_STREAM.usage, 1, _openai_error_event
+    OPENAI_STREAM.done_markers, OPENAI_STREAM.usage, 1, OpenAIError.sse_event
 )  # fmt: skip
 RESPONSES_STREAM = StreamFormat(
     (b"event: response.completed", b"event: response.incomplete", b"event: response.failed"),
