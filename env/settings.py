@@ -71,6 +71,11 @@ class EngineSettings(_Slice):
     dtype: str | None = None
     max_model_len: int = Field(2048, ge=16)
     max_num_seqs: int = Field(64, ge=1)
+    # Replicas on this host (env/replicas.py): replica i listens on port + i and, on TPU, owns
+    # chips [i * chips_per_replica, (i + 1) * chips_per_replica).
+    replicas: int = Field(1, ge=1)
+    chips_per_replica: int | None = Field(None, ge=1)  # None: tensor_parallel_size
+    shutdown_timeout_s: int = Field(0, ge=0)  # vLLM --shutdown-timeout: drain before exit
     max_num_batched_tokens: int | None = Field(None, ge=16)
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
     kv_cache_dtype: str | None = None
@@ -106,6 +111,19 @@ class EngineSettings(_Slice):
     @property
     def url(self) -> str:
         return loopback_url(self.host, self.port)
+
+    @property
+    def chips_each(self) -> int:
+        """Accelerator chips one replica uses (TPU: pinned through TPU_VISIBLE_CHIPS)."""
+        return self.chips_per_replica or self.tensor_parallel_size
+
+    def replica_port(self, index: int) -> int:
+        return self.port + index
+
+    @property
+    def replica_urls(self) -> list[str]:
+        """Where this host's replicas answer: ``ENGINE_PORT + i`` for each replica ``i``."""
+        return [loopback_url(self.host, self.replica_port(i)) for i in range(self.replicas)]
 
 
 class EngineEnv(_Slice):
@@ -158,6 +176,17 @@ class GatewaySettings(_Slice):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     upstream_url: str = ""  # empty: the engine slice's host:port
+    # Replicas (env/replicas.py): an explicit list, or a DNS name resolved to all its addresses
+    # (a Kubernetes headless Service); neither: ENGINE_REPLICAS ports on ENGINE_HOST.
+    upstream_urls: str = ""  # comma-separated engine base URLs
+    upstream_dns: str = ""  # e.g. http://engine.default.svc.cluster.local:8000
+    dns_refresh_s: float = Field(5.0, gt=0)
+    routing: Literal["prefix", "least_loaded", "round_robin"] = "prefix"
+    min_ready_replicas: int = Field(1, ge=1)
+    drain_timeout_s: float = Field(30.0, gt=0)
+    # >0: also pull each replica's warm-up state from its sidecar (http://<replica host>:<port>
+    # /ready), for gateways nobody pushes reports to (several gateway pods on Kubernetes).
+    warmup_status_port: int = Field(0, ge=0, le=65535)
     # Auth: keys file (one key or "sha256:<hex>" per line); internal token shared with warm-up.
     api_keys_file: Path | None = None
     internal_token_file: Path = Path(".cache/gateway/internal-token")
@@ -219,6 +248,10 @@ class WarmupSettings(_Slice):
     report_path: Path = Path(".cache/warmup/report.json")
     cache_save: bool = True
     watch_interval_s: float = Field(5, gt=0)
+    # >0: serve the warm-up state on this port (GET /ready: 200 once the engine's current
+    # instance passed; GET /livez), for a Kubernetes readinessProbe and pulling gateways.
+    status_port: int = Field(0, ge=0, le=65535)
+    status_host: str = "127.0.0.1"
 
 
 class StackSettings(_Slice):
