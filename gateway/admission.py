@@ -116,6 +116,12 @@ class Admission:
         if not saturated:
             self._pump()
 
+    def set_capacity(self, max_inflight: int) -> None:
+        """A new in-flight cap (the sum of the routable replicas' caps); a larger one admits
+        queued requests at once, a smaller one lets the excess finish and admits no more."""
+        self.max_inflight = max(1, max_inflight)
+        self._pump()
+
     def drain_rate(self) -> float | None:
         """Observed slot releases per second over the recent window, None before enough data."""
         now = self._clock()
