@@ -105,13 +105,19 @@ class HandshakeClient:
         return await self._call("POST", report.to_json(), timeout_s)
 
 
-def cache_save(profile: str, timeout_s: float = 900) -> tuple[bool, str]:
+def cache_save(
+    profile: str, replica: int | None = None, timeout_s: float = 900
+) -> tuple[bool, str]:
     """``python -m entrypoint cache save``: persist the now-warm compile cache.
 
+    ``replica``: one of this host's replicas (``--replica I``: each has its own hot-cache
+    subdirectory); None for a single engine, the command exactly as before.
     A failure here never fails the warm-up (the engine *is* warm; only the next cold start is
     slower), so it is returned as a message for a warning.
     """
     argv = [sys.executable, "-m", "entrypoint", "cache", "save", "--profile", profile]
+    if replica is not None:
+        argv += ["--replica", str(replica)]
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:

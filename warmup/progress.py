@@ -2,6 +2,11 @@
 
 Compose and CI capture stdout into logs, where a redrawn bar becomes thousands of garbage lines;
 a person at a terminal wants one live line. Both get the same events.
+
+With several replicas every line carries the replica's name (``warmup[127.0.0.1:8001]: ...``),
+so interleaved warm-ups stay readable and greppable. Rich draws one live display at a time, so
+it is used only when at most one replica can be waited for or warmed at once
+(``warmup.fleet.use_rich``); otherwise each replica gets tagged plain lines.
 """
 
 from __future__ import annotations
@@ -29,14 +34,15 @@ class Reporter(Protocol):
 class PlainReporter:
     """One timestamped line per event, on stderr (stdout stays free for the summary)."""
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+    def __init__(self, stream: TextIO | None = None, tag: str = "") -> None:
         self._stream = stream or sys.stderr
         self._last_wait = -LOG_EVERY_S
         self._total = 0
+        self._who = f"warmup[{tag}]" if tag else "warmup"
 
     def log(self, message: str) -> None:
         stamp = time.strftime("%H:%M:%S")
-        print(f"{stamp} warmup: {message}", file=self._stream, flush=True)
+        print(f"{stamp} {self._who}: {message}", file=self._stream, flush=True)
 
     def waiting(self, url: str, elapsed_s: float, timeout_s: float, reason: str) -> None:
         if elapsed_s - self._last_wait >= LOG_EVERY_S:
@@ -64,14 +70,16 @@ class PlainReporter:
 class RichReporter:
     """A live status line while waiting and a progress bar while the plan runs."""
 
-    def __init__(self, console: Console | None = None) -> None:
+    def __init__(self, console: Console | None = None, tag: str = "") -> None:
         self.console = console or Console(stderr=True, log_path=False)
         self._status = None
         self._progress: Progress | None = None
         self._task = None
+        self._prefix = f"[{tag}] " if tag else ""
+        self._title = f"warm-up {tag}" if tag else "warm-up"
 
     def log(self, message: str) -> None:
-        self.console.log(message)
+        self.console.log(self._prefix + message, markup=False)
 
     def waiting(self, url: str, elapsed_s: float, timeout_s: float, reason: str) -> None:
         text = f"waiting for engine {url}: {elapsed_s:.0f}/{timeout_s:.0f} s ({reason})"
@@ -89,7 +97,7 @@ class RichReporter:
 
     def plan_started(self, total: int) -> None:
         self._progress = Progress(
-            TextColumn("[bold]warm-up"),
+            TextColumn(f"[bold]{self._title}"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("{task.description}"),
@@ -105,7 +113,7 @@ class RichReporter:
 
     def step_done(self, name: str, line: str) -> None:
         if self._progress is not None and self._task is not None:
-            self._progress.console.log(f"{name}: {line}")
+            self._progress.console.log(f"{self._prefix}{name}: {line}", markup=False)
             self._progress.advance(self._task)
 
     def plan_done(self) -> None:
@@ -114,9 +122,12 @@ class RichReporter:
             self._progress = None
 
 
-def make_reporter(force_plain: bool = False) -> Reporter:
-    """Rich on an interactive terminal, plain lines otherwise (compose logs, CI, pipes)."""
+def make_reporter(force_plain: bool = False, tag: str = "") -> Reporter:
+    """Rich on an interactive terminal, plain lines otherwise (compose logs, CI, pipes).
+
+    ``tag`` (a replica's name) prefixes every line; empty for a single engine.
+    """
     console = Console(stderr=True, log_path=False)
     if console.is_terminal and not force_plain:
-        return RichReporter(console)
-    return PlainReporter()
+        return RichReporter(console, tag)
+    return PlainReporter(tag=tag)

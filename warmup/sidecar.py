@@ -10,11 +10,17 @@ a new instance (or the engine coming back after being down) triggers a new warm-
 one passes, the gateway already answers 503 on its own, because it resets its state when it
 sees the new instance. ``make warmup`` runs once; if the engine restarts *during* that run, the
 run warms the new instance instead (up to ``MAX_ATTEMPTS`` times).
+
+One ``Sidecar`` warms one engine replica (``url``); ``warmup.fleet`` runs one per replica and
+shares a ``slot`` semaphore between them so that only a bounded number of plans run at once.
+Waiting for an engine never holds the slot (a replica that is down must not block the others).
+``warm`` records what the sidecar is doing for the status server (``warmup/status.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from dataclasses import dataclass, field
@@ -32,6 +38,7 @@ from warmup.plan import Plan, build_plan
 from warmup.progress import Reporter
 from warmup.report import build_report, print_summary, write_report
 from warmup.runner import EngineLost, Runner, StepFailed
+from warmup.status import WarmState
 from warmup.wait import EngineNotReady, wait_ready
 
 Status = Literal["passed", "failed", "engine_lost", "not_ready", "gateway_error"]
@@ -44,6 +51,20 @@ EXIT_CODES: dict[str, int] = {
 }
 MAX_ATTEMPTS = 3  # one-shot mode: warm at most this many successive engine instances
 RUNNING_POST_TIMEOUT_S = 5.0  # "running" is informative: never hold the warm-up up for it
+
+
+def entry_for(doc: dict[str, Any], instance: str) -> dict[str, Any] | None:
+    """The gateway's warm-up record of ``instance`` in a GET /internal/warmup answer.
+
+    One upstream: the document itself (``{"state", "engine_instance", ...}``). Several: a
+    ``replicas`` list of such records, matched by instance as the gateway matches the POSTs.
+    """
+    records = doc.get("replicas")
+    candidates = records if isinstance(records, list) else [doc]
+    for record in candidates:
+        if isinstance(record, dict) and record.get("engine_instance") == instance:
+            return record
+    return None
 
 
 @dataclass
@@ -81,6 +102,11 @@ class Sidecar:
     gateway: HandshakeClient | None
     report_path: Path
     console: Console = field(default_factory=Console)
+    url: str = ""  # this replica's engine; empty: WARMUP_ENGINE_URL, else the engine's own URL
+    name: str = ""  # the replica's name (host:port) when the sidecar warms several, else empty
+    replica_index: int | None = None  # a replica of this host: the cache save names it
+    slot: asyncio.Semaphore | None = None  # shared by the replicas: bounds concurrent plans
+    warm: WarmState = field(default_factory=WarmState)
 
     @classmethod
     def load(
@@ -105,7 +131,7 @@ class Sidecar:
 
     @property
     def engine_url(self) -> str:
-        return (self.warmup.engine_url or self.engine.url).rstrip("/")
+        return (self.url or self.warmup.engine_url or self.engine.url).rstrip("/")
 
     def plan(self) -> Plan:
         return build_plan(self.engine, self.engine_env, self.warmup)
@@ -122,41 +148,65 @@ class Sidecar:
     # -- one warm-up ------------------------------------------------------------------------
 
     async def warm_once(self) -> Outcome:
+        self.warm.set("waiting")
+        outcome = await self._warm_once()
+        self._record(outcome)
+        return outcome
+
+    def _record(self, outcome: Outcome) -> None:
+        """What the status server says about this replica after a warm-up."""
+        if outcome.status != "engine_lost" and outcome.instance and outcome.result == "passed":
+            self.warm.set("passed", outcome.instance)
+        elif outcome.status != "engine_lost" and outcome.instance and outcome.result == "failed":
+            self.warm.set("failed", outcome.instance, outcome.step, outcome.message)
+        else:
+            self.warm.set("waiting")
+
+    async def _warm_once(self) -> Outcome:
         plan = self.plan()
         async with self.client(plan) as client:
             try:
                 model = await wait_ready(
                     client, self.engine_env.vllm_engine_ready_timeout_s, self.reporter
                 )
-                info = await describe(client)
             except EngineNotReady as exc:
                 self.reporter.log(str(exc))
                 return Outcome("not_ready", message=str(exc))
-            except httpx.HTTPError as exc:
-                return Outcome("engine_lost", message=f"engine went away: {exc}")
-            started = time.time()
-            runner = Runner(client, model, self.warmup, self.reporter, salt=random.getrandbits(32))
-            if info.instance is None:
-                msg = "engine /metrics has no process_start_time_seconds: no instance identity"
-                outcome = Outcome("failed", None, "identity", msg, result="failed")
-                return await self._finish(client, plan, info, runner, started, outcome)
-            self.reporter.log(
-                f"engine {self.engine_url} instance {info.instance}, model {model}, "
-                f"vLLM {info.version}: {len(plan.steps)} steps"
-            )
-            await self._post_running(info.instance)
-            try:
-                await runner.run(plan)
-                outcome = Outcome("passed", info.instance, result="passed")
-                if await current_instance(client) != info.instance:
-                    outcome = Outcome("engine_lost", info.instance, None, "engine restarted")
-            except StepFailed as exc:
-                outcome = Outcome("failed", info.instance, exc.step, str(exc), result="failed")
-            except EngineLost as exc:
-                outcome = Outcome("engine_lost", info.instance, exc.step, str(exc))
-            except httpx.HTTPError as exc:
-                outcome = Outcome("engine_lost", info.instance, None, f"engine went away: {exc}")
+            if self.slot is not None and self.slot.locked():
+                self.reporter.log("engine ready; waiting for another replica's warm-up to end")
+            async with self.slot or contextlib.nullcontext():
+                return await self._warm_ready(client, plan, model)
+
+    async def _warm_ready(self, client: httpx.AsyncClient, plan: Plan, model: str) -> Outcome:
+        """The engine answered ready: read its identity and run the plan (holding the slot)."""
+        try:
+            info = await describe(client)
+        except httpx.HTTPError as exc:
+            return Outcome("engine_lost", message=f"engine went away: {exc}")
+        started = time.time()
+        runner = Runner(client, model, self.warmup, self.reporter, salt=random.getrandbits(32))
+        if info.instance is None:
+            msg = "engine /metrics has no process_start_time_seconds: no instance identity"
+            outcome = Outcome("failed", None, "identity", msg, result="failed")
             return await self._finish(client, plan, info, runner, started, outcome)
+        self.reporter.log(
+            f"engine {self.engine_url} instance {info.instance}, model {model}, "
+            f"vLLM {info.version}: {len(plan.steps)} steps"
+        )
+        self.warm.set("running", info.instance)
+        await self._post_running(info.instance)
+        try:
+            await runner.run(plan)
+            outcome = Outcome("passed", info.instance, result="passed")
+            if await current_instance(client) != info.instance:
+                outcome = Outcome("engine_lost", info.instance, None, "engine restarted")
+        except StepFailed as exc:
+            outcome = Outcome("failed", info.instance, exc.step, str(exc), result="failed")
+        except EngineLost as exc:
+            outcome = Outcome("engine_lost", info.instance, exc.step, str(exc))
+        except httpx.HTTPError as exc:
+            outcome = Outcome("engine_lost", info.instance, None, f"engine went away: {exc}")
+        return await self._finish(client, plan, info, runner, started, outcome)
 
     async def _finish(
         self,
@@ -183,6 +233,8 @@ class Sidecar:
             thresholds={"stall_ratio": w.stall_ratio, "stall_min_s": w.stall_min_s},
         )
         outcome.report["result"] = outcome.result
+        if self.name:
+            outcome.report["replica"] = self.name
         outcome.report["gateway"] = {
             "url": self.gateway.url if self.gateway else None,
             "posted": outcome.posted,
@@ -192,7 +244,7 @@ class Sidecar:
         print_summary(outcome.report, self.console)
         self.reporter.log(f"report written to {self.report_path}")
         if outcome.status == "passed" and w.cache_save:
-            ok, msg = await asyncio.to_thread(cache_save, self.profile)
+            ok, msg = await asyncio.to_thread(cache_save, self.profile, self.replica_index)
             # ``msg`` is the save's own account ("...: saved N bytes to P" or "nothing saved").
             self.reporter.log(msg if ok else f"WARNING: compile cache not saved: {msg}")
         return outcome
@@ -297,9 +349,10 @@ class Sidecar:
                 state = await self.gateway.state(timeout_s=timeout)
             except (GatewayStale, GatewayUnavailable):
                 return
-            if state.get("engine_instance") != outcome.instance:
+            mine = entry_for(state, outcome.instance)
+            if mine is None:
                 return  # the gateway has not caught up with this instance yet
-            if state.get("state") != "warming_up":
+            if mine.get("state") != "warming_up":
                 return
             self.reporter.log(f"gateway lost the result for {outcome.instance}: re-posting")
         await self._post_final(client, outcome, timeout)

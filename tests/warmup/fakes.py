@@ -7,7 +7,12 @@ state the test controls, a policy deciding each POST's answer, and a record of w
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -126,3 +131,58 @@ class FakeGateway:
                 if left <= 0:
                     raise AssertionError(f"gateway never got there: {self.gets} GETs {self.posts}")
                 self._seen.wait(left)
+
+
+@dataclass
+class FakeReplicaGateway:
+    """``/internal/warmup`` of a gateway over several replicas: a POST is accepted when it names
+    an instance the gateway sees (``instances``), as the real one matches it to its replica."""
+
+    instances: set[str] = field(default_factory=set)
+    posts: list[dict[str, Any]] = field(default_factory=list)
+    states: dict[str, str] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def app(self, method: str, path: str, body: Any) -> Answer:
+        if path != "/internal/warmup":
+            return 404, {"error": "not found"}
+        with self._lock:
+            if method == "GET":
+                replicas = [{"engine_instance": i, "state": self.states.get(i, "warming_up")}
+                            for i in sorted(self.instances)]  # fmt: skip
+                return 200, {"replicas": replicas}
+            self.posts.append(body)
+            if body["engine_instance"] not in self.instances:
+                return 409, {"error": {"code": "stale_engine_instance"}}
+            self.states[body["engine_instance"]] = body["status"]
+            return 200, {"engine_instance": body["engine_instance"], "state": body["status"]}
+
+    def finals(self) -> list[tuple[str, str]]:
+        """(instance, status) of every accepted passed/failed post, in order."""
+        with self._lock:
+            return [(p["engine_instance"], p["status"]) for p in self.posts
+                    if p["status"] != "running" and p["engine_instance"] in self.instances]  # fmt: skip
+
+
+@contextmanager
+def synthetic_engine(port: int) -> Iterator[str]:
+    """``python -m bench synthetic`` on ``port`` (a fixed port, so a test can restart it: a new
+    process is a new engine instance), in its own process group, stopped by that group."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench", "synthetic", "--port", str(port), "--model", "synthetic",
+         "--itl-ms", "1", "--ttft-ms", "0"],
+        stdout=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        if "http://" not in line:
+            raise RuntimeError(f"synthetic engine did not start: {line!r}")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
