@@ -42,8 +42,8 @@ $(CORE): pyproject.toml | $(VENV)/bin/python
 	touch $@
 
 $(PROJECT_STAMP): pyproject.toml $(VENV)/.engine-installed
-	$(PIP) install -c $(LOCK) -e '.[gateway,bench,dev,ops]' 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -c "import uvicorn, prometheus_client, matplotlib, pytest, pytest_randomly, mcp"
+	$(PIP) install -c $(LOCK) -e '.[gateway,bench,dev,ops,k8s]' 2>&1 | grep -v "^WARNING: Location" || true
+	$(PY) -c "import uvicorn, prometheus_client, matplotlib, pytest, pytest_randomly, mcp, kubernetes_validate, check_jsonschema"
 	touch $@ $(CORE)
 
 install: $(PROJECT_STAMP) ## venv with the CPU engine (pinned lock), all roles and dev tools
@@ -191,3 +191,21 @@ bench-vllm: $(PROJECT_STAMP) ## one cell measured by our client and by `vllm ben
 .PHONY: ops
 ops: $(PROJECT_STAMP) ## the devops MCP server over streamable HTTP on loopback (http://127.0.0.1:8090/mcp)
 	$(PY) -m ops --profile $(PROFILE) --transport http
+
+# ---- Kubernetes (issue 16): docs/kubernetes.md ---------------------------------------------
+# Overlays are generated from the profiles (deploy/k8s/spec.py); `kubectl kustomize` renders.
+OVERLAY ?= cpu
+REGISTRY ?=
+.PHONY: k8s-generate k8s-render k8s-check k8s-images
+
+k8s-generate: $(PROJECT_STAMP) ## rewrite deploy/k8s/overlays/* from their profiles
+	$(PY) -m deploy.k8s generate
+
+k8s-render: $(PROJECT_STAMP) ## print OVERLAY's manifests (fails if the overlay is stale)
+	@$(PY) -m deploy.k8s render $(OVERLAY)
+
+k8s-check: $(PROJECT_STAMP) ## every overlay: current, renders, validates (Kubernetes schemas + CRDs)
+	$(PY) -m deploy.k8s check
+
+k8s-images: docker-build ## tag PROFILE's compose images with the overlay's pinned tags (REGISTRY=...: and push)
+	@$(PY) -m deploy.k8s images --profile $(PROFILE_NAME) $(if $(REGISTRY),--push $(REGISTRY))
