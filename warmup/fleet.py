@@ -63,11 +63,14 @@ def targets(
         if problems:
             raise UpstreamError(problems)
         return out
-    ups = static_upstreams(engine, gateway)
-    local = not gateway.upstream_urls.strip() and not gateway.upstream_url.strip()
-    # Only this host's replicas have a hot-cache subdir the cache save can name.
-    indexed = local and engine.replicas > 1
-    return [Target(u.name, u.url, i if indexed else None) for i, u in enumerate(ups)]
+    # This host's replicas (also when compose hands the list over as GATEWAY_UPSTREAM_URLS):
+    # each has its own hot-cache subdir, which the cache save names by index.
+    local = {Upstream(url).name: i for i, url in enumerate(engine.replica_urls)}
+    indexed = engine.replicas > 1
+    return [
+        Target(u.name, u.url, local.get(u.name) if indexed else None)
+        for u in static_upstreams(engine, gateway)
+    ]
 
 
 def report_path_for(base: Path, target: Target, several: bool) -> Path:

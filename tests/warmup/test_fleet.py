@@ -52,6 +52,10 @@ def test_the_gateway_upstream_list_and_the_warmup_override() -> None:
     gw = GatewaySettings(upstream_urls="http://10.0.0.5:8000, http://10.0.0.6:8000")
     found = targets(EngineSettings(replicas=2), gw, WarmupSettings())
     assert [(t.name, t.index) for t in found] == [("10.0.0.5:8000", None), ("10.0.0.6:8000", None)]
+    # compose hands this host's replicas over as a list: still indexed for the cache save
+    local = GatewaySettings(upstream_urls="http://127.0.0.1:8000,http://127.0.0.1:8001")
+    found = targets(EngineSettings(replicas=2, port=8000), local, WarmupSettings())
+    assert [t.index for t in found] == [0, 1]
     override = WarmupSettings(engine_url="http://127.0.0.1:7000/")
     assert targets(EngineSettings(replicas=4), gw, override) == [
         Target("127.0.0.1:7000", "http://127.0.0.1:7000")
