@@ -50,8 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 2
+    from gateway.drain import DrainingServer
+
     limits = Limits(settings.max_head_bytes, settings.head_timeout_s, settings.body_timeout_s)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -64,7 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         log_level=args.log_level.lower(),
         timeout_keep_alive=30,
         backlog=4096,
+        timeout_graceful_shutdown=5,  # after the drain: only idle or cut-off connections remain
     )
+    # SIGTERM drains (gateway/drain.py): /health 503, new requests 503, held ones finish.
+    DrainingServer(config, app, settings.drain_timeout_s).run()
     return 0
 
 

@@ -19,6 +19,7 @@ import logging
 import os
 from pathlib import Path
 
+from env.replicas import UpstreamError
 from env.settings import EngineSettings, GatewaySettings, profile_path
 from gateway import asgi
 from gateway.auth import Access, KeyStore, ensure_token_file
@@ -123,6 +124,17 @@ class GatewayApp:
         self.components: Components | None = None  # set for the lifespan's duration (tests read it)
         self._router: Router | None = None
 
+    def begin_drain(self) -> bool:
+        """SIGTERM (``gateway.drain``): take no new requests, finish the ones held."""
+        if self.components is None:
+            return False
+        self.components.replicas.begin_drain()
+        return True
+
+    def outstanding(self) -> int:
+        c = self.components
+        return 0 if c is None else c.admission.inflight + c.admission.queued
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
@@ -173,4 +185,8 @@ def create_app(
     except (OSError, ValueError) as exc:
         raise ConfigError(f"GATEWAY_INTERNAL_TOKEN_FILE: {exc}") from None
     access = Access(keys, token, settings.metrics_public)
-    return GatewayApp(GatewayConfig(engine, settings, access))
+    try:
+        config = GatewayConfig.build(engine, settings, access)
+    except UpstreamError as exc:
+        raise ConfigError("; ".join(exc.problems)) from None
+    return GatewayApp(config)

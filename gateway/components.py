@@ -1,10 +1,11 @@
 """Every part of a running gateway, built whole and torn down as one ``async with``.
 
-``running(config)`` is the lifespan: it opens the engine clients, starts the monitor, yields a
-``Components`` whose every field is live (nothing ``None`` until startup, no ``assert`` in the
-routes), and on exit stops the monitor and closes the clients in reverse order, whatever
-happened in between. ``GatewayConfig`` is what is known before startup (settings, keys, token);
-it is built, and refuses bad configuration, without an event loop.
+``running(config)`` is the lifespan: it builds the replica set (each replica's clients and
+monitor), starts it, yields a ``Components`` whose every field is live (nothing ``None`` until
+startup, no ``assert`` in the routes), and on exit stops the monitors and closes the clients in
+reverse order, whatever happened in between. ``GatewayConfig`` is what is known before startup
+(settings, keys, token, the upstreams); it is built, and refuses bad configuration, without an
+event loop.
 """
 
 from __future__ import annotations
@@ -14,27 +15,26 @@ import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Self
 
-import httpx
-
+from env.replicas import Upstream
 from env.settings import EngineSettings, GatewaySettings
 from gateway.accesslog import AccessLog
 from gateway.admission import Admission
-from gateway.auth import Access
-from gateway.health import HealthTracker, Snapshot
+from gateway.auth import Access, KeysWatcher
+from gateway.health import Snapshot
 from gateway.metrics import GatewayMetrics
-from gateway.monitor import EngineMonitor
 from gateway.policy import Policy
+from gateway.ratelimit import MemoryStore
+from gateway.replicas import ReplicaOptions, ReplicaSet, build_upstreams
+from gateway.routing import build_scheduler
 from gateway.saturation import SaturationPolicy
 from gateway.service import CompletionService, Timeouts
+from gateway.tenancy import Tenancy
 from gateway.tokens import TokenCounter
-from gateway.upstream import make_client
-from gateway.wire import EnginePool
 
 log = logging.getLogger("gateway")
-# httpx connections for /tokenize and the passthrough routes (/v1/models ...); the completions
-# and the monitor's polls go through ``EnginePool``.
-CONTROL_CONNECTIONS = 16
 
 
 @dataclass(frozen=True)
@@ -44,13 +44,26 @@ class GatewayConfig:
     engine: EngineSettings
     settings: GatewaySettings
     access: Access
+    upstreams: list[Upstream]  # the fixed replicas (empty with a DNS upstream)
+    dns: tuple[str, str, int] | None = None  # GATEWAY_UPSTREAM_DNS: (scheme, host, port)
+
+    @classmethod
+    def build(cls, engine: EngineSettings, settings: GatewaySettings, access: Access) -> Self:
+        """Raises ``env.replicas.UpstreamError`` (one line per problem) for bad upstreams."""
+        upstreams, dns = build_upstreams(engine, settings)
+        return cls(engine, settings, access, upstreams, dns)
 
     @property
     def upstream_url(self) -> str:
-        return (self.settings.upstream_url or self.engine.url).rstrip("/")
+        """The first replica's URL (or the DNS URL): for the start-up line and the tests."""
+        if self.dns is not None:
+            scheme, host, port = self.dns
+            return f"{scheme}://{host}:{port}"
+        return self.upstreams[0].url
 
     @property
     def max_inflight(self) -> int:
+        """The in-flight cap of one replica (admission's is the sum over routable ones)."""
         return self.settings.max_inflight or self.engine.max_num_seqs
 
 
@@ -61,11 +74,9 @@ class Components:
     config: GatewayConfig
     policy: Policy
     access: Access
-    health: HealthTracker
+    replicas: ReplicaSet
     admission: Admission
     metrics: GatewayMetrics
-    monitor: EngineMonitor
-    control: httpx.AsyncClient  # /tokenize and the passthrough routes
     completions: CompletionService
     access_log: AccessLog
 
@@ -74,7 +85,6 @@ class Components:
 async def running(config: GatewayConfig) -> AsyncIterator[Components]:
     s = config.settings
     policy = Policy.from_settings(config.engine, s)
-    health = HealthTracker()
     metrics = GatewayMetrics()
     admission = Admission(
         config.max_inflight,
@@ -82,48 +92,60 @@ async def running(config: GatewayConfig) -> AsyncIterator[Components]:
         s.queue_timeout_s,
         s.per_key_concurrency,
         s.max_retry_after_s,
+        fair=s.scheduling == "fair",
     )
+    tenancy = Tenancy(config.access.keys, MemoryStore(), metrics, s.tpm_cached_tokens)
     async with AsyncExitStack() as stack:
         access_log = AccessLog(s.log_format)
         stack.callback(access_log.flush)  # the last lines, after everything else stopped
-        pool = EnginePool(config.upstream_url, s.connect_timeout_s)
-        stack.push_async_callback(pool.aclose)
-        control = make_client(config.upstream_url, CONTROL_CONNECTIONS, s.connect_timeout_s, 10.0)
-        stack.push_async_callback(control.aclose)
-        monitor = EngineMonitor(
-            pool,
-            health,
+        replicas = ReplicaSet(
+            config.upstreams,
+            ReplicaOptions(
+                config.max_inflight,
+                s.connect_timeout_s,
+                SaturationPolicy(
+                    s.engine_waiting_threshold, s.kv_usage_threshold, s.metrics_max_age_s
+                ),
+                s.metrics_poll_s,
+                s.health_poll_s,
+                s.warmup_status_port,
+            ),
             admission,
-            SaturationPolicy(s.engine_waiting_threshold, s.kv_usage_threshold, s.metrics_max_age_s),
-            s.metrics_poll_s,
-            s.health_poll_s,
+            build_scheduler(s.routing),
+            s.min_ready_replicas,
+            config.dns,
+            s.dns_refresh_s,
         )
         completions = CompletionService(
             policy=policy,
-            health=health,
-            tokens=TokenCounter(control, s.tokenize_timeout_s),
+            upstreams=replicas,
+            tokens=TokenCounter(replicas.control, s.tokenize_timeout_s),
             admission=admission,
-            engine=pool,
-            liveness=monitor,
             metrics=metrics,
             timeouts=Timeouts(s.stream_idle_timeout_s, s.request_timeout_s, s.queue_keepalive_s),
+            tenancy=tenancy,
         )
-        _register_gauges(metrics, admission, monitor)
-        health.subscribe(lambda snap: _on_health(metrics, snap))
-        monitor.start()
-        stack.push_async_callback(monitor.stop)
+        if s.api_keys_file is not None and not config.access.keys.open:
+            keys_watcher = KeysWatcher(config.access.keys, Path(s.api_keys_file), s.keys_reload_s)
+            keys_watcher.start()
+            stack.push_async_callback(keys_watcher.stop)
+        _register_gauges(metrics, admission, replicas)
+        replicas.subscribe(lambda snap: _on_health(metrics, snap))
+        stack.push_async_callback(replicas.stop)
+        await replicas.start()
         log.info(
-            "gateway up: upstream %s, in-flight cap %d, queue %d x %gs, auth %s",
-            config.upstream_url,
+            "gateway up: %s, routing %s, in-flight cap %d per replica, queue %d x %gs, auth %s",
+            f"replicas from DNS {config.upstream_url}" if config.dns else
+            f"{len(config.upstreams)} replica(s) {', '.join(u.url for u in config.upstreams)}",
+            s.routing,
             config.max_inflight,
             s.queue_depth,
             s.queue_timeout_s,
             "open" if config.access.keys.open else f"{len(config.access.keys.entries)} keys",
-        )
-        yield Components(
-            config, policy, config.access, health, admission, metrics, monitor, control,
-            completions, access_log,
         )  # fmt: skip
+        yield Components(
+            config, policy, config.access, replicas, admission, metrics, completions, access_log
+        )
 
 
 def _on_health(metrics: GatewayMetrics, snap: Snapshot) -> None:
@@ -134,31 +156,35 @@ def _on_health(metrics: GatewayMetrics, snap: Snapshot) -> None:
         log.info("serving state: ready (instance %s)", snap.engine_instance)
 
 
-def _register_gauges(m: GatewayMetrics, adm: Admission, monitor: EngineMonitor) -> None:
+def _register_gauges(m: GatewayMetrics, adm: Admission, replicas: ReplicaSet) -> None:
     m.gauge("gateway_inflight", "Requests currently upstream", lambda: adm.inflight)
     m.gauge("gateway_queue_depth", "Requests waiting for a slot", lambda: adm.queued)
-    m.gauge("gateway_inflight_limit", "The in-flight cap", lambda: adm.max_inflight)
+    m.gauge("gateway_inflight_limit", "The in-flight cap (sum over routable replicas)",
+            lambda: adm.max_inflight)  # fmt: skip
     m.gauge(
         "gateway_engine_saturated",
-        "1 while admissions are held on the engine's signal (queue, KV, stale metrics)",
+        "1 while admissions are held on the engines' signal (every routable replica saturated)",
         lambda: float(adm.saturated),
     )
+    m.gauge("gateway_replicas_ready", "Replicas up and warmed for their current instance",
+            lambda: float(sum(1 for r in replicas.replicas if r.ready)))  # fmt: skip
+    m.replica_collector(replicas.stats)
 
-    def sample_attr(name: str) -> Callable[[], float]:
+    def total(name: str, agg: Callable[[list[float]], float]) -> Callable[[], float]:
         def read() -> float:
-            s = monitor.sample
-            return float(getattr(s, name)) if s else math.nan
+            values = [float(getattr(r.sample, name)) for r in replicas.replicas if r.sample]
+            return agg(values) if values else math.nan
 
         return read
 
-    m.gauge("gateway_engine_waiting", "Engine's waiting requests (last sample)",
-            sample_attr("waiting"))  # fmt: skip
-    m.gauge("gateway_engine_running", "Engine's running requests (last sample)",
-            sample_attr("running"))  # fmt: skip
-    m.gauge("gateway_engine_kv_usage", "Engine's KV cache usage 0-1 (last sample)",
-            sample_attr("kv_usage"))  # fmt: skip
+    m.gauge("gateway_engine_waiting", "Engines' waiting requests, summed (last samples)",
+            total("waiting", sum))  # fmt: skip
+    m.gauge("gateway_engine_running", "Engines' running requests, summed (last samples)",
+            total("running", sum))  # fmt: skip
+    m.gauge("gateway_engine_kv_usage", "Highest KV cache usage 0-1 of the replicas (last samples)",
+            total("kv_usage", max))  # fmt: skip
     m.gauge(
         "gateway_engine_metrics_age_seconds",
-        "Age of the last engine metrics sample",
-        monitor.metrics_age,
+        "Age of the stalest replica's last engine metrics sample",
+        lambda: max((r.monitor.metrics_age() for r in replicas.replicas), default=math.inf),
     )

@@ -18,8 +18,10 @@ from typing import Literal
 
 from gateway.errors import OpenAIError
 
-State = Literal["engine_down", "warming_up", "warmup_failed", "ready"]
-STATES: tuple[State, ...] = ("engine_down", "warming_up", "warmup_failed", "ready")
+State = Literal["engine_down", "warming_up", "warmup_failed", "ready", "draining"]
+# ``draining`` is the gateway's own (SIGTERM: finishing what it has, taking nothing new); the
+# other four are an engine replica's, and the gateway's is the best of its replicas'.
+STATES: tuple[State, ...] = ("engine_down", "warming_up", "warmup_failed", "ready", "draining")
 ReportStatus = Literal["running", "passed", "failed"]
 
 
@@ -143,6 +145,11 @@ def unavailable(snap: Snapshot) -> OpenAIError:
         return OpenAIError(
             503, "the engine is not reachable; retry later", code="engine_down", retry_after=5
         )
+    if snap.state == "draining":
+        return OpenAIError(
+            503, "the gateway is shutting down; retry (another gateway replica will answer)",
+            code="draining", retry_after=2,
+        )  # fmt: skip
     if snap.state == "warming_up":
         step = f" (step: {snap.step})" if snap.step else ""
         return OpenAIError(

@@ -8,7 +8,8 @@ chunk except what the relay loop already counts.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 from prometheus_client import (
     CollectorRegistry,
@@ -19,6 +20,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from gateway.errors import OpenAIError
 from gateway.health import STATES
@@ -38,8 +40,14 @@ _REASONS = {
     "engine_down": "engine_down",
     "warming_up": "warming",
     "warmup_failed": "warming",
+    "draining": "draining",
     "invalid_api_key": "auth",
     "invalid_internal_token": "auth",
+    "rpm_limit": "rpm_limit",
+    "tpm_limit": "tpm_limit",
+    "request_exceeds_tpm": "tpm_limit",
+    "model_not_allowed": "model_not_allowed",
+    "max_tokens_limit": "max_tokens_limit",
 }
 
 
@@ -48,6 +56,68 @@ def rejection_reason(err: OpenAIError) -> str:
     if reason:
         return reason
     return "validation" if 400 <= err.status < 500 else (err.code or "upstream")
+
+
+class ReplicaStats(NamedTuple):
+    """One replica's series at scrape time (labelled by its ``host:port`` name)."""
+
+    name: str
+    state: str
+    draining: bool
+    inflight: int
+    served: int
+    waiting: float
+    running: float
+    kv_usage: float
+    metrics_age_s: float
+
+
+class _ReplicaCollector:
+    """Per-replica series, computed at scrape time: the replica set changes at run time (DNS),
+    so series of a replica that left disappear instead of lingering as stale gauges."""
+
+    def __init__(self, view: Callable[[], list[ReplicaStats]]) -> None:
+        self.view = view
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self.view()
+        state = GaugeMetricFamily(
+            "gateway_replica_state", "1 for each replica's current serving state",
+            labels=["replica", "state"],
+        )  # fmt: skip
+        draining = GaugeMetricFamily("gateway_replica_draining", "1 while a replica drains",
+                                     labels=["replica"])  # fmt: skip
+        inflight = GaugeMetricFamily("gateway_replica_inflight", "Requests on a replica now",
+                                     labels=["replica"])  # fmt: skip
+        served = CounterMetricFamily("gateway_replica_requests", "Requests sent to a replica",
+                                     labels=["replica"])  # fmt: skip
+        waiting = GaugeMetricFamily("gateway_replica_engine_waiting",
+                                    "Replica engine's waiting requests (last sample)",
+                                    labels=["replica"])  # fmt: skip
+        running = GaugeMetricFamily("gateway_replica_engine_running",
+                                    "Replica engine's running requests (last sample)",
+                                    labels=["replica"])  # fmt: skip
+        kv = GaugeMetricFamily("gateway_replica_engine_kv_usage",
+                               "Replica engine's KV cache usage 0-1 (last sample)",
+                               labels=["replica"])  # fmt: skip
+        age = GaugeMetricFamily("gateway_replica_engine_metrics_age_seconds",
+                                "Age of a replica's last engine metrics sample",
+                                labels=["replica"])  # fmt: skip
+        for r in stats:
+            for st in STATES:
+                if st != "draining":
+                    state.add_metric([r.name, st], 1.0 if r.state == st else 0.0)
+            draining.add_metric([r.name], float(r.draining))
+            inflight.add_metric([r.name], r.inflight)
+            served.add_metric([r.name], r.served)
+            waiting.add_metric([r.name], r.waiting)
+            running.add_metric([r.name], r.running)
+            kv.add_metric([r.name], r.kv_usage)
+            age.add_metric([r.name], r.metrics_age_s)
+        yield from (state, draining, inflight, served, waiting, running, kv, age)
 
 
 class GatewayMetrics:
@@ -99,9 +169,31 @@ class GatewayMetrics:
             ["outcome"], registry=r,
         )  # fmt: skip
         self.warmup_state = Enum(
-            "gateway_warmup_state", "Serving state of the current engine instance",
+            "gateway_warmup_state",
+            "The gateway's serving state (ready while GATEWAY_MIN_READY_REPLICAS replicas are)",
             states=list(STATES), registry=r,
         )  # fmt: skip
+        # Per API key (the keys file's labels only: bounded cardinality).
+        self.key_requests = Counter(
+            "gateway_key_requests", "Requests admitted upstream, by key label and class",
+            ["key", "class"], registry=r,
+        )  # fmt: skip
+        self.key_token_counts = Counter(
+            "gateway_key_tokens",
+            "Tokens settled per key (prompt, completion; cached: the part of prompt the engine "
+            "served from its prefix cache)",
+            ["key", "kind"], registry=r,
+        )  # fmt: skip
+        self.key_rejections = Counter(
+            "gateway_key_rejections", "Requests of a key refused, by reason", ["key", "reason"],
+            registry=r,
+        )  # fmt: skip
+        self.key_queue_wait = Histogram(
+            "gateway_key_queue_wait_seconds", "Time admitted requests spent queued, by key",
+            ["key"], buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self._key_counters: dict[tuple[str, ...], Counter] = {}
+        self._key_waits: dict[str, Histogram] = {}
         self._gauges: dict[str, Gauge] = {}
         self._req_children: dict[tuple[str, int], Counter] = {}
         self._rej_children: dict[str, Counter] = {}
@@ -111,6 +203,10 @@ class GatewayMetrics:
         g = Gauge(name, doc, registry=self.registry)
         g.set_function(fn)
         self._gauges[name] = g
+
+    def replica_collector(self, view: Callable[[], list[ReplicaStats]]) -> None:
+        """The per-replica series, read from ``view`` at each scrape."""
+        self.registry.register(_ReplicaCollector(view))  # type: ignore[arg-type]
 
     def request(self, route: str, status: int) -> None:
         child = self._req_children.get((route, status))
@@ -123,6 +219,26 @@ class GatewayMetrics:
         if child is None:
             child = self._rej_children[reason] = self.rejections.labels(reason)
         child.inc()
+
+    def _counter(self, metric: Counter, *labels: str) -> Counter:
+        key = (metric._name, *labels)
+        child = self._key_counters.get(key)
+        if child is None:
+            child = self._key_counters[key] = metric.labels(*labels)
+        return child
+
+    def key_admitted(self, key: str, klass: str, queued_s: float) -> None:
+        self._counter(self.key_requests, key, klass).inc()
+        wait = self._key_waits.get(key)
+        if wait is None:
+            wait = self._key_waits[key] = self.key_queue_wait.labels(key)
+        wait.observe(queued_s)
+
+    def key_tokens(self, key: str, kind: str, n: int) -> None:
+        self._counter(self.key_token_counts, key, kind).inc(n)
+
+    def key_reject(self, key: str, reason: str) -> None:
+        self._counter(self.key_rejections, key, reason).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -5,9 +5,14 @@ or admissions stall on stale data), liveness once a second is enough; a proxy th
 upstream fail calls ``poke()`` to re-check liveness at once, so ``/health`` turns 503 within a
 poll interval of an engine crash rather than a timeout later.
 
-Feeds ``HealthTracker`` (engine up + instance) and ``Admission.set_saturated``. One monitor per
-engine; several replicas would each get one. Polls go through the token path's ``EnginePool``
-(five a second: through httpx they were ~15% of the gateway's CPU at 256 streams).
+Feeds the replica's ``HealthTracker`` (engine up + instance) and its ``saturated`` flag, and calls
+``on_change`` when either moved (the replica set then recomputes admission's cap and saturation).
+One monitor per replica. Polls go through the token path's ``EnginePool`` (five a second:
+through httpx they were ~15% of the gateway's CPU at 256 streams).
+
+With ``warm_status`` (``GATEWAY_WARMUP_STATUS_PORT``), the health loop also asks the replica's
+warm-up sidecar for its ``/ready`` state and applies it as a report for the instance it names:
+how a gateway that no sidecar pushes to (one of several gateway pods) learns warm-up results.
 """
 
 from __future__ import annotations
@@ -16,12 +21,12 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 import httpx
 
-from gateway.admission import Admission
-from gateway.health import HealthTracker
+from gateway.health import HealthTracker, StaleInstance
 from gateway.saturation import EngineSample, SaturationPolicy, parse_engine_metrics
 
 log = logging.getLogger("gateway.monitor")
@@ -34,19 +39,29 @@ class EngineCalls(Protocol):
     async def call(self, method: str, path: str, timeout: float) -> tuple[int, bytes]: ...
 
 
+class WarmStatus(Protocol):
+    """The replica's warm-up sidecar state (``GET /ready``): JSON with ``state`` and
+    ``engine_instance``, or None when it cannot be read."""
+
+    async def __call__(self) -> dict[str, object] | None: ...
+
+
 class EngineMonitor:
     def __init__(
         self,
         engine: EngineCalls,
         health: HealthTracker,
-        admission: Admission,
         policy: SaturationPolicy,
         metrics_poll_s: float,
         health_poll_s: float,
+        on_change: Callable[[], None] = lambda: None,
+        warm_status: WarmStatus | None = None,
     ) -> None:
         self.engine = engine
         self.health = health
-        self.admission = admission
+        self.on_change = on_change
+        self.warm_status = warm_status
+        self.saturated = True  # until a fresh sample says otherwise
         self.policy = policy
         self.metrics_poll_s = metrics_poll_s
         self.health_poll_s = health_poll_s
@@ -86,8 +101,7 @@ class EngineMonitor:
             if status == 200:
                 text = body.decode(errors="replace")
                 self.sample = parse_engine_metrics(text, time.monotonic())
-                if self.sample.instance != self.health.instance or not self._up:
-                    self._publish()  # first sample after a start, or a restart between polls
+                self._publish()  # a first sample, a restart between polls, or back after down
         except httpx.ConnectError:
             self.poke()
         except httpx.HTTPError:
@@ -113,19 +127,63 @@ class EngineMonitor:
             # it must not be served under the old one's warm-up until /metrics says which it is.
             self.sample = None
         self._publish()
+        if self.warm_status is not None and self._up:
+            await self.pull_warm_status()
+
+    async def pull_warm_status(self) -> None:
+        """Apply the sidecar's view of the warm-up to the instance it names (if current)."""
+        assert self.warm_status is not None
+        state = await self.warm_status()
+        if not state:
+            return
+        status = {"passed": "passed", "failed": "failed", "running": "running"}.get(
+            str(state.get("state"))
+        )
+        instance = state.get("engine_instance")
+        if status is None or not isinstance(instance, str):
+            return
+        snap = self.health.snapshot()
+        wanted = {"passed": "ready", "failed": "warmup_failed", "running": "warming_up"}[status]
+        if snap.engine_instance == instance and snap.state == wanted:
+            return
+        step = state.get("step")
+        detail = state.get("detail")
+        try:
+            self.health.report_warmup(
+                instance,
+                status,  # type: ignore[arg-type]
+                step if isinstance(step, str) else None,
+                detail if isinstance(detail, str) else None,
+            )
+        except StaleInstance:
+            return  # the sidecar speaks of another process than the one we see: wait
+        self.on_change()
+
+    def mark_down(self) -> None:
+        """The proxy saw this replica refuse or fail before answering: stop routing to it now
+        and let the health loop decide when it is back."""
+        self._health_ok = False
+        self._late_polls = 0
+        self.sample = None
+        self._publish()
+        self.poke()
 
     @property
     def _up(self) -> bool:
         return self._health_ok and self.sample is not None
 
     def _publish(self) -> None:
-        self.health.observe_engine(self._up, self.sample.instance if self.sample else None)
+        before = self.health.snapshot()
+        after = self.health.observe_engine(self._up, self.sample.instance if self.sample else None)
+        if after is not before:
+            self.on_change()
 
     def _evaluate(self) -> None:
         self.saturation_reason = self.policy.reason(self.sample, time.monotonic())
         saturated = self.saturation_reason is not None
-        if saturated != self.admission.saturated:
-            self.admission.set_saturated(saturated)
+        if saturated != self.saturated:
+            self.saturated = saturated
+            self.on_change()
 
     async def _metrics_loop(self) -> None:
         while True:

@@ -6,7 +6,13 @@ validation and queue. Order of work, cheapest refusal first:
 
     parse (schema + policy, pure) -> serving state (503) -> token count (only if the prompt
     could be too long) -> finalize (context and streaming policy) -> admission slot (429 or
-    queue, keep-alives while queued) -> forward -> relay
+    queue, keep-alives while queued) -> pick a replica -> forward (fail over once) -> relay
+
+Failover: a replica that fails *before its answer started* (refused or reset connection, a
+connect timeout, a 503) is marked down at once and the request is sent once more, to another
+replica: the engine produced nothing the client saw, so a retry cannot duplicate output. A slow
+answer (read timeout) is not retried (the engine is busy, not gone: a retry doubles its load),
+and after the first byte there is no retry: the client gets the stream's terminal error event.
 
 Everything the service learns goes to a ``Sink`` that the route implements over ASGI; the service
 never sees ASGI. Until the first byte is out every refusal is an ``OpenAIError`` raised to the
@@ -27,9 +33,13 @@ import httpx
 from gateway.admission import Admission
 from gateway.apis import APIS
 from gateway.errors import OpenAIError, engine_message, reshape_engine_error
-from gateway.health import HealthTracker, unavailable
+from gateway.health import Snapshot, unavailable
 from gateway.metrics import GatewayMetrics
 from gateway.policy import Policy
+from gateway.replica import Replica
+from gateway.routing.prefix import routing_key
+from gateway.tenancy import Tenancy
+from gateway.tenants import OPEN_TENANT, Tenant
 from gateway.upstream import StreamStats, relay_sse, upstream_error
 from gateway.validation import Final, Kind, finalize, needs_count, parse
 from gateway.wire import EngineResponse
@@ -66,24 +76,18 @@ class Sink(Protocol):
         """An error status before anything was sent, else a terminal SSE error event."""
 
 
-class Engine(Protocol):
-    """What the service needs of the token path's client (``gateway.wire.EnginePool``)."""
+class Upstreams(Protocol):
+    """The engine replicas (``gateway.replicas.ReplicaSet``): may we serve, and where."""
 
-    async def request(
-        self, method: str, path: str, body: bytes, headers: bytes, read_timeout: float
-    ) -> EngineResponse: ...
+    def serving(self) -> Snapshot: ...
+
+    def pick(self, key: bytes, exclude: tuple[Replica, ...] = ()) -> Replica | None: ...
 
 
 class Counter(Protocol):
     """Prompt token counting (``gateway.tokens.TokenCounter``)."""
 
     async def count(self, parsed: object, request_id: str) -> int | None: ...
-
-
-class Liveness(Protocol):
-    """The engine monitor's "check liveness now" (``gateway.monitor.EngineMonitor.poke``)."""
-
-    def poke(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,8 @@ class Call:
 
     __slots__ = (
         "body", "caller", "completion_tokens", "forward", "http10", "kind", "path", "phase",
-        "prompt_tokens", "queue_wait_s", "request_id", "started_at", "ttft_s",
+        "prompt_tokens", "queue_wait_s", "replica", "request_id", "route_key", "started_at",
+        "strip_usage", "ttft_s", "usage_tail",
     )  # fmt: skip
 
     def __init__(
@@ -126,6 +131,10 @@ class Call:
         self.completion_tokens: int | None = None
         self.queue_wait_s: float | None = None
         self.ttft_s: float | None = None
+        self.route_key = b""  # the routing affinity key (the prompt's leading content)
+        self.replica: str | None = None  # the replica that answered (or failed last)
+        self.strip_usage = False  # the usage chunk is the gateway's, not the client's
+        self.usage_tail = b""  # where the engine's usage is (token accounting)
 
 
 class CompletionService:
@@ -133,20 +142,18 @@ class CompletionService:
         self,
         *,
         policy: Policy,
-        health: HealthTracker,
+        upstreams: Upstreams,
         tokens: Counter,
         admission: Admission,
-        engine: Engine,
-        liveness: Liveness,
         metrics: GatewayMetrics,
         timeouts: Timeouts,
+        tenancy: Tenancy | None = None,
     ) -> None:
+        self.tenancy = tenancy or Tenancy.open(metrics)  # per-key limits and accounting
         self.policy = policy
-        self.health = health
+        self.upstreams = upstreams
         self.tokens = tokens
         self.admission = admission
-        self.engine = engine
-        self.liveness = liveness
         self.metrics = metrics
         self.timeouts = timeouts
 
@@ -156,7 +163,15 @@ class CompletionService:
         Raises ``OpenAIError`` for the route to render and count (``sink.fail``); a failure of
         the engine after the stream started is rendered here and returned as a status.
         """
-        final = await self.prepare(call)
+        tenant = self.tenancy.tenant(call.caller)
+        try:
+            return await self._run(call, sink, tenant)
+        except OpenAIError as err:
+            self.tenancy.rejected(tenant, err)  # per-key count, the key's windows on the 429
+            raise
+
+    async def _run(self, call: Call, sink: Sink, tenant: Tenant) -> int:
+        final = await self.prepare(call, tenant)
         if final.stream and call.http10:
             raise OpenAIError(
                 400, 'streaming needs HTTP/1.1 (the stream is sent chunked); use HTTP/1.1 or '
@@ -164,23 +179,36 @@ class CompletionService:
             )  # fmt: skip
         if final.stripped:
             sink.add_header(b"x-gateway-stripped-params", ", ".join(final.stripped).encode())
+        call.strip_usage = final.strip_usage
+        # The key's rate limits: one request and prompt + max_tokens reserved (429 otherwise),
+        # settled from the engine's usage however the request ends.
+        reservation = await self.tenancy.reserve(
+            tenant, final.prompt_bound, final.max_tokens * final.sequences
+        )
         call.phase = "queued"
         on_wait = sink.keepalive if final.stream and self.timeouts.queue_keepalive_s > 0 else None
-        async with self.admission.slot(call.caller, on_wait, self.timeouts.queue_keepalive_s) as t:
-            call.phase = "upstream"
-            call.queue_wait_s = t.queued_s
-            self.metrics.queue_wait.observe(t.queued_s)
-            for name, value in self.admission.rate_headers():
-                sink.add_header(name, value)
-            return await self._forward(call, final, sink)
+        tick = self.timeouts.queue_keepalive_s
+        try:
+            async with self.admission.slot(call.caller, on_wait, tick, tenant.sched) as t:
+                call.phase = "upstream"
+                call.queue_wait_s = t.queued_s
+                self.metrics.queue_wait.observe(t.queued_s)
+                self.metrics.key_admitted(tenant.label, tenant.sched.name, t.queued_s)
+                for name, value in self.tenancy.headers(reservation, self.admission):
+                    sink.add_header(name, value)
+                return await self._forward(call, final, sink)
+        finally:
+            self.tenancy.settle(reservation, call)
 
-    async def prepare(self, call: Call) -> Final:
+    async def prepare(self, call: Call, tenant: Tenant = OPEN_TENANT) -> Final:
         """Validate and count: the forwardable body, or an ``OpenAIError``."""
-        policy = self.policy
+        policy = self.tenancy.policy_for(tenant, self.policy)
         parsed = parse(call.kind, call.body, policy)
-        snap = self.health.snapshot()
+        self.tenancy.check(tenant, parsed.model, parsed.max_tokens, parsed.max_tokens_param)
+        snap = self.upstreams.serving()
         if not snap.ready:
             raise unavailable(snap)
+        call.route_key = routing_key(parsed.kind, parsed.body)
         prompt_tokens = None
         if needs_count(parsed, policy):
             prompt_tokens = await self.tokens.count(parsed, call.request_id.decode())
@@ -193,43 +221,74 @@ class CompletionService:
     async def _forward(self, call: Call, final: Final, sink: Sink) -> int:
         timeout = self.timeouts.stream_idle_s if final.stream else self.timeouts.request_s
         headers = _JSON_HEADER + b"x-request-id: " + call.request_id + b"\r\n" + call.forward
-        try:
-            response = await self.engine.request("POST", call.path, final.body, headers, timeout)
-        except httpx.HTTPError as exc:
-            raise self._upstream_failed(exc, final.stream) from None
-        try:
-            if response.status_code != 200 or not final.stream:
+        tried: tuple[Replica, ...] = ()
+        failure: httpx.TransportError | None = None
+        while True:
+            replica = self.upstreams.pick(call.route_key, tried)
+            if replica is None:
+                if failure is not None:  # nowhere else to go: the first failure, as it was
+                    raise upstream_error(failure, streaming=final.stream)
+                raise unavailable(self.upstreams.serving())
+            call.replica = replica.name
+            with replica.lease():
                 try:
-                    data = await response.aread()
-                except httpx.HTTPError as exc:
-                    raise self._upstream_failed(exc, final.stream) from None
-                if sink.started:  # only streams start early; the engine refused after all
-                    status = response.status_code
-                    await sink.fail(OpenAIError(status, engine_message(data), code="engine_error"))
-                    return status
-                status = response.status_code
-                if status != 200:  # the engine refused: its message, in OpenAI's shape
-                    await sink.reply(
-                        status, reshape_engine_error(status, data), b"application/json"
+                    response = await replica.pool.request(
+                        "POST", call.path, final.body, headers, timeout
                     )
-                    return status
-                ctype = response.headers.get(b"content-type", b"application/json")
-                found = APIS[call.kind].stream.usage.findall(data)
-                call.completion_tokens = int(found[-1]) if found else None
-                await sink.reply(status, data, ctype)
-                return status
-            return await self._relay(call, response, sink)
-        finally:
-            response.close()
+                except httpx.TransportError as exc:
+                    self.metrics.upstream_errors.labels(type(exc).__name__).inc()
+                    if isinstance(exc, httpx.ReadTimeout) or tried:
+                        replica.monitor.poke()
+                        raise upstream_error(exc, streaming=final.stream) from None
+                    replica.monitor.mark_down()  # refused or lost before answering: fail over
+                    tried, failure = (replica,), exc
+                    continue
+                if response.status_code == 503 and not tried:
+                    other = self.upstreams.pick(call.route_key, (replica,))
+                    if other is not None:  # the engine refused before starting: fail over
+                        response.close()
+                        self.metrics.upstream_errors.labels("EngineUnavailable").inc()
+                        replica.monitor.mark_down()
+                        tried = (replica,)
+                        continue
+                try:
+                    return await self._answer(call, final, sink, replica, response)
+                finally:
+                    response.close()
 
-    async def _relay(self, call: Call, response: EngineResponse, sink: Sink) -> int:
+    async def _answer(
+        self, call: Call, final: Final, sink: Sink, replica: Replica, response: EngineResponse
+    ) -> int:
+        if response.status_code == 200 and final.stream:
+            return await self._relay(call, response, sink, replica)
+        try:
+            data = await response.aread()
+        except httpx.HTTPError as exc:
+            raise self._upstream_failed(exc, final.stream, replica) from None
+        status = response.status_code
+        if sink.started:  # only streams start early; the engine refused after all
+            await sink.fail(OpenAIError(status, engine_message(data), code="engine_error"))
+            return status
+        if status != 200:  # the engine refused: its message, in OpenAI's shape
+            await sink.reply(status, reshape_engine_error(status, data), b"application/json")
+            return status
+        ctype = response.headers.get(b"content-type", b"application/json")
+        call.usage_tail = data
+        found = APIS[call.kind].stream.usage.findall(data)
+        call.completion_tokens = int(found[-1]) if found else None
+        await sink.reply(status, data, ctype)
+        return status
+
+    async def _relay(
+        self, call: Call, response: EngineResponse, sink: Sink, replica: Replica
+    ) -> int:
         await sink.open()
-        stats = StreamStats(APIS[call.kind].stream)
+        stats = StreamStats(APIS[call.kind].stream, call.strip_usage)
         try:
             await relay_sse(response, sink.chunk, stats)
         except httpx.HTTPError as exc:
             self.metrics.upstream_errors.labels(type(exc).__name__).inc()
-            self.liveness.poke()
+            replica.monitor.poke()
             await sink.fail(upstream_error(exc, streaming=True))
             return 502
         finally:
@@ -237,9 +296,10 @@ class CompletionService:
                 call.ttft_s = stats.first_chunk_at - call.started_at
                 self.metrics.ttft.labels(call.kind).observe(call.ttft_s)
             call.completion_tokens = stats.completion_tokens()
+            call.usage_tail = stats.tail
             self.metrics.tokens_streamed.inc(call.completion_tokens)
         if not stats.done:
-            self.liveness.poke()
+            replica.monitor.poke()
             await sink.fail(
                 OpenAIError(502, "the engine ended the stream early", code="engine_connection_lost")
             )
@@ -247,7 +307,9 @@ class CompletionService:
         await sink.end()
         return 200
 
-    def _upstream_failed(self, exc: httpx.HTTPError, streaming: bool) -> OpenAIError:
+    def _upstream_failed(
+        self, exc: httpx.HTTPError, streaming: bool, replica: Replica
+    ) -> OpenAIError:
         self.metrics.upstream_errors.labels(type(exc).__name__).inc()
-        self.liveness.poke()
+        replica.monitor.poke()
         return upstream_error(exc, streaming=streaming)

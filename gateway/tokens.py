@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -33,7 +34,9 @@ _CHAT_KEYS = (
 
 
 class TokenCounter:
-    def __init__(self, client: httpx.AsyncClient, timeout_s: float) -> None:
+    """Counts on whichever replica ``client()`` returns (they share one tokenizer)."""
+
+    def __init__(self, client: Callable[[], httpx.AsyncClient], timeout_s: float) -> None:
         self.client = client
         self.timeout_s = timeout_s
 
@@ -58,7 +61,7 @@ class TokenCounter:
 
     async def _tokenize(self, payload: dict[str, Any], request_id: str, param: str) -> int:
         try:
-            r = await self.client.post(
+            r = await self.client().post(
                 "/tokenize",
                 content=json.dumps(payload).encode(),
                 headers={"content-type": "application/json", "x-request-id": request_id},

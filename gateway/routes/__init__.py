@@ -9,7 +9,7 @@ from gateway.apis import APIS
 from gateway.components import Components
 from gateway.handshake import PATH as WARMUP_PATH
 from gateway.routes.health import Health, Metrics, livez
-from gateway.routes.internal import Warmup
+from gateway.routes.internal import REPLICAS_PATH, Replicas, Warmup
 from gateway.routes.openai import CompletionsRoute, ModelRoute, Passthrough
 from gateway.types import Handler
 
@@ -26,7 +26,8 @@ def build_routes(c: Components) -> Routes:
     timeout = c.config.settings.tokenize_timeout_s
 
     def passthrough(method: str, path: str | None, route: str) -> Passthrough:
-        return Passthrough(method, path, route, c.control, c.access, c.metrics, limit, timeout)
+        control = c.replicas.control
+        return Passthrough(method, path, route, control, c.access, c.metrics, limit, timeout)
 
     generation = {
         api.path: {
@@ -34,23 +35,26 @@ def build_routes(c: Components) -> Routes:
         }
         for api in APIS.values()
     }
-    warmup = Warmup(c.access, c.health, c.metrics)
+    warmup = Warmup(c.access, c.replicas, c.metrics)
+    replicas = Replicas(c.access, c.replicas, c.metrics)
     exact: dict[str, dict[str, Handler]] = {
         **generation,
         "/v1/messages/count_tokens": {"POST": passthrough("POST", None, "count_tokens")},
         "/v1/models": {"GET": passthrough("GET", "/v1/models", "models")},
         "/tokenize": {"POST": passthrough("POST", "/tokenize", "tokenize")},
         "/detokenize": {"POST": passthrough("POST", "/detokenize", "detokenize")},
-        "/health": {"GET": Health(c.health, c.metrics)},
+        "/health": {"GET": Health(c.replicas, c.metrics)},
         "/livez": {"GET": livez},
         "/metrics": {"GET": Metrics(c.access, c.metrics)},
         WARMUP_PATH: {"GET": warmup.get, "POST": warmup.post},
+        REPLICAS_PATH: {"GET": replicas.list},
     }
     prefixed: list[tuple[str, dict[str, Handler]]] = [
         # GET /v1/responses/{id}, POST /v1/responses/{id}/cancel: the engine's stored responses
         ("/v1/responses/", {"GET": passthrough("GET", None, "responses_get"),
                             "POST": passthrough("POST", None, "responses_cancel")}),
-        ("/v1/models/", {"GET": ModelRoute(c.control, c.access, c.metrics, timeout)}),
+        ("/v1/models/", {"GET": ModelRoute(c.replicas.control, c.access, c.metrics, timeout)}),
+        (REPLICAS_PATH + "/", {"POST": replicas.action}),
     ]  # fmt: skip
     guarded = frozenset(h for methods in generation.values() for h in methods.values())
     return Routes(exact, prefixed, guarded)

@@ -1,23 +1,25 @@
-"""``/health`` (engine up AND warmed for this instance), ``/livez`` (process), ``/metrics``."""
+"""``/health`` (enough replicas up AND warmed for their instance), ``/livez`` (process),
+``/metrics``."""
 
 from __future__ import annotations
 
 from gateway.asgi import send_bytes, send_error, send_json
 from gateway.auth import Access
 from gateway.errors import OpenAIError
-from gateway.health import HealthTracker, unavailable
+from gateway.health import unavailable
 from gateway.metrics import CONTENT_TYPE, GatewayMetrics
+from gateway.replicas import ReplicaSet
 from gateway.types import Receive, Scope, Send
 
 
 class Health:
-    def __init__(self, health: HealthTracker, metrics: GatewayMetrics) -> None:
-        self.health = health
+    def __init__(self, replicas: ReplicaSet, metrics: GatewayMetrics) -> None:
+        self.replicas = replicas
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        snap = self.health.snapshot()
-        body = {"status": snap.status_text, **snap.as_dict()}
+        snap = self.replicas.health()
+        body = {"status": snap.status_text, **snap.as_dict(), **self.replicas.describe()}
         if snap.ready:
             await send_json(send, 200, body)
             self.metrics.request("health", 200)

@@ -189,7 +189,7 @@ class Passthrough:
         method: str,
         path: str | None,
         route: str,
-        client: httpx.AsyncClient,
+        client: Callable[[], httpx.AsyncClient],
         access: Access,
         metrics: GatewayMetrics,
         body_limit: int,
@@ -214,7 +214,7 @@ class Passthrough:
                 body = await read_body(scope, receive, self.body_limit)
             path = self.path or _path_and_query(scope)
             try:
-                r = await self.client.request(
+                r = await self.client().request(
                     self.method, path, content=body or None,
                     headers={"content-type": "application/json", "x-request-id": rid.decode()},
                     timeout=self.timeout_s,
@@ -246,7 +246,11 @@ class ModelRoute:
     the answer is picked from its ``/v1/models`` list; an unknown id is a 404."""
 
     def __init__(
-        self, client: httpx.AsyncClient, access: Access, metrics: GatewayMetrics, timeout_s: float
+        self,
+        client: Callable[[], httpx.AsyncClient],
+        access: Access,
+        metrics: GatewayMetrics,
+        timeout_s: float,
     ) -> None:
         self.client = client
         self.access = access
@@ -259,7 +263,7 @@ class ModelRoute:
         try:
             self.access.caller(scope["headers"])
             try:
-                r = await self.client.get("/v1/models", timeout=self.timeout_s)
+                r = await self.client().get("/v1/models", timeout=self.timeout_s)
                 models = r.json().get("data", []) if r.status_code == 200 else None
             except (httpx.HTTPError, ValueError) as exc:
                 raise (

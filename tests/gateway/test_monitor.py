@@ -10,7 +10,6 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from gateway.admission import Admission
 from gateway.health import HealthTracker
 from gateway.monitor import SLOW_HEALTH_POLLS, EngineMonitor
 from gateway.saturation import SaturationPolicy
@@ -49,22 +48,37 @@ class Engine:
         return 200, text.encode()
 
 
-def monitor(engine: Engine) -> tuple[EngineMonitor, HealthTracker, Admission]:
+class Changes:
+    """Counts ``on_change`` calls (the replica set recomputes admission on each)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __call__(self) -> None:
+        self.n += 1
+
+
+def monitor(
+    engine: Engine, warm: object = None
+) -> tuple[EngineMonitor, HealthTracker, Changes]:
     health = HealthTracker()
-    admission = Admission(4, 4, 10)
+    changes = Changes()
     policy = SaturationPolicy(waiting_threshold=2, kv_usage_threshold=0.9, max_age_s=60)
-    return EngineMonitor(engine, health, admission, policy, 0.25, 1.0), health, admission
+    mon = EngineMonitor(engine, health, policy, 0.25, 1.0, changes, warm)  # type: ignore[arg-type]
+    return mon, health, changes
 
 
 async def test_up_needs_health_and_a_metrics_sample() -> None:
     engine = Engine()
-    mon, health, admission = monitor(engine)
+    mon, health, changes = monitor(engine)
     await mon.poll_health()
     assert health.snapshot().state == "engine_down"  # no instance known yet
+    seen = changes.n
     await mon.poll_metrics()
     snap = health.snapshot()
     assert (snap.state, snap.engine_instance) == ("warming_up", "1000.0")
-    assert not admission.saturated
+    assert not mon.saturated
+    assert changes.n > seen  # the replica set heard of the new state
 
 
 async def test_slow_metrics_is_not_engine_down() -> None:
@@ -77,15 +91,16 @@ async def test_slow_metrics_is_not_engine_down() -> None:
     assert health.snapshot().state == "warming_up"
 
 
-async def test_engine_queue_saturates_admission() -> None:
+async def test_engine_queue_saturates_the_replica() -> None:
     engine = Engine()
-    mon, _, admission = monitor(engine)
+    mon, _, changes = monitor(engine)
     engine.waiting = 5
     await mon.poll_metrics()
-    assert admission.saturated and mon.saturation_reason == "engine_queue"
+    assert mon.saturated and mon.saturation_reason == "engine_queue"
     engine.waiting = 0
+    seen = changes.n
     await mon.poll_metrics()
-    assert not admission.saturated
+    assert not mon.saturated and changes.n == seen + 1
 
 
 async def test_refused_metrics_pokes_the_health_check() -> None:
@@ -134,3 +149,41 @@ async def test_late_health_answers_are_down_only_when_they_persist() -> None:
     assert health.snapshot().ready
     await mon.poll_health()
     assert health.snapshot().state == "engine_down"
+
+
+async def test_mark_down_stops_routing_until_the_health_check_says_otherwise() -> None:
+    engine = Engine()
+    mon, health, _ = monitor(engine)
+    await mon.poll_metrics()
+    await mon.poll_health()
+    health.report_warmup("1000.0", "passed", None, None)
+    mon.mark_down()  # the proxy saw a refused connection
+    assert health.snapshot().state == "engine_down" and mon._poke.is_set()
+    await mon.poll_health()  # it answers again: same process, so its warm-up still counts
+    await mon.poll_metrics()
+    assert health.snapshot().ready
+
+
+async def test_pulled_warm_status_applies_to_the_instance_it_names() -> None:
+    engine = Engine()
+    answers: list[dict[str, object] | None] = [{"state": "running", "engine_instance": "1000.0"}]
+
+    async def warm() -> dict[str, object] | None:
+        return answers[-1]
+
+    mon, health, _ = monitor(engine, warm)
+    await mon.poll_metrics()
+    await mon.poll_health()
+    assert health.snapshot().state == "warming_up"
+    answers.append({"state": "passed", "engine_instance": "999.0"})  # another process's result
+    await mon.poll_health()
+    assert health.snapshot().state == "warming_up"
+    answers.append(None)  # sidecar unreachable: nothing changes
+    await mon.poll_health()
+    assert health.snapshot().state == "warming_up"
+    answers.append({"state": "passed", "engine_instance": "1000.0"})
+    await mon.poll_health()
+    assert health.snapshot().ready
+    answers.append({"state": "failed", "engine_instance": "1000.0", "step": "chat"})
+    await mon.poll_health()
+    assert health.snapshot().status_text == "warmup_failed: chat"

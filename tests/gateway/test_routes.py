@@ -164,9 +164,10 @@ async def test_shutdown_closes_every_part(tmp_path: Path) -> None:
     async with Lifespan(app):
         assert app.components is not None
         parts = app.components
-        assert all(not t.done() for t in parts.monitor._tasks)
+        [replica] = parts.replicas.replicas
+        assert all(not t.done() for t in replica.monitor._tasks)
     assert app.components is None
-    assert all(t.done() for t in parts.monitor._tasks) and parts.control.is_closed
+    assert all(t.done() for t in replica.monitor._tasks) and replica.control.is_closed
 
 
 async def test_trailing_slash_and_request_id_on_the_gateways_own_answers(

@@ -1,8 +1,9 @@
-"""The completion service without ASGI or sockets: a scripted engine, a recording sink.
+"""The completion service without ASGI or sockets: scripted engines, a recording sink.
 
 What the routes rely on: the order of work (validate -> serving state -> count -> admit ->
 forward), every exit path releasing its admission slot, and the sink told exactly one ending
-(reply, end, or fail) with the right status.
+(reply, end, or fail) with the right status. With several replicas: a failure before the answer
+started goes once to another replica, never after the first byte.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ import pytest
 
 from gateway.admission import Admission, Rejected
 from gateway.errors import OpenAIError
-from gateway.health import HealthTracker
+from gateway.health import HealthTracker, Snapshot
 from gateway.metrics import GatewayMetrics
+from gateway.replica import Lease
 from gateway.service import Call, CompletionService, Timeouts
 from tests.gateway.test_validation import CPU, MODEL
 
@@ -108,11 +110,46 @@ class Sink:
 
 
 class Liveness:
+    """A replica's monitor as the service uses it."""
+
     def __init__(self) -> None:
         self.pokes = 0
+        self.marked_down = 0
 
     def poke(self) -> None:
         self.pokes += 1
+
+    def mark_down(self) -> None:
+        self.marked_down += 1
+
+
+class FakeReplica:
+    def __init__(self, name: str, engine: FakeEngine) -> None:
+        self.name = name
+        self.pool = engine
+        self.monitor = Liveness()
+        self.inflight = 0
+        self.served = 0
+
+    def lease(self) -> Lease:
+        return Lease(self)  # type: ignore[arg-type]
+
+
+class FakeUpstreams:
+    """Replicas in order; ``pick`` takes the first one not tried and not marked down."""
+
+    def __init__(self, health: HealthTracker, *replicas: FakeReplica) -> None:
+        self.health = health
+        self.replicas = list(replicas)
+
+    def serving(self) -> Snapshot:
+        return self.health.snapshot()
+
+    def pick(self, key: bytes, exclude: tuple[Any, ...] = ()) -> Any:
+        for r in self.replicas:
+            if r not in exclude and not r.monitor.marked_down:
+                return r
+        return None
 
 
 class Counter:
@@ -139,17 +176,22 @@ def service(
     health: HealthTracker | None = None,
     counter: Counter | None = None,
     keepalive_s: float = 0.0,
+    others: tuple[FakeEngine, ...] = (),
 ) -> tuple[CompletionService, Admission, Liveness, GatewayMetrics]:
     adm = admission or Admission(2, 2, 30.0)
-    live = Liveness()
+    first = FakeReplica("a:1", engine)
+    live = first.monitor
+    upstreams = FakeUpstreams(
+        health or ready_health(),
+        first,
+        *(FakeReplica(f"r{i}:1", e) for i, e in enumerate(others)),
+    )
     metrics = GatewayMetrics()
     svc = CompletionService(
         policy=CPU,
-        health=health or ready_health(),
+        upstreams=upstreams,  # type: ignore[arg-type]
         tokens=counter or Counter(10),
         admission=adm,
-        engine=engine,
-        liveness=live,
         metrics=metrics,
         timeouts=Timeouts(stream_idle_s=7.0, request_s=9.0, queue_keepalive_s=keepalive_s),
     )
@@ -244,17 +286,55 @@ async def test_engine_unreachable_pokes_the_monitor_and_frees_the_slot() -> None
     with pytest.raises(OpenAIError) as info:
         await svc.run(chat_call(stream=True, max_tokens=4), Sink())
     assert (info.value.status, info.value.code) == (503, "engine_down")
-    assert live.pokes == 1 and adm.inflight == 0
+    assert live.marked_down == 1 and adm.inflight == 0
     assert sample(metrics, "gateway_upstream_errors_total", kind="ConnectError") == 1
 
 
+async def test_a_refused_replica_fails_over_once_before_the_answer_started() -> None:
+    other = FakeEngine(FakeResponse(200, SSE))
+    svc, adm, live, _ = service(FakeEngine(httpx.ConnectError("refused")), others=(other,))
+    sink = Sink()
+    call = chat_call(stream=True, max_tokens=4)
+    assert await svc.run(call, sink) == 200
+    assert sink.kinds()[-1] == "end" and len(other.requests) == 1
+    assert live.marked_down == 1 and call.replica == "r0:1" and adm.inflight == 0
+
+
+async def test_a_503_before_the_answer_fails_over_and_a_second_failure_is_final() -> None:
+    busy = FakeResponse(503, [b'{"error":{"message":"shutting down"}}'])
+    dead = FakeEngine(httpx.RemoteProtocolError("reset"))
+    svc, adm, live, _ = service(FakeEngine(busy), others=(dead,))
+    with pytest.raises(OpenAIError) as info:
+        await svc.run(chat_call(stream=True, max_tokens=4), Sink())
+    assert info.value.status == 502 and busy.closed  # the retry failed too: no third try
+    assert live.marked_down == 1 and len(dead.requests) == 1 and adm.inflight == 0
+
+
+async def test_a_read_timeout_is_not_retried() -> None:
+    other = FakeEngine(FakeResponse(200, SSE))
+    svc, _, live, _ = service(FakeEngine(httpx.ReadTimeout("slow")), others=(other,))
+    with pytest.raises(OpenAIError):
+        await svc.run(chat_call(stream=True, max_tokens=4), Sink())
+    assert not other.requests and live.pokes == 1 and live.marked_down == 0
+
+
+async def test_a_503_with_no_other_replica_is_the_engines_answer() -> None:
+    busy = FakeResponse(503, [b'{"error":{"message":"overloaded"}}'])
+    svc, _, live, _ = service(FakeEngine(busy))
+    sink = Sink()
+    assert await svc.run(chat_call(max_tokens=4), sink) == 503
+    assert sink.events[0][0] == "reply" and live.marked_down == 0
+
+
 async def test_engine_dying_mid_stream_is_a_terminal_sse_error() -> None:
-    svc, adm, live, _ = service(FakeEngine(FakeResponse(200, SSE, fail_after=2)))
+    other = FakeEngine(FakeResponse(200, SSE))
+    svc, adm, live, _ = service(FakeEngine(FakeResponse(200, SSE, fail_after=2)), others=(other,))
     sink = Sink()
     assert await svc.run(chat_call(stream=True, max_tokens=4), sink) == 502
     assert sink.kinds() == ["open", "chunk", "chunk", "fail"]
     assert sink.events[-1] == ("fail", (502, "engine_connection_lost", True))
     assert live.pokes == 1 and adm.inflight == 0
+    assert not other.requests  # after the first byte: never retried
 
 
 async def test_a_stream_without_done_is_an_error_not_a_success() -> None:

@@ -30,7 +30,7 @@ def counter(handler) -> tuple[TokenCounter, list[dict]]:  # type: ignore[no-unty
         return handler(request)
 
     client = httpx.AsyncClient(base_url="http://engine", transport=httpx.MockTransport(record))
-    return TokenCounter(client, 5.0), seen
+    return TokenCounter(lambda: client, 5.0), seen
 
 
 def chat(**kw: object):  # type: ignore[no-untyped-def]

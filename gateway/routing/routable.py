@@ -1,0 +1,10 @@
+"""Filter: only replicas that are up, warmed for their current engine instance, not draining."""
+
+from __future__ import annotations
+
+from gateway.routing.base import C
+
+
+class Routable:
+    def filter(self, key: bytes, candidates: list[C]) -> list[C]:
+        return [c for c in candidates if c.routable]
