@@ -112,16 +112,32 @@ BASE_IMAGE ?= $(shell docker image inspect $(BASE_IMAGE_LOCAL) >/dev/null 2>&1 \
 # Host-side helpers that need only the standard library (deploy.up, pip for the wheelhouse).
 PY_HOST = $(if $(wildcard $(PY)),$(PY),python3)
 PROFILE_NAME = $(basename $(notdir $(PROFILE_FILE)))
+# Replicas: with ENGINE_REPLICAS > 1 (profile or environment) compose also reads an override
+# that deploy/replicas.py writes before every compose target (engine-1 .. engine-N-1, each
+# `serve --replica I`; compose cannot loop). One engine: no override, the stack is as before.
+stack_replicas = $(or $(ENGINE_REPLICAS),$(shell sed -n \
+	's/^[[:space:]]*ENGINE_REPLICAS[[:space:]]*=[[:space:]]*//p' $(PROFILE_FILE) 2>/dev/null \
+	| tail -n1 | tr -d "\"' \r"),1)
+REPLICAS_FILE = .cache/compose/$(PROFILE_NAME).replicas.yml
+replicas_override = $(if $(filter-out 1,$(stack_replicas)),-f $(REPLICAS_FILE))
 COMPOSE = env PROFILE_FILE=$(PROFILE_FILE) PROFILE_NAME=$(PROFILE_NAME) BASE_IMAGE=$(BASE_IMAGE) \
 	docker compose -p $(PROJECT) \
-	--env-file $(PROFILE_FILE) -f docker-compose.yml -f docker-compose.$(stack_platform).yml
+	--env-file $(PROFILE_FILE) -f docker-compose.yml -f docker-compose.$(stack_platform).yml \
+	$(replicas_override)
 UP_TIMEOUT ?= 0
 SERVICE ?=
 TAIL ?= 200
 WHEELS := .cache/wheels
 wheels_mode = $(if $(filter cpu,$(stack_platform)),full,light)
 
-.PHONY: up down logs ps config config-all docker-base docker-wheels docker-build stack-warmup dev
+.PHONY: up down logs ps config config-all docker-base docker-wheels docker-build stack-warmup dev \
+	replicas-override
+
+replicas-override: $(if $(replicas_override),$(CORE)) ## write the compose override of PROFILE's replicas (ENGINE_REPLICAS > 1)
+	@if [ -n "$(replicas_override)" ]; then mkdir -p $(dir $(REPLICAS_FILE)) \
+		&& $(PY) -m deploy.replicas compose --profile $(PROFILE_FILE) > $(REPLICAS_FILE).tmp \
+		&& mv $(REPLICAS_FILE).tmp $(REPLICAS_FILE) \
+		&& echo "replicas: $(stack_replicas) engines, compose override $(REPLICAS_FILE)"; fi
 
 docker-base: ## build the local base image (debootstrap; for machines without a registry)
 	deploy/base-image.sh $(BASE_IMAGE_LOCAL)
@@ -136,7 +152,7 @@ $(WHEELS).stamp-light: $(LOCK) pyproject.toml
 
 docker-wheels: $(WHEELS).stamp-$(wheels_mode) ## fill the wheelhouse the images install from (.cache/wheels)
 
-docker-build: docker-wheels ## build the stack's images for PROFILE (engine + one light gateway/warm-up image)
+docker-build: docker-wheels replicas-override ## build the stack's images for PROFILE (engine + one light gateway/warm-up image)
 	@docker image inspect $(BASE_IMAGE) >/dev/null 2>&1 || docker pull -q $(BASE_IMAGE) \
 		|| { echo "no base image $(BASE_IMAGE) and no registry: run 'make docker-base'"; exit 1; }
 	$(COMPOSE) build
@@ -144,16 +160,16 @@ docker-build: docker-wheels ## build the stack's images for PROFILE (engine + on
 up: docker-build ## build + start the stack for PROFILE, wait for gateway /health 200 (or say why not)
 	$(PY_HOST) -m deploy.up --profile-file $(PROFILE_FILE) --timeout $(UP_TIMEOUT) -- $(COMPOSE)
 
-down: ## stop and remove the stack's containers (volumes kept; DOWN_FLAGS=-v drops them)
+down: replicas-override ## stop and remove the stack's containers (volumes kept; DOWN_FLAGS=-v drops them)
 	$(COMPOSE) down --remove-orphans $(DOWN_FLAGS)
 
-logs: ## follow the stack's logs (SERVICE=engine|warmup|gateway, TAIL=200)
+logs: replicas-override ## follow the stack's logs (SERVICE=engine|warmup|gateway, TAIL=200)
 	$(COMPOSE) logs -f --tail $(TAIL) $(SERVICE)
 
-ps: ## the stack's containers and their health
+ps: replicas-override ## the stack's containers and their health
 	$(COMPOSE) ps -a
 
-config: $(CORE) ## validate PROFILE's keys and types and the compose files it selects
+config: $(CORE) replicas-override ## validate PROFILE's keys and types and the compose files it selects
 	@$(PY) -c "import sys; from env.settings import unknown_keys, validation_problems as v; \
 		p = sys.argv[1]; bad = [f'unknown key {k}' for k in unknown_keys(p)] + v(p); \
 		print(*bad, sep='\n'); sys.exit(1 if bad else 0)" $(PROFILE_FILE)
@@ -163,7 +179,7 @@ config: $(CORE) ## validate PROFILE's keys and types and the compose files it se
 config-all: ## `make config` for every profile in env/
 	@for f in env/*.env; do $(MAKE) --no-print-directory config PROFILE=$$f || exit 1; done
 
-stack-warmup: ## the warm-up inside the running compose stack (same volumes and handshake as the sidecar)
+stack-warmup: replicas-override ## the warm-up inside the running compose stack (same volumes and handshake as the sidecar)
 	$(COMPOSE) run --rm --no-deps warmup python -m warmup --plain
 
 dev: install ## engine + gateway (127.0.0.1:8080) + warm-up as local processes; Ctrl-C stops all

@@ -7,8 +7,9 @@ Why a program and not ``docker compose up --wait``: readiness of this stack is t
 healthcheck expresses; and when it fails, the useful output is the reason (the gateway's 503
 JSON, the engine's exit code or restart count) plus the engine's last log lines, not a spinner.
 
-It fails fast instead of waiting out the whole bound when the engine container exits, restarts
-or turns unhealthy, or when the gateway reports ``warmup_failed``. Standard library only: it runs
+It fails fast instead of waiting out the whole bound when an engine container exits, restarts
+or turns unhealthy (every replica's: ``engine``, ``engine-1`` .. with ``ENGINE_REPLICAS`` > 1),
+or when the gateway reports ``warmup_failed``. Standard library only: it runs
 on a TPU VM host that has Docker and Python but not this project's venv.
 """
 
@@ -113,31 +114,68 @@ def engine_problem(state: dict[str, object] | None) -> str | None:
     return None
 
 
-def bring_up(compose: Compose, deadline: float, poll_s: float = 5.0) -> None:
+def engine_services(profile: Profile) -> list[str]:
+    """The compose services of the profile's engine replicas (deploy/replicas.py names them)."""
+    n = max(1, int(profile.number("ENGINE_REPLICAS", 1)))
+    return ["engine"] + [f"engine-{i}" for i in range(1, n)]
+
+
+def engines_problem(compose: Compose, services: list[str]) -> tuple[str, str] | None:
+    """The first engine service that will not become ready, with why; None while all may."""
+    for service in services:
+        problem = engine_problem(compose.container_state(service))
+        if problem:
+            named = problem if service == "engine" else problem.replace("engine", service, 1)
+            return service, named
+    return None
+
+
+class EngineFailed(StackFailed):
+    """An engine container failed; ``service`` names it (its log is the useful one)."""
+
+    def __init__(self, service: str, message: str) -> None:
+        super().__init__(message)
+        self.service = service
+
+
+def _check_engines(compose: Compose, services: list[str]) -> None:
+    found = engines_problem(compose, services)
+    if found:
+        raise EngineFailed(*found)
+
+
+def bring_up(
+    compose: Compose, deadline: float, poll_s: float = 5.0, services: list[str] | None = None
+) -> None:
     """``compose up -d``, watching the engine meanwhile.
 
     ``up -d`` itself blocks until the engine is healthy (the warm-up depends on it), which on a
     cold TPU start is tens of minutes; the watcher turns a crashing engine into an error now.
     """
+    services = services or ["engine"]
     proc = subprocess.Popen([*compose.argv, "up", "-d", "--remove-orphans"])
     try:
         while proc.poll() is None:
-            problem = engine_problem(compose.container_state("engine"))
-            if problem:
-                raise StackFailed(problem)
+            _check_engines(compose, services)
             if time.monotonic() > deadline:
                 raise StackFailed("timed out while `docker compose up` waited for the engine")
             time.sleep(poll_s)
         if proc.returncode != 0:
-            problem = engine_problem(compose.container_state("engine"))
-            raise StackFailed(problem or f"`docker compose up` exited {proc.returncode}")
+            _check_engines(compose, services)
+            raise StackFailed(f"`docker compose up` exited {proc.returncode}")
     finally:
         if proc.poll() is None:
             proc.terminate()
             proc.wait(timeout=30)
 
 
-def wait_ready(compose: Compose, url: str, deadline: float, poll_s: float = 2.0) -> float:
+def wait_ready(
+    compose: Compose,
+    url: str,
+    deadline: float,
+    poll_s: float = 2.0,
+    services: list[str] | None = None,
+) -> float:
     """Poll the gateway's /health until 200; print each change of reason. Returns seconds."""
     start = time.monotonic()
     last = ""
@@ -150,9 +188,7 @@ def wait_ready(compose: Compose, url: str, deadline: float, poll_s: float = 2.0)
             last = health.reason
         if health.reason.startswith("warmup_failed"):
             raise StackFailed(f"warm-up failed: {health.reason}")
-        problem = engine_problem(compose.container_state("engine"))
-        if problem:
-            raise StackFailed(problem)
+        _check_engines(compose, services or ["engine"])
         if time.monotonic() > deadline:
             raise StackFailed(f"timed out; gateway /health still {health.status} {health.reason}")
         time.sleep(poll_s)
@@ -193,14 +229,17 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"up: profile {profile.path} ({profile.platform}), waiting up to {timeout:.0f} s for {url}"
     )
+    engines = engine_services(profile)
     try:
-        bring_up(compose, deadline)
-        print(f"up: engine healthy after {time.monotonic() - start:.0f} s; waiting for warm-up")
-        wait_ready(compose, url, deadline)
+        bring_up(compose, deadline, services=engines)
+        what = "engine" if len(engines) == 1 else f"{len(engines)} engines"
+        print(f"up: {what} healthy after {time.monotonic() - start:.0f} s; waiting for warm-up")
+        wait_ready(compose, url, deadline, services=engines)
     except StackFailed as exc:
+        failed = exc.service if isinstance(exc, EngineFailed) else "engine"
         print(f"up: FAILED after {time.monotonic() - start:.0f} s: {exc}", file=sys.stderr)
-        print(f"up: last {args.tail} engine log lines:", file=sys.stderr)
-        print(_threaded_tail(compose, "engine", args.tail), file=sys.stderr)
+        print(f"up: last {args.tail} {failed} log lines:", file=sys.stderr)
+        print(_threaded_tail(compose, failed, args.tail), file=sys.stderr)
         warm = _threaded_tail(compose, "warmup", 15)
         if warm.strip():
             print("up: last warm-up log lines:\n" + warm, file=sys.stderr)

@@ -1,10 +1,13 @@
 """``python -m entrypoint``: render, check and serve a profile; manage the compile cache.
 
-render      print the exact vllm command and environment (secrets masked)
+render      print the exact vllm command and environment (secrets masked); --replica I: replica
+            I of an ENGINE_REPLICAS profile (its port, hot cache dir, TPU chips)
 check       run the preflight only (exit 1 on errors); --host: as the TPU/GPU host sees the
             profile before `make up` (compose secrets on the host, not the container's cache dirs)
-serve       preflight, seed the compile cache, then run vLLM in its own process group
-cache save  write the hot compile cache back to the persistent copy (called by the warm-up)
+serve       preflight, seed the compile cache, then run vLLM in its own process group;
+            --replica I (default 0) serves replica I on ENGINE_PORT + I (entrypoint/replica.py)
+cache save  write the hot compile cache back to the persistent copy (called by the warm-up;
+            --replica I: that replica's hot dir)
 cache seed  fill the hot dir from the persistent copy (serve does this itself)
 model       build the tiny Gemma 4 for the embedded CPU engine (idempotent)
 capacity    the KV-cache capacity model for the profile (tokens, max concurrency at max-model-len,
@@ -21,8 +24,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from entrypoint import cache, capacity, preflight, tinymodel
-from entrypoint.process import run_group
+from entrypoint import cache, capacity, preflight, replica, tinymodel
+from entrypoint.process import run_group, stop_grace_s
 from entrypoint.render import render
 from env.settings import CacheSettings, EngineEnv, EngineSettings, OpsSettings, profile_path
 
@@ -47,6 +50,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         EngineSettings.load(args.profile),
         EngineEnv.load(args.profile),
         CacheSettings.load(args.profile),
+        replica=args.replica,
     )
     print(rendered.shell())
     return 0
@@ -73,24 +77,39 @@ def _prepare_cpu(engine: EngineSettings, cache_settings: CacheSettings) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     engine = EngineSettings.load(args.profile)
-    cache_settings = CacheSettings.load(args.profile)
+    profile_cache = CacheSettings.load(args.profile)
+    mine, cache_settings = replica.for_replica(engine, profile_cache, args.replica)
     if engine.platform == "cpu":
         _prepare_cpu(engine, cache_settings)
     if not _print_findings(preflight.run(args.profile)):
         return 1
     runtime = EngineEnv.load(args.profile)
-    seeded = cache.seed(cache.CacheLayout.for_settings(engine, cache_settings))
+    seeded = cache.seed(cache.CacheLayout.for_settings(mine, cache_settings))
     print(seeded, file=sys.stderr)
-    rendered = render(engine, runtime, cache_settings, vllm=_vllm_executable())
+    rendered = render(engine, runtime, profile_cache, vllm=_vllm_executable(), replica=args.replica)
     command = "entrypoint: " + " ".join(rendered.argv)
+    if engine.replicas > 1:
+        pins = {k: v for k, v in rendered.env.items() if k.startswith("TPU_")}
+        where = f" on TPU chips {pins['TPU_VISIBLE_CHIPS']}" if pins else ""
+        command = f"entrypoint: replica {args.replica} of {engine.replicas}{where}\n{command}"
     print(command, file=sys.stderr, flush=True)
-    log = OpsSettings.load(args.profile).engine_log_path(cache_settings)
+    log = replica.engine_log_path(
+        OpsSettings.load(args.profile), cache_settings, engine, args.replica
+    )
     header = f"entrypoint: {seeded}\n{command}\n"
-    return run_group(rendered.argv, {**os.environ, **rendered.env}, log_path=log, log_header=header)
+    return run_group(
+        rendered.argv,
+        {**os.environ, **rendered.env},
+        grace_s=stop_grace_s(engine.shutdown_timeout_s),
+        log_path=log,
+        log_header=header,
+    )
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    engine, cache_settings = EngineSettings.load(args.profile), CacheSettings.load(args.profile)
+    engine, cache_settings = replica.for_replica(
+        EngineSettings.load(args.profile), CacheSettings.load(args.profile), args.replica
+    )
     if args.action == "save":
         # The engine's recorded key: the warm-up image that runs this has no vLLM to compute it.
         print(cache.save(cache.CacheLayout.active(engine, cache_settings)))
@@ -181,7 +200,18 @@ def parser() -> argparse.ArgumentParser:
         sp.set_defaults(fn=fn)
         return sp
 
-    add("render", cmd_render, "print the vllm command and environment")
+    def add_replica(sp: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sp.add_argument(
+            "--replica",
+            type=int,
+            default=0,
+            metavar="I",
+            help="replica I of the profile's ENGINE_REPLICAS (0-based; default 0): port "
+            "ENGINE_PORT + I, its own hot compile-cache dir, on TPU its own chips",
+        )
+        return sp
+
+    add_replica(add("render", cmd_render, "print the vllm command and environment"))
     c = add("check", cmd_check, "run the preflight only")
     c.add_argument(
         "--host",
@@ -196,8 +226,10 @@ def parser() -> argparse.ArgumentParser:
         help="compose project directory that relative secret paths resolve against "
         "(default: the repository root)",
     )
-    add("serve", cmd_serve, "preflight, seed cache, run vLLM")
-    add("cache", cmd_cache, "compile cache").add_argument("action", choices=["save", "seed"])
+    add_replica(add("serve", cmd_serve, "preflight, seed cache, run vLLM"))
+    add_replica(add("cache", cmd_cache, "compile cache")).add_argument(
+        "action", choices=["save", "seed"]
+    )
     m = add("model", cmd_model, "build the tiny CPU model")
     m.add_argument("--out", type=Path, default=None, help="default: CACHE_TINY_MODEL_DIR")
     m.add_argument("--force", action="store_true", help="rebuild even if up to date")
@@ -217,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.fn(args)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, replica.ReplicaError) as exc:
         print(f"entrypoint: {exc}", file=sys.stderr)
         return 2
 

@@ -14,6 +14,14 @@ rules follow vLLM's CPU backend as run here: the attention kernel supports head 
 96, 112, 128, 160, 192, 224, 256 and 512 only (head_dim 16 starts, then dies on the first
 request) and the block size must be a multiple of 32 (``--block-size 16`` fails to start).
 
+Replicas (``ENGINE_REPLICAS``, entrypoint/replica.py): the chips they need must exist on the host
+(``replicas x chips each``; the host's chips are the ones it exposes, else the count the profile's
+name declares: ``v6e4-...`` is a v6e-4, 4 chips), no chip may be given to two replicas (only one
+process can open a TPU chip), each replica's TP size is its chip count, their ports
+(``ENGINE_PORT + i``) must not collide with the gateway's, the warm-up's or the ops server's, nor
+with the replicas' libtpu mesh-controller ports (8476 + i); and the upstream list the gateway will
+use must be servable (env/replicas.py: a malformed URL, a duplicate, no replica at all).
+
 Two points of view (``where``):
 
 ``container`` (``serve``, and ``check`` by default): the engine's own, inside the container or
@@ -30,17 +38,23 @@ Two points of view (``where``):
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from entrypoint import capacity
+from entrypoint import capacity, replica
+from entrypoint.process import STOP_GRACE_S
+from env.replicas import upstream_problems
 from env.settings import (
     CacheSettings,
     EngineEnv,
     EngineSettings,
     GatewaySettings,
+    OpsSettings,
+    WarmupSettings,
+    profile_path,
     unknown_keys,
     validation_problems,
 )
@@ -56,6 +70,9 @@ COMPOSE_SECRET_DEFAULTS = {
     "GATEWAY_API_KEYS_FILE": Path("secrets/api_keys"),
 }
 Where = Literal["container", "host"]
+# docker-compose.yml's engine stop_grace_period: Docker SIGKILLs the container this long after
+# its SIGTERM, whatever the launcher is still waiting for.
+COMPOSE_ENGINE_STOP_GRACE_S = 130
 
 
 @dataclass(frozen=True)
@@ -77,6 +94,9 @@ class Context:
     where: Where = "container"
     gateway: GatewaySettings | None = None
     project_dir: Path = PROJECT_DIR
+    profile: Path | None = None  # the profile file (its name may declare the TPU host: v6e4-...)
+    warmup: WarmupSettings | None = None
+    ops: OpsSettings | None = None
 
     @property
     def compose_only(self) -> bool:
@@ -182,16 +202,133 @@ def visible_tpu_chips(chip_dir: Path) -> int | None:
     return len(vfio) or None
 
 
+_DECLARED_HOST = re.compile(r"^(v\d+[a-z]*)(\d+)-")
+
+
+def declared_tpu_chips(profile: Path | None) -> tuple[str, int] | None:
+    """The TPU host a profile's name declares: ``v6e4-gemma4-12b-x4`` -> ``("v6e-4", 4)``."""
+    match = _DECLARED_HOST.match(profile.name) if profile is not None else None
+    if match is None:
+        return None
+    return f"{match.group(1)}-{match.group(2)}", int(match.group(2))
+
+
+def host_tpu_chips(ctx: Context) -> tuple[int, str] | None:
+    """The host's chip count and where it comes from: the chips it exposes, else the profile's
+    name (so the layout is checked on any machine, `make check` included)."""
+    seen = visible_tpu_chips(ctx.chip_dir)
+    if seen is not None:
+        return seen, "visible on this host"
+    declared = declared_tpu_chips(ctx.profile)
+    if declared is not None:
+        return declared[1], f"of a {declared[0]} (the profile's name)"
+    return None
+
+
 @rule
 def tpu_tensor_parallel(ctx: Context) -> Iterator[Finding]:
-    if ctx.engine.platform != "tpu":
-        return
-    chips = visible_tpu_chips(ctx.chip_dir)
-    tp = ctx.engine.tensor_parallel_size
-    if chips is not None and chips != tp:
+    e = ctx.engine
+    tp = e.tensor_parallel_size
+    if e.chips_per_replica is not None and e.chips_per_replica != tp:
+        yield _error(
+            "ENGINE_CHIPS_PER_REPLICA",
+            f"{e.chips_per_replica} chips per replica, but tensor-parallel size {tp}: each "
+            "replica shards the model over exactly its own chips",
+        )
+    if e.platform != "tpu" or replica.pinned(e):
+        return  # several replicas: replica_chips checks the layout
+    host = host_tpu_chips(ctx)
+    if host is not None and host[0] != tp:
         yield _error(
             "ENGINE_TENSOR_PARALLEL_SIZE",
-            f"tensor-parallel size {tp} does not match the {chips} TPU chips visible on this host",
+            f"tensor-parallel size {tp} does not match the {host[0]} TPU chips {host[1]}",
+        )
+
+
+@rule
+def replica_chips(ctx: Context) -> Iterator[Finding]:
+    """Several replicas on one TPU host: enough chips, none shared, a known chip grid."""
+    e = ctx.engine
+    if not replica.pinned(e):
+        return
+    for line in replica.chip_set_problems(e):
+        yield _error("ENGINE_CHIP_SETS", line.split(": ", 1)[1])
+    if e.chips_each not in replica.CHIP_BOUNDS:
+        yield _error(
+            "ENGINE_CHIPS_PER_REPLICA",
+            f"{e.chips_each} chips per replica: libtpu's per-process chip grid is known here for "
+            f"{sorted(replica.CHIP_BOUNDS)} only",
+        )
+    host = host_tpu_chips(ctx)
+    if host is None:
+        return
+    chips, where = host
+    need = e.replicas * e.chips_each
+    if need > chips:
+        yield _error(
+            "ENGINE_REPLICAS",
+            f"{e.replicas} replicas x {e.chips_each} chip(s) = {need} chips, but there are "
+            f"{chips} TPU chips {where}",
+        )
+    if e.chip_sets.strip() and not replica.chip_set_problems(e):
+        beyond = sorted({c for s in replica.chip_sets(e) for c in s if c >= chips})
+        if beyond:
+            yield _error(
+                "ENGINE_CHIP_SETS",
+                f"chip(s) {beyond} do not exist: there are {chips} TPU chips {where} "
+                f"(0..{chips - 1})",
+            )
+
+
+@rule
+def replica_ports(ctx: Context) -> Iterator[Finding]:
+    """Replica ports (ENGINE_PORT + i) against each other's mesh ports and the stack's other
+    listeners (one host network under compose)."""
+    e = ctx.engine
+    last = e.replica_port(e.replicas - 1)
+    if last > 65535:
+        yield _error(
+            "ENGINE_REPLICAS",
+            f"{e.replicas} replicas from ENGINE_PORT={e.port} need ports up to {last} (> 65535)",
+        )
+        return
+    ports = {e.replica_port(i): i for i in range(e.replicas)}
+    gateway = ctx.gateway or GatewaySettings()
+    others = {"GATEWAY_PORT": gateway.port}
+    if ctx.warmup is not None and ctx.warmup.status_port:
+        others["WARMUP_STATUS_PORT"] = ctx.warmup.status_port
+    if ctx.ops is not None:
+        others["OPS_PORT"] = ctx.ops.port
+    if replica.pinned(e):
+        for i in range(e.replicas):
+            others[f"the libtpu mesh-controller port of replica {i}"] = replica.mesh_port(i)
+    for what, port in others.items():
+        if port in ports:
+            key = "ENGINE_PORT" if e.replicas == 1 else "ENGINE_REPLICAS"
+            yield _error(
+                key,
+                f"replica {ports[port]} listens on port {port}, which is also {what}: "
+                "move ENGINE_PORT (replica i listens on ENGINE_PORT + i)",
+            )
+
+
+@rule
+def upstreams(ctx: Context) -> Iterator[Finding]:
+    """The replica list the gateway and the warm-up will use (env/replicas.py), one line each."""
+    for line in upstream_problems(ctx.engine, ctx.gateway or GatewaySettings()):
+        key, _, message = line.partition(": ")
+        yield _error(key, message)
+
+
+@rule
+def shutdown_within_compose_grace(ctx: Context) -> Iterator[Finding]:
+    bound = ctx.engine.shutdown_timeout_s + STOP_GRACE_S
+    if bound > COMPOSE_ENGINE_STOP_GRACE_S:
+        yield _warning(
+            "ENGINE_SHUTDOWN_TIMEOUT_S",
+            f"the launcher waits {bound:.0f} s for the drain, but under compose Docker kills the "
+            f"engine container {COMPOSE_ENGINE_STOP_GRACE_S} s after its SIGTERM "
+            "(docker-compose.yml stop_grace_period)",
         )
 
 
@@ -338,8 +475,11 @@ def run(
         CacheSettings.load(profile),
         chip_dir,
         where=where,
-        gateway=GatewaySettings.load(profile) if where == "host" else None,
+        gateway=GatewaySettings.load(profile),
         project_dir=project_dir,
+        profile=profile_path(profile),
+        warmup=WarmupSettings.load(profile),
+        ops=OpsSettings.load(profile),
     )
     for check in RULES:
         findings.extend(check(ctx))

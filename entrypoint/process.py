@@ -20,7 +20,17 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
+# What the engine gets after SIGTERM beyond its own drain (``ENGINE_SHUTDOWN_TIMEOUT_S``): the
+# teardown of a vLLM CPU engine takes ~2 s, a TPU engine's a few more.
 STOP_GRACE_S = 10.0
+
+
+def stop_grace_s(shutdown_timeout_s: float) -> float:
+    """How long the launcher waits after SIGTERM before its SIGKILL: the engine's drain window
+    (vLLM ``--shutdown-timeout``) plus ``STOP_GRACE_S`` for the teardown after it."""
+    return max(0.0, shutdown_timeout_s) + STOP_GRACE_S
+
+
 # The kept log is for the start-up lines; past this the file stops growing (it may live on a
 # tmpfs volume: the compile-cache dir under compose) while the console still gets every byte.
 LOG_FILE_MAX_BYTES = 64 * 1024 * 1024

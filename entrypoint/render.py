@@ -13,6 +13,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from entrypoint import replica as replicas
 from entrypoint.cache import CacheLayout
 from env.settings import CacheSettings, EngineEnv, EngineSettings
 
@@ -104,6 +105,11 @@ def engine_args(engine: EngineSettings) -> list[str]:
         args.append("--disable-chunked-mm-input")
     if engine.enforce_eager:
         args.append("--enforce-eager")
+    if engine.shutdown_timeout_s > 0:
+        # vLLM 0.32 (vllm/engine/arg_utils.py, vllm/v1/engine/core.py): on SIGTERM the engine
+        # core stops admitting and drains in-flight requests for up to this many seconds, then
+        # aborts what is left; 0 (vLLM's default, so not rendered) aborts them at once.
+        args += ["--shutdown-timeout", str(engine.shutdown_timeout_s)]
     # The gateway polls /metrics four times a second and /health once: without this the
     # engine's access log is mostly those polls (vLLM's own filter, vllm/entrypoints/launchers/
     # cli_args.py; the engine's other requests are still logged).
@@ -135,12 +141,21 @@ def engine_environ(
 
 
 def render(
-    engine: EngineSettings, runtime: EngineEnv, cache: CacheSettings, vllm: str = "vllm"
+    engine: EngineSettings,
+    runtime: EngineEnv,
+    cache: CacheSettings,
+    vllm: str = "vllm",
+    replica: int = 0,
 ) -> Rendered:
-    """The full command: ``<vllm> serve <args>`` plus its environment."""
-    return Rendered(
-        argv=[vllm, "serve", *engine_args(engine)], env=engine_environ(engine, runtime, cache)
-    )
+    """The full command of replica ``replica`` of the profile: ``<vllm> serve <args>`` plus its
+    environment (its port, its hot compile-cache dir and, on TPU, its chips; entrypoint/replica.py).
+
+    ``engine`` and ``cache`` are the profile's own settings; the replica's are derived here.
+    Raises ``replica.ReplicaError`` for an index outside ``ENGINE_REPLICAS``."""
+    mine, mine_cache = replicas.for_replica(engine, cache, replica)
+    env = engine_environ(mine, runtime, mine_cache)
+    env.update(replicas.tpu_environ(engine, replica))
+    return Rendered(argv=[vllm, "serve", *engine_args(mine)], env=env)
 
 
 def model_path(engine: EngineSettings) -> Path | None:

@@ -75,6 +75,8 @@ class EngineSettings(_Slice):
     # chips [i * chips_per_replica, (i + 1) * chips_per_replica).
     replicas: int = Field(1, ge=1)
     chips_per_replica: int | None = Field(None, ge=1)  # None: tensor_parallel_size
+    # By hand, e.g. "0,1;2,3": replica i's TPU chips (the i-th ';' group); empty: the blocks above.
+    chip_sets: str = ""
     shutdown_timeout_s: int = Field(0, ge=0)  # vLLM --shutdown-timeout: drain before exit
     max_num_batched_tokens: int | None = Field(None, ge=16)
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)

@@ -1,0 +1,171 @@
+"""One engine replica of a profile: its port, its hot compile-cache dir, and on TPU its chips.
+
+A profile with ``ENGINE_REPLICAS=N`` runs N independent ``vllm serve`` processes on one host
+(``python -m entrypoint serve --replica I``). What differs per replica is derived here, from the
+index alone, so the entrypoint, the preflight, compose (``deploy/replicas.py``) and the warm-up's
+``cache save --replica I`` agree without being told twice:
+
+- port: ``ENGINE_PORT + I`` (``EngineSettings.replica_port``);
+- hot compile cache: ``<CACHE_HOT_DIR>/replica-<I>`` when N > 1 (each engine writes its own
+  JAX/XLA and torch.compile files and records its own ``.active-key``); the persistent copy is
+  shared: the cache key (model, TP size, image, vLLM version) is the same for every replica, so
+  whichever replica is warmed first seeds the next cold start of all of them;
+- TPU chips: replica I owns chips ``[I*C, I*C+C)`` (``C`` = ``ENGINE_CHIPS_PER_REPLICA``), or the
+  I-th group of ``ENGINE_CHIP_SETS`` when a profile pins them by hand.
+
+The libtpu variables that confine one process to some chips of a host (env/README.md,
+"Replicas", has the sources): ``TPU_VISIBLE_CHIPS`` (the chip indices; older libtpu builds read
+``TPU_VISIBLE_DEVICES``, the name in the JAX maintainers' recipe, so both are set),
+``TPU_CHIPS_PER_PROCESS_BOUNDS`` (the process's chip grid: ``1,1,1`` for one chip, ``1,2,1`` for
+two, ``1,4,1`` for four, as tpu-inference's own multi-instance launchers write it),
+``TPU_PROCESS_BOUNDS=1,1,1`` (every replica is a one-process world: they never talk to each
+other), a distinct ``TPU_MESH_CONTROLLER_ADDRESS``/``TPU_MESH_CONTROLLER_PORT`` (8476 + I), and
+``ALLOW_MULTIPLE_LIBTPU_LOAD=1`` (JAX's own multi-process test harness sets it so that several
+processes on one host may load libtpu).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from env.settings import CacheSettings, EngineSettings, OpsSettings
+
+MESH_CONTROLLER_BASE_PORT = 8476
+# TPU_CHIPS_PER_PROCESS_BOUNDS for a replica of C chips (tpu-inference examples/external_lb:
+# "1,${CHIPS_PER_RANK},1"; the JAX recipe: 1,1,1 and 1,2,1).
+CHIP_BOUNDS = {1: "1,1,1", 2: "1,2,1", 4: "1,4,1"}
+
+
+class ReplicaError(ValueError):
+    """A replica index or chip layout that cannot be served; the message is one line."""
+
+
+def check_index(engine: EngineSettings, index: int) -> None:
+    """Raise ``ReplicaError`` unless ``0 <= index < ENGINE_REPLICAS``."""
+    if not 0 <= index < engine.replicas:
+        last = engine.replicas - 1
+        raise ReplicaError(
+            f"--replica {index} is out of range: ENGINE_REPLICAS={engine.replicas} "
+            f"(replicas 0..{last})"
+        )
+
+
+def hot_dir(cache: CacheSettings, engine: EngineSettings, index: int) -> Path:
+    """The replica's hot compile-cache dir: ``CACHE_HOT_DIR`` for a single engine (unchanged),
+    ``<CACHE_HOT_DIR>/replica-<I>`` for every replica of a multi-replica profile."""
+    return cache.hot_dir if engine.replicas == 1 else cache.hot_dir / f"replica-{index}"
+
+
+def for_replica(
+    engine: EngineSettings, cache: CacheSettings, index: int
+) -> tuple[EngineSettings, CacheSettings]:
+    """The engine and cache settings of replica ``index`` (port and hot dir replaced)."""
+    check_index(engine, index)
+    return (
+        engine.model_copy(update={"port": engine.replica_port(index)}),
+        cache.model_copy(update={"hot_dir": hot_dir(cache, engine, index)}),
+    )
+
+
+def engine_log_path(
+    ops: OpsSettings, cache: CacheSettings, engine: EngineSettings, index: int
+) -> Path:
+    """Where replica ``index`` keeps its log: in its own hot dir, or ``OPS_ENGINE_LOG_FILE`` with
+    ``.replica-<I>`` before the suffix when several replicas would share that one file."""
+    if ops.engine_log_file is None or engine.replicas == 1:
+        return ops.engine_log_path(cache)
+    path = ops.engine_log_file
+    return path.with_name(f"{path.stem}.replica-{index}{path.suffix}")
+
+
+def parse_chip_sets(raw: str) -> tuple[list[tuple[int, ...]], list[str]]:
+    """``"0,1;2,3"`` -> ``[(0, 1), (2, 3)]``; problems (one line each) instead of raising."""
+    sets: list[tuple[int, ...]] = []
+    problems: list[str] = []
+    for n, group in enumerate(raw.split(";")):
+        items = [c.strip() for c in group.split(",") if c.strip()]
+        if not items:
+            problems.append(f"ENGINE_CHIP_SETS: group {n} is empty (in {raw!r})")
+            continue
+        if not all(c.isdigit() for c in items):
+            problems.append(f"ENGINE_CHIP_SETS: group {n} ({group.strip()!r}) is not chip numbers")
+            continue
+        sets.append(tuple(int(c) for c in items))
+    return sets, problems
+
+
+def chip_sets(engine: EngineSettings) -> list[tuple[int, ...]]:
+    """Each replica's TPU chip indices. Raises ``ReplicaError`` for a malformed hand-made list
+    (``chip_set_problems`` reports the same problems as lines)."""
+    if engine.chip_sets.strip():
+        sets, problems = parse_chip_sets(engine.chip_sets)
+        if problems:
+            raise ReplicaError(problems[0])
+        return sets
+    c = engine.chips_each
+    return [tuple(range(i * c, (i + 1) * c)) for i in range(engine.replicas)]
+
+
+def chip_set_problems(engine: EngineSettings) -> list[str]:
+    """What is wrong with the chip layout, one line each: a malformed or mis-sized hand-made
+    list, or two replicas sharing a chip (only one process can open a TPU chip)."""
+    if not engine.chip_sets.strip():
+        return []
+    sets, problems = parse_chip_sets(engine.chip_sets)
+    if problems:
+        return problems
+    if len(sets) != engine.replicas:
+        problems.append(
+            f"ENGINE_CHIP_SETS: {len(sets)} group(s) for ENGINE_REPLICAS={engine.replicas}; "
+            "give one ';'-separated group per replica"
+        )
+    owner: dict[int, int] = {}
+    for i, chips in enumerate(sets):
+        if len(chips) != engine.chips_each:
+            problems.append(
+                f"ENGINE_CHIP_SETS: replica {i} has {len(chips)} chip(s) {list(chips)}, "
+                f"ENGINE_CHIPS_PER_REPLICA is {engine.chips_each}"
+            )
+        for chip in chips:
+            if chip in owner:
+                other = owner[chip]
+                where = f"replicas {other} and {i}" if other != i else f"replica {i} twice"
+                problems.append(f"ENGINE_CHIP_SETS: chip {chip} is given to {where}")
+            else:
+                owner[chip] = i
+    return problems
+
+
+def pinned(engine: EngineSettings) -> bool:
+    """Whether each replica process must be confined to its own chips: TPU, and several
+    replicas on the host or chips chosen by hand."""
+    return engine.platform == "tpu" and (engine.replicas > 1 or bool(engine.chip_sets.strip()))
+
+
+def mesh_port(index: int) -> int:
+    return MESH_CONTROLLER_BASE_PORT + index
+
+
+def tpu_environ(engine: EngineSettings, index: int) -> dict[str, str]:
+    """The libtpu variables of replica ``index`` (empty when the profile needs no pinning)."""
+    if not pinned(engine):
+        return {}
+    check_index(engine, index)
+    chips = chip_sets(engine)[index]
+    bounds = CHIP_BOUNDS.get(len(chips))
+    if bounds is None:
+        raise ReplicaError(
+            f"{len(chips)} TPU chips per replica: only {sorted(CHIP_BOUNDS)} have a known "
+            "TPU_CHIPS_PER_PROCESS_BOUNDS"
+        )
+    visible = ",".join(str(c) for c in chips)
+    port = mesh_port(index)
+    return {
+        "TPU_VISIBLE_CHIPS": visible,
+        "TPU_VISIBLE_DEVICES": visible,
+        "TPU_CHIPS_PER_PROCESS_BOUNDS": bounds,
+        "TPU_PROCESS_BOUNDS": "1,1,1",
+        "TPU_MESH_CONTROLLER_ADDRESS": f"localhost:{port}",
+        "TPU_MESH_CONTROLLER_PORT": str(port),
+        "ALLOW_MULTIPLE_LIBTPU_LOAD": "1",
+    }
