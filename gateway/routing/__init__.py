@@ -7,9 +7,9 @@ size this gateway needs, one plugin a file:
 - ``routable.Routable``: ready for its current engine instance and not draining (a hard rule);
 - ``room.HasRoom``: below its cap and not saturated, unless none is (then all of them: admission
   has already decided the request goes upstream, the least bad replica takes it);
-- a picker by ``GATEWAY_ROUTING``: ``prefix.PrefixAffinity`` (consistent hashing of the
-  request's leading content with bounded load), ``least_loaded.LeastLoaded``,
-  ``round_robin.RoundRobin``.
+- a picker by ``GATEWAY_ROUTING``: ``prefix.PrefixAffinity`` (a prefix seen before goes back
+  to its replica unless that breaks the load bound, a new one to the least loaded),
+  ``least_loaded.LeastLoaded``, ``round_robin.RoundRobin``.
 
 The plugins read replicas through ``Candidate``, the narrow view they define; the routing key is
 computed once per request by ``prefix.routing_key``. ``Scheduler.pick`` costs a few microseconds

@@ -1,6 +1,9 @@
-"""Picker: the replica with the least outstanding work (``Candidate.load``); ties by name, so the
-choice is deterministic for tests and spreads in order when all are idle (then the one with the
-fewest requests so far would be better: ``load`` already counts this gateway's in-flight)."""
+"""Picker: the replica with the least outstanding work (``Candidate.load``).
+
+Ties (an idle stack, sequential clients) go to the replica that was sent the fewest requests,
+then by name: requests alternate instead of all landing on the first replica, and the choice
+is deterministic for the tests.
+"""
 
 from __future__ import annotations
 
@@ -11,4 +14,4 @@ from gateway.routing.base import C
 
 class LeastLoaded:
     def pick(self, key: bytes, candidates: Sequence[C]) -> C:
-        return min(candidates, key=lambda c: (c.load, c.name))
+        return min(candidates, key=lambda c: (c.load, c.served, c.name))

@@ -1,80 +1,69 @@
-"""Picker: prefix affinity with bounded load ("consistent hashing with bounded loads").
+"""Picker: prefix affinity with bounded load.
 
 Requests that share their leading content (a system prompt, a few-shot preamble, a document
 asked many questions) should land where that prefix's KV cache is already warm: vLLM's prefix
-cache then skips their prefill. Consistent hashing of the leading content gives that affinity,
-and keeps it stable when a replica joins or leaves (only ~1/N of the keys move). Plain hashing
-would pile a popular prefix onto one replica, so the load is bounded as in Mirrokni, Thorup and
-Zadimoghaddam, "Consistent Hashing with Bounded Loads" (2016): walking the ring from the key,
-the first replica whose load after this request stays within ``LOAD_FACTOR`` x the mean (plus
-one request) takes it. With 1.25, no replica carries more than 25% above the average while any
-replica has room, and an idle stack keeps perfect affinity.
+cache then skips their prefill. Two ways to get there were weighed:
 
-The key is the first ``PREFIX_CHARS`` characters of the prompt's text in order (system prompt,
-then messages; a completion's prompt; a response's instructions and input), so two requests
-whose first ~500 characters agree share a replica even if what follows differs.
+- consistent hashing of the leading content (every gateway agrees without talking), but a hash
+  spreads *distinct* prefixes only as evenly as chance allows (with two replicas and a few
+  hundred prefixes, 45/55 splits are common), and it sends a prefix nobody has seen to a
+  replica picked by its hash even when another one is idle;
+- remembering where each prefix was sent (vllm-router's ``cache_aware`` policy keeps a radix
+  tree per worker for the same reason): a prefix seen before goes back to its replica, a new
+  one goes to the least-loaded replica. Distinct prefixes then spread as evenly as least-loaded
+  does, shared ones stick. Chosen.
+
+The memory is a bounded LRU table from the key (``routing_key``: the first ``PREFIX_CHARS``
+characters of the prompt's text) to the replica's name, per gateway process: two gateway pods
+may warm one prefix on two replicas, which costs one extra prefill each, not correctness.
+
+Bounded load (Mirrokni, Thorup and Zadimoghaddam, "Consistent Hashing with Bounded Loads",
+2016): the remembered replica takes the request only while its load after it stays within
+``LOAD_FACTOR`` x the mean load (plus one request); otherwise the least-loaded replica takes it
+and the prefix stays remembered where it was (its cache is still there when the burst is over).
 """
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import json
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
 from gateway.routing.base import C
+from gateway.routing.least_loaded import LeastLoaded
 
 LOAD_FACTOR = 1.25
-VNODES = 64  # points per replica on the ring: spreads keys evenly over few replicas
 PREFIX_CHARS = 512
-
-
-def _hash(data: bytes) -> int:
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+TABLE_SIZE = 65536  # remembered prefixes (16 bytes of key + a name each: ~10 MB at most)
 
 
 class PrefixAffinity:
-    def __init__(self, load_factor: float = LOAD_FACTOR) -> None:
+    def __init__(self, load_factor: float = LOAD_FACTOR, table_size: int = TABLE_SIZE) -> None:
         self.load_factor = load_factor
-        self._rings: dict[tuple[str, ...], tuple[list[int], list[str]]] = {}
-
-    def _ring(self, names: tuple[str, ...]) -> tuple[list[int], list[str]]:
-        ring = self._rings.get(names)
-        if ring is None:
-            points = sorted(
-                (_hash(f"{name}#{i}".encode()), name) for name in names for i in range(VNODES)
-            )
-            ring = ([p for p, _ in points], [n for _, n in points])
-            if len(self._rings) > 64:  # replica sets change rarely; never grow without bound
-                self._rings.clear()
-            self._rings[names] = ring
-        return ring
-
-    def order(self, key: bytes, names: tuple[str, ...]) -> list[str]:
-        """The replicas in ring order from ``key``'s point (each once): its preference list."""
-        points, owners = self._ring(names)
-        start = bisect.bisect(points, _hash(key)) % len(points)
-        seen: list[str] = []
-        for i in range(len(points)):
-            name = owners[(start + i) % len(points)]
-            if name not in seen:
-                seen.append(name)
-                if len(seen) == len(names):
-                    break
-        return seen
+        self.table_size = table_size
+        self.table: OrderedDict[bytes, str] = OrderedDict()
+        self.fallback = LeastLoaded()
 
     def pick(self, key: bytes, candidates: Sequence[C]) -> C:
-        if len(candidates) == 1:
-            return candidates[0]
-        by_name = {c.name: c for c in candidates}
-        bound = self.load_factor * (sum(c.load for c in candidates) + 1) / len(candidates)
-        order = self.order(key, tuple(sorted(by_name)))
-        for name in order:
-            c = by_name[name]
-            if c.load + 1 <= max(1.0, bound):
-                return c
-        return min(candidates, key=lambda c: (c.load, c.name))
+        if len(candidates) == 1 or not key:
+            return self.fallback.pick(key, candidates)
+        digest = hashlib.blake2b(key, digest_size=16).digest()
+        name = self.table.get(digest)
+        if name is not None:
+            for c in candidates:
+                if c.name == name:
+                    bound = self.load_factor * (sum(x.load for x in candidates) + 1)
+                    if c.load + 1 <= max(1.0, bound / len(candidates)):
+                        self.table.move_to_end(digest)
+                        return c
+                    return self.fallback.pick(key, candidates)  # over its bound: spill, remember
+        chosen = self.fallback.pick(key, candidates)
+        self.table[digest] = chosen.name
+        if len(self.table) > self.table_size:
+            self.table.popitem(last=False)
+        return chosen
 
 
 def routing_key(kind: str, body: dict[str, Any]) -> bytes:
