@@ -183,6 +183,41 @@ def mark_warm(gw: GatewayProcess, timeout_s: float = 30.0) -> str:
     return instance
 
 
+def replicas(gw: GatewayProcess) -> list[dict[str, object]]:
+    """``GET /internal/replicas``: every replica the gateway knows, with its state."""
+    r = httpx.get(f"{gw.url}/internal/replicas", headers=gw.internal_headers, timeout=5)
+    r.raise_for_status()
+    return list(r.json()["replicas"])
+
+
+def mark_all_warm(
+    gw: GatewayProcess, timeout_s: float = 60.0, only: set[str] | None = None
+) -> dict[str, str]:
+    """Report "passed" for every replica's current engine instance (or those named in
+    ``only``), once the gateway sees each; returns {replica name: instance}."""
+    deadline = time.monotonic() + timeout_s
+    done: dict[str, str] = {}
+    while True:
+        pending = [r for r in replicas(gw) if only is None or r["name"] in only]
+        for rep in pending:
+            name, instance = str(rep["name"]), rep["engine_instance"]
+            if rep["state"] == "ready":
+                done[name] = str(instance)
+            elif instance and rep["state"] != "engine_down":
+                r = httpx.post(
+                    f"{gw.url}/internal/warmup", headers=gw.internal_headers, timeout=5,
+                    json={"engine_instance": instance, "status": "passed", "step": None,
+                          "detail": None},
+                )  # fmt: skip
+                if r.status_code == 200:
+                    done[name] = str(instance)
+        if pending and all(str(r["name"]) in done for r in pending):
+            return done
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"replicas never all seen: {pending}\n{gw.log_tail()}")
+        time.sleep(0.1)
+
+
 @contextlib.contextmanager
 def run_gateway(
     upstream_url: str,
