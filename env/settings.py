@@ -200,6 +200,12 @@ class GatewaySettings(_Slice):
     queue_keepalive_s: float = Field(5.0, ge=0)
     per_key_concurrency: int = Field(0, ge=0)
     max_retry_after_s: int = Field(120, ge=1)
+    # Tenants (gateway/tenants.py): queue order (fair: priority classes + weighted fair queuing
+    # between keys; fifo: arrival order), whether cached prompt tokens count against a key's tpm,
+    # how often the keys file is checked for changes (0: SIGHUP only).
+    scheduling: Literal["fair", "fifo"] = "fair"
+    tpm_cached_tokens: Literal["count", "exclude"] = "count"
+    keys_reload_s: float = Field(5.0, ge=0)
     # Engine saturation and health, from the engine's /metrics and /health.
     engine_waiting_threshold: int = Field(4, ge=0)
     kv_usage_threshold: float = Field(0.95, gt=0, le=1)

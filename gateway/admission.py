@@ -1,20 +1,30 @@
-"""Admission control: a global in-flight cap, a bounded FIFO queue, a per-key cap.
+"""Admission control: a global in-flight cap, a bounded queue in fair order, per-key caps.
 
 Why: the engine alone accepts everything and then queues without bound, preempts, or OOMs; a
 client that waits minutes times out and retries, doubling the load. The gateway instead keeps
-at most ``max_inflight`` requests upstream, lets a bounded number wait in arrival order for at
-most ``queue_timeout_s``, and refuses the rest at once with a ``Retry-After`` computed from the
-rate at which slots have actually been freed (a constant would either hammer or starve).
+at most ``max_inflight`` requests upstream, lets a bounded number wait for at most their class's
+queue timeout, and refuses the rest at once with a ``Retry-After`` computed from the rate at
+which slots have actually been freed (a constant would either hammer or starve).
+
+The queue's order is ``fairqueue.FairQueue``: priority classes (interactive before batch), and
+weighted fair queuing between keys within a class, so one key that queues a hundred requests
+does not push every other key's TTFT up by a hundred service times. Each class may hold at most
+its share of the in-flight cap (``Sched.inflight_share``: batch below 1), so as the gateway
+fills, batch is held first and interactive last. A full queue drops the newest request of the
+longest flow (lower classes first) for a newcomer with fewer queued, else refuses the newcomer.
+``fair=False`` is the plain FIFO of before (the fairness benchmark's baseline).
 
 While the engine reports saturation (its own waiting queue or KV cache above a threshold, or
-its metrics are stale), new work queues even if gateway slots are free: the engine's view wins.
+its metrics are stale), new work queues even if gateway slots are free: the engine's view wins;
+when it clears, the queue drains in priority and fair order.
 
-Callers use one thing: ``async with admission.slot(key, on_wait=...) as ticket`` admits at once
-or queues (calling ``on_wait`` every ``wait_tick_s`` while queued, e.g. an SSE keep-alive), raises
-``Rejected`` (429) when the queue is full or the wait budget runs out, and releases the slot on
-every exit path (normal, error, cancellation), so no route can leak one. The steps it is made of
-(``try_admit``, ``enqueue``, ``wait``, ``timed_out``, ``cancel``, ``release``) stay public for the
-unit tests of the queue's rules.
+Callers use one thing: ``async with admission.slot(key, on_wait=..., sched=...) as ticket``
+admits at once or queues (calling ``on_wait`` every ``wait_tick_s`` while queued, e.g. an SSE
+keep-alive), raises ``Rejected`` (429) when the queue is full or the wait budget runs out, and
+releases the slot on every exit path (normal, error, cancellation), so no route can leak one.
+The steps it is made of (``try_admit``, ``enqueue``, ``wait``, ``timed_out``, ``cancel``,
+``release``) stay public for the unit tests of the queue's rules. The cap can change at run time
+(``set_capacity``: the sum of the ready replicas' caps).
 
 Single event loop, no locks: every method runs to completion without awaiting, except
 ``wait`` and ``slot``. Time comes from an injectable clock so the drain-rate maths is
@@ -32,6 +42,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 from gateway.errors import OpenAIError
+from gateway.fairqueue import Entry, FairQueue
 
 # Drain-rate window: the last N releases within W seconds.
 _DRAIN_SAMPLES = 256
@@ -51,6 +62,21 @@ def _rejected(code: str, message: str, retry_after: int, limit: int) -> Rejected
     return Rejected(429, message, code=code, retry_after=retry_after, headers=headers)
 
 
+@dataclass(frozen=True)
+class Sched:
+    """How one request is scheduled: its class, weight, wait budget and caps (from its key)."""
+
+    priority: int = 0  # higher is served first
+    weight: float = 1.0  # share between keys of one class
+    queue_timeout_s: float | None = None  # None: the admission's default
+    max_concurrency: int = 0  # in flight + queued for this key; 0: the admission's default
+    inflight_share: float = 1.0  # the class's share of the in-flight cap
+    name: str = "default"  # the class's name, for messages and metrics
+
+
+DEFAULT_SCHED = Sched()
+
+
 @dataclass(eq=False)
 class Ticket:
     """One admitted request. Release exactly once (``Admission.release`` is idempotent)."""
@@ -59,15 +85,19 @@ class Ticket:
     admitted_at: float
     queued_s: float = 0.0
     released: bool = False
+    priority: int = 0
 
 
 @dataclass(eq=False)
 class Waiter:
-    """A queued request; ``future`` resolves to its ticket when a slot frees up."""
+    """A queued request; ``future`` resolves to its ticket when a slot frees up (or to a
+    ``Rejected`` when a newcomer pushed it out of a full queue)."""
 
     key: str
     enqueued_at: float
     future: asyncio.Future[Ticket]
+    sched: Sched = DEFAULT_SCHED
+    entry: Entry | None = field(default=None, repr=False)
     cancelled: bool = field(default=False)
 
 
@@ -80,6 +110,7 @@ class Admission:
         per_key_limit: int = 0,
         max_retry_after_s: int = 120,
         clock: Callable[[], float] = time.monotonic,
+        fair: bool = True,
     ) -> None:
         if max_inflight < 1:
             raise ValueError("max_inflight must be >= 1")
@@ -88,11 +119,13 @@ class Admission:
         self.queue_timeout_s = queue_timeout_s
         self.per_key_limit = per_key_limit
         self.max_retry_after_s = max_retry_after_s
+        self.fair = fair
         self._clock = clock
         self._inflight = 0
-        self._queue: deque[Waiter] = deque()
-        self._queued = 0  # live waiters in _queue (cancelled ones are skipped lazily)
+        self._queue = FairQueue(fair)
         self._per_key: dict[str, int] = {}
+        self._class_inflight: dict[int, int] = {}
+        self._shares: dict[int, float] = {}
         self._releases: deque[float] = deque(maxlen=_DRAIN_SAMPLES)
         self._saturated = False
 
@@ -104,11 +137,17 @@ class Admission:
 
     @property
     def queued(self) -> int:
-        return self._queued
+        return len(self._queue)
 
     @property
     def saturated(self) -> bool:
         return self._saturated
+
+    def queued_in(self, priority: int) -> int:
+        return self._queue.count(priority)
+
+    def inflight_in(self, priority: int) -> int:
+        return self._class_inflight.get(priority, 0)
 
     def set_saturated(self, saturated: bool) -> None:
         """Engine saturation signal: while set, nothing new goes upstream (it queues instead)."""
@@ -117,8 +156,8 @@ class Admission:
             self._pump()
 
     def set_capacity(self, max_inflight: int) -> None:
-        """A new in-flight cap (the sum of the routable replicas' caps); a larger one admits
-        queued requests at once, a smaller one lets the excess finish and admits no more."""
+        """A new in-flight cap (replicas came or went); a larger one admits from the queue now,
+        a smaller one lets the excess finish (nothing in flight is cut). At least 1."""
         self.max_inflight = max(1, max_inflight)
         self._pump()
 
@@ -135,7 +174,7 @@ class Admission:
     def rate_headers(self) -> list[tuple[bytes, bytes]]:
         """``x-ratelimit-*-requests`` for an admitted request, from the admission state (the
         names OpenAI clients and proxies read; the limit is the in-flight cap)."""
-        free = max(0, self.max_inflight - self._inflight - self._queued)
+        free = max(0, self.max_inflight - self._inflight - self.queued)
         reset = 0 if free else self.retry_after(0)
         return [
             (b"x-ratelimit-limit-requests", str(self.max_inflight).encode()),
@@ -160,33 +199,35 @@ class Admission:
         key: str,
         on_wait: Callable[[], Awaitable[None]] | None = None,
         wait_tick_s: float = 0.0,
+        sched: Sched = DEFAULT_SCHED,
     ) -> Slot:
         """``async with admission.slot(key) as ticket``: one admitted request, released on exit.
 
         ``on_wait`` (with ``wait_tick_s`` > 0) is awaited every tick while the request queues.
         """
-        return Slot(self, key, on_wait, wait_tick_s)
+        return Slot(self, key, on_wait, wait_tick_s, sched)
 
     async def acquire(
         self,
         key: str,
         on_wait: Callable[[], Awaitable[None]] | None = None,
         wait_tick_s: float = 0.0,
+        sched: Sched = DEFAULT_SCHED,
     ) -> Ticket:
         """Admit now, or queue until a slot frees up; raises ``Rejected`` (429)."""
-        ticket = self.try_admit(key)
+        ticket = self.try_admit(key, sched)
         if ticket is not None:
             return ticket
-        waiter = self.enqueue(key)
+        waiter = self.enqueue(key, sched)
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.queue_timeout_s
+        deadline = loop.time() + self._timeout(sched)
         tick = wait_tick_s if on_wait is not None and wait_tick_s > 0 else 0.0
         try:
             while True:
                 remaining = deadline - loop.time()
-                if remaining <= 0:
+                if remaining <= 0 and not waiter.future.done():
                     raise self.timed_out(waiter)
-                ticket = await self.wait(waiter, min(remaining, tick or remaining))
+                ticket = await self.wait(waiter, max(0.0, min(remaining, tick or remaining)))
                 if ticket is not None:
                     return ticket
                 if tick and on_wait is not None and deadline - loop.time() > 0:
@@ -195,41 +236,50 @@ class Admission:
             self.cancel(waiter)  # no-op if already out of the queue; frees a slot granted late
             raise
 
-    def try_admit(self, key: str) -> Ticket | None:
+    def try_admit(self, key: str, sched: Sched = DEFAULT_SCHED) -> Ticket | None:
         """Admit at once if a slot is free and nobody queues; None means "queue".
 
         Raises ``Rejected`` when the key is over its own concurrency limit.
         """
-        if self.per_key_limit and self._per_key.get(key, 0) >= self.per_key_limit:
+        limit = sched.max_concurrency or self.per_key_limit
+        if limit and self._per_key.get(key, 0) >= limit:
             raise _rejected(
                 "per_key_limit",
-                f"too many concurrent requests for this API key (limit {self.per_key_limit})",
-                self.retry_after(self.per_key_limit - 1),
-                self.per_key_limit,
+                f"too many concurrent requests for this API key (limit {limit})",
+                self.retry_after(limit - 1),
+                limit,
             )
-        if self._queued == 0 and self._inflight < self.max_inflight and not self._saturated:
-            return self._grant(key, self._clock(), 0.0)
+        self._shares[sched.priority] = sched.inflight_share
+        if not self._queue and self._eligible(sched.priority):
+            return self._grant(key, self._clock(), 0.0, sched.priority)
         return None
 
-    def enqueue(self, key: str) -> Waiter:
-        """Join the FIFO queue, or raise ``Rejected`` (queue_full) when it is full."""
-        if self._queued >= self.queue_depth:
-            raise _rejected(
-                "queue_full",
-                f"the server is at capacity ({self._inflight} running, {self._queued} queued); "
-                "retry after the indicated time",
-                self.retry_after(self._queued),
-                self.max_inflight,
-            )
-        waiter = Waiter(key, self._clock(), asyncio.get_running_loop().create_future())
-        self._queue.append(waiter)
-        self._queued += 1
+    def enqueue(self, key: str, sched: Sched = DEFAULT_SCHED) -> Waiter:
+        """Join the queue (admitted at once if the fair order says so), or raise ``Rejected``
+        (queue_full) when it is full and nobody queued can be dropped for this request."""
+        if len(self._queue) >= self.queue_depth:
+            victim = self._queue.victim(key, sched.priority) if self.queue_depth else None
+            if victim is None:
+                raise _rejected(
+                    "queue_full",
+                    f"the server is at capacity ({self._inflight} running, {self.queued} "
+                    "queued); retry after the indicated time",
+                    self.retry_after(self.queued),
+                    self.max_inflight,
+                )
+            self._evict(victim.payload)  # type: ignore[arg-type]
+        self._shares[sched.priority] = sched.inflight_share
+        loop = asyncio.get_running_loop()
+        waiter = Waiter(key, self._clock(), loop.create_future(), sched)
+        waiter.entry = Entry(key, sched.priority, sched.weight, waiter)
+        self._queue.push(waiter.entry)
         self._per_key[key] = self._per_key.get(key, 0) + 1
         self._pump()
         return waiter
 
     async def wait(self, waiter: Waiter, timeout: float | None) -> Ticket | None:
-        """Wait up to ``timeout`` for a slot; None on timeout (the waiter keeps its place)."""
+        """Wait up to ``timeout`` for a slot; None on timeout (the waiter keeps its place).
+        Raises the ``Rejected`` of a waiter dropped from a full queue."""
         if not waiter.future.done():
             await asyncio.wait((waiter.future,), timeout=timeout)
         if waiter.future.done() and not waiter.future.cancelled():
@@ -242,50 +292,63 @@ class Admission:
         self.cancel(waiter)
         return _rejected(
             "wait_timeout",
-            f"request waited {self.queue_timeout_s:g} s in the queue without a free slot",
+            f"request waited {self._timeout(waiter.sched):g} s in the queue without a free "
+            f"slot ({waiter.sched.name} class)",
             self.retry_after(ahead),
             self.max_inflight,
         )
 
     def position(self, waiter: Waiter) -> int:
-        n = 0
-        for w in self._queue:
-            if w is waiter:
-                return n
-            if not w.cancelled:
-                n += 1
-        return n
+        """About how many queued requests go before this one."""
+        return self._queue.ahead(waiter.entry) if waiter.entry is not None else 0
 
     def cancel(self, waiter: Waiter) -> None:
         """Give up a queued place (disconnect, timeout). A slot granted meanwhile is released."""
         if waiter.cancelled:
             return
-        fut = waiter.future
-        if fut.done() and not fut.cancelled():
-            self.release(fut.result())
-            waiter.cancelled = True
-            return
         waiter.cancelled = True
+        fut = waiter.future
+        if fut.done():
+            if not fut.cancelled() and fut.exception() is None:
+                self.release(fut.result())
+            return  # granted (released now) or dropped (already out of the queue)
         fut.cancel()
-        self._queued -= 1
-        self._dec_key(waiter.key)
+        if waiter.entry is not None and self._queue.remove(waiter.entry):
+            self._dec_key(waiter.key)
 
     def release(self, ticket: Ticket) -> None:
-        """Free the slot (idempotent) and hand it to the head of the queue."""
+        """Free the slot (idempotent) and hand it to the next in the queue's order."""
         if ticket.released:
             return
         ticket.released = True
         self._inflight -= 1
+        self._class_inflight[ticket.priority] -= 1
         self._dec_key(ticket.key)
         self._releases.append(self._clock())
         self._pump()
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _grant(self, key: str, now: float, queued_s: float) -> Ticket:
+    def _timeout(self, sched: Sched) -> float:
+        return sched.queue_timeout_s or self.queue_timeout_s
+
+    def _eligible(self, priority: int) -> bool:
+        """Whether a request of this class may go upstream now."""
+        if self._saturated or self._inflight >= self.max_inflight:
+            return False
+        if not self.fair:
+            return True
+        share = self._shares.get(priority, 1.0)
+        if share >= 1.0:
+            return True
+        cap = max(1, math.floor(share * self.max_inflight))
+        return self._class_inflight.get(priority, 0) < cap
+
+    def _grant(self, key: str, now: float, queued_s: float, priority: int) -> Ticket:
         self._inflight += 1
+        self._class_inflight[priority] = self._class_inflight.get(priority, 0) + 1
         self._per_key[key] = self._per_key.get(key, 0) + 1
-        return Ticket(key, now, queued_s)
+        return Ticket(key, now, queued_s, priority=priority)
 
     def _dec_key(self, key: str) -> None:
         n = self._per_key.get(key, 0) - 1
@@ -294,24 +357,36 @@ class Admission:
         else:
             self._per_key.pop(key, None)
 
+    def _evict(self, waiter: Waiter) -> None:
+        assert waiter.entry is not None
+        self._queue.remove(waiter.entry)
+        self._dec_key(waiter.key)
+        waiter.future.set_exception(
+            _rejected(
+                "queue_full",
+                "dropped from the full queue for a request of a key (or class) with a smaller "
+                "share queued; retry after the indicated time",
+                self.retry_after(self.queued),
+                self.max_inflight,
+            )
+        )
+
     def _pump(self) -> None:
-        while self._queue and self._inflight < self.max_inflight and not self._saturated:
-            waiter = self._queue.popleft()
-            if waiter.cancelled:
-                continue
-            self._queued -= 1
+        while self._queue and not self._saturated and self._inflight < self.max_inflight:
+            entry = self._queue.pop(self._eligible)
+            if entry is None:
+                return  # only classes at their share wait
+            waiter: Waiter = entry.payload  # type: ignore[assignment]
             self._dec_key(waiter.key)  # the queued count moves into the in-flight count
             now = self._clock()
-            waiter.future.set_result(self._grant(waiter.key, now, now - waiter.enqueued_at))
-        # Drop cancelled entries at the head so the deque does not grow with dead waiters.
-        while self._queue and self._queue[0].cancelled:
-            self._queue.popleft()
+            ticket = self._grant(waiter.key, now, now - waiter.enqueued_at, waiter.sched.priority)
+            waiter.future.set_result(ticket)
 
 
 class Slot:
     """The async context manager behind ``Admission.slot`` (a class: no generator per request)."""
 
-    __slots__ = ("_admission", "_key", "_on_wait", "_tick", "ticket")
+    __slots__ = ("_admission", "_key", "_on_wait", "_sched", "_tick", "ticket")
 
     def __init__(
         self,
@@ -319,15 +394,19 @@ class Slot:
         key: str,
         on_wait: Callable[[], Awaitable[None]] | None,
         wait_tick_s: float,
+        sched: Sched = DEFAULT_SCHED,
     ) -> None:
         self._admission = admission
         self._key = key
         self._on_wait = on_wait
         self._tick = wait_tick_s
+        self._sched = sched
         self.ticket: Ticket | None = None
 
     async def __aenter__(self) -> Ticket:
-        self.ticket = await self._admission.acquire(self._key, self._on_wait, self._tick)
+        self.ticket = await self._admission.acquire(
+            self._key, self._on_wait, self._tick, self._sched
+        )
         return self.ticket
 
     async def __aexit__(

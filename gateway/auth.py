@@ -1,9 +1,9 @@
 """API keys and the internal token.
 
-Keys live in a file, one per line: either ``sha256:<hex>`` (preferred: the file then holds no
-secret) or the raw key, which is hashed at load and never kept. An optional label after the key
-names the caller in metrics; without one the caller is ``key-<first 8 hex of the hash>``, which
-identifies a key without revealing it. Presented keys are hashed and compared against every
+Keys live in a file (``gateway/tenants.py``: one per line, or YAML with per-key limits): either
+``sha256:<hex>`` (preferred: the file then holds no secret) or the raw key, which is hashed at
+load and never kept. A label names the caller in metrics; without one the caller is
+``key-<first 8 hex of the hash>``, which identifies a key without revealing it. Presented keys are hashed and compared against every
 stored hash with ``hmac.compare_digest`` (no early exit), so timing reveals nothing.
 
 The internal token authenticates the warm-up sidecar (and Prometheus, unless metrics are
@@ -13,18 +13,23 @@ by ``GATEWAY_INTERNAL_TOKEN_FILE``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
+import logging
 import os
-import re
 import secrets
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway import tenants
 from gateway.errors import OpenAIError
+from gateway.tenants import OPEN_TENANT, Keys, Tenant
 
-ANONYMOUS = "anonymous"
-_HASH_RE = re.compile(r"^sha256:([0-9a-fA-F]{64})$")
+ANONYMOUS = OPEN_TENANT.label
+log = logging.getLogger("gateway")
 
 
 def hash_key(key: str) -> str:
@@ -43,45 +48,118 @@ def bearer(headers: list[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
 class KeyStore:
-    """Hashed API keys with caller labels. Empty means the gateway runs open (cpu only)."""
+    """The live keys (``gateway.tenants``): hashed keys -> tenants. Empty means the gateway
+    runs open (cpu only). ``reload`` swaps the whole set at once; a request keeps the tenant it
+    was identified as, so a reload never touches a stream in flight."""
 
-    entries: tuple[tuple[bytes, str], ...] = ()
+    def __init__(self, keys: Keys | None = None) -> None:
+        self._keys = keys or Keys()
+        self._by_label = self._keys.by_label()
+
+    @property
+    def entries(self) -> tuple[tuple[bytes, Tenant], ...]:
+        return self._keys.entries
 
     @property
     def open(self) -> bool:
-        return not self.entries
+        return self._keys.open
 
     @classmethod
     def from_file(cls, path: Path) -> KeyStore:
-        entries: list[tuple[bytes, str]] = []
-        for lineno, line in enumerate(path.read_text().splitlines(), 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            key, _, label = line.partition(" ")
-            m = _HASH_RE.match(key)
-            digest = bytes.fromhex(m.group(1)) if m else hashlib.sha256(key.encode()).digest()
-            if not m and len(key) < 16:
-                raise ValueError(f"{path}:{lineno}: API keys must be at least 16 characters")
-            entries.append((digest, label.strip() or f"key-{digest.hex()[:8]}"))
-        if not entries:
-            raise ValueError(f"{path}: no API keys in the file")
-        return cls(tuple(entries))
+        """Raises ``tenants.KeysFileError`` (a ``ValueError``, one line per problem)."""
+        return cls(tenants.load(path))
+
+    def replace(self, keys: Keys) -> None:
+        self._keys = keys
+        self._by_label = keys.by_label()
+
+    def reload(self, path: Path) -> list[str]:
+        """Re-read the keys file; on any problem keep the current keys. Returns the problems."""
+        try:
+            keys = tenants.load(path)
+        except tenants.KeysFileError as exc:
+            return exc.problems
+        self.replace(keys)
+        return []
+
+    def tenant(self, label: str) -> Tenant:
+        """The tenant of a label ``identify`` returned (a key removed by a reload since: no
+        limits of its own, like an open gateway's caller)."""
+        return self._by_label.get(label) or OPEN_TENANT
 
     def identify(self, token: str | None) -> str | None:
         """The caller's label for a presented key, None if it matches no key."""
-        if self.open:
+        entries = self._keys.entries
+        if not entries:
             return ANONYMOUS
         if token is None:
             return None
         digest = hashlib.sha256(token.encode()).digest()
         found: str | None = None
-        for stored, label in self.entries:  # no early exit: constant time in the key count
+        for stored, tenant in entries:  # no early exit: constant time in the key count
             if hmac.compare_digest(stored, digest) and found is None:
-                found = label
+                found = tenant.label
         return found
+
+
+class KeysWatcher:
+    """Reloads the keys file on SIGHUP and when it changes on disk (polled every ``poll_s``;
+    0: SIGHUP only). A broken file keeps the previous keys and logs one line per problem."""
+
+    def __init__(self, store: KeyStore, path: Path, poll_s: float) -> None:
+        self.store = store
+        self.path = path
+        self.poll_s = poll_s
+        self._seen = self._signature()
+        self._task: asyncio.Task[None] | None = None
+        self._hup = False
+
+    def _signature(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def reload(self, why: str) -> bool:
+        self._seen = self._signature()
+        problems = self.store.reload(self.path)
+        for problem in problems:
+            log.error(
+                "keys file not reloaded (%s), keeping the previous %d keys: %s",
+                why, len(self.store.entries), problem,
+            )  # fmt: skip
+        if not problems:
+            labels = {t.label for _, t in self.store.entries}
+            log.info(
+                "keys file reloaded (%s): %d keys, %d tenants",
+                why, len(self.store.entries), len(labels),
+            )  # fmt: skip
+        return not problems
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signal.SIGHUP, lambda: self.reload("SIGHUP"))
+            self._hup = True
+        if self.poll_s > 0:
+            self._task = loop.create_task(self._poll())
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_s)
+            if self._signature() != self._seen:
+                self.reload("file changed")
+
+    async def stop(self) -> None:
+        if self._hup:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
 
 def ensure_token_file(path: Path) -> str:

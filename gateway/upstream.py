@@ -65,13 +65,54 @@ def upstream_error(exc: httpx.HTTPError, *, streaming: bool = False) -> OpenAIEr
     )  # fmt: skip
 
 
+def _boundary_before(data: bytes, end: int) -> int:
+    """Offset just past the last SSE event separator before ``end`` (LF or CRLF), or 0."""
+    a = data.rfind(b"\n\n", 0, end)
+    b = data.rfind(b"\n\r\n", 0, end)
+    return max(a + 2 if a >= 0 else 0, b + 3 if b >= 0 else 0)
+
+
+def _boundary_after(data: bytes, start: int) -> int:
+    """Offset just past the first SSE event separator at or after ``start``, or the end."""
+    a = data.find(b"\n\n", start)
+    b = data.find(b"\n\r\n", start)
+    ends = [x for x in (a + 2 if a >= 0 else -1, b + 3 if b >= 0 else -1) if x >= 0]
+    return min(ends) if ends else len(data)
+
+
+class UsageStrip:
+    """Drops the usage event from an OpenAI stream: the gateway asked the engine for it (token
+    accounting) but the client did not. Whole events pass on as they complete; a partial one
+    waits for its end (a client cannot use half an event anyway)."""
+
+    __slots__ = ("pending",)
+
+    def __init__(self) -> None:
+        self.pending = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self.pending + chunk if self.pending else chunk
+        end = _boundary_before(data, len(data))
+        self.pending = data[end:]
+        whole = data[:end]
+        at = whole.find(b'"usage":{')
+        if at < 0:
+            return whole
+        return whole[: _boundary_before(whole, at)] + whole[_boundary_after(whole, at) :]
+
+    def flush(self) -> bytes:
+        rest, self.pending = self.pending, b""
+        return rest
+
+
 class StreamStats:
     """What the relay learned about one stream, without parsing it."""
 
-    __slots__ = ("done", "events", "first_chunk_at", "format", "tail")
+    __slots__ = ("done", "events", "first_chunk_at", "format", "strip_usage", "tail")
 
-    def __init__(self, format: StreamFormat = OPENAI_STREAM) -> None:
+    def __init__(self, format: StreamFormat = OPENAI_STREAM, strip_usage: bool = False) -> None:
         self.format = format
+        self.strip_usage = strip_usage  # the usage event is counted, not relayed
         self.events = 0
         self.tail = b""
         self.done = False
@@ -91,13 +132,19 @@ async def relay_sse(
     """Hand the engine's SSE bytes to ``emit`` as they arrive. Raises ``httpx.HTTPError``."""
     recent: deque[bytes] = deque(maxlen=_TAIL_PIECES)
     events = 0
+    strip = UsageStrip() if stats.strip_usage else None
     try:
         async for chunk in response.chunks():
             if stats.first_chunk_at is None:
                 stats.first_chunk_at = time.perf_counter()
-            await emit(chunk)
+            if strip is None:
+                await emit(chunk)
+            elif out := strip.feed(chunk):
+                await emit(out)
             events += chunk.count(b"\n\n")
             recent.append(chunk)
+        if strip is not None and (rest := strip.flush()):
+            await emit(rest)
     finally:
         stats.events = events
         stats.tail = b"".join(recent)

@@ -15,6 +15,11 @@ happens between them and only when needed:
 2. ``finalize(parsed, prompt_tokens, policy)``: context-length and streaming policy with the real
    count, the default ``max_tokens``, and the body bytes to forward (the original bytes when
    nothing changed: no re-serialisation on the common path).
+
+Streamed chat and completions always ask the engine for the final usage chunk (per-key token
+accounting settles from it): ``stream_options.include_usage`` is added when the client did not
+set it (spliced into the raw bytes when nothing else changed) and ``Final.strip_usage`` tells the
+relay to drop that chunk again before the client sees it.
 """
 
 from __future__ import annotations
@@ -59,6 +64,16 @@ class Parsed:
     truncate_prompt_tokens: int | None = None
     stripped: list[str] = field(default_factory=list)
     modified: bool = False
+    force_usage: bool = False  # add stream_options.include_usage (the client did not ask)
+    sequences: int = 1  # prompts x n: the completions the engine will generate
+
+    @property
+    def model(self) -> object:
+        return self.body.get("model")
+
+    @property
+    def max_tokens_param(self) -> str:
+        return _max_tokens_param(self)
 
     @property
     def kind(self) -> Kind:
@@ -84,6 +99,9 @@ class Final:
     max_tokens: int
     prompt_tokens: int | None  # None when the count was skipped (provably short)
     stripped: list[str]
+    prompt_bound: int = 0  # the count, else its upper bound: what rate limits reserve
+    strip_usage: bool = False  # drop the usage chunk the gateway asked for (relay)
+    sequences: int = 1
 
 
 # -- phase 1 ---------------------------------------------------------------------------------
@@ -131,6 +149,19 @@ def parse(kind: Kind, raw: bytes, policy: Policy) -> Parsed:
     if policy.tpu:
         parsed.stripped = tpu_hygiene(body, policy)
         parsed.modified = bool(parsed.stripped)
+    prompts = 1
+    if isinstance(req, CompletionRequest) and isinstance(req.prompt, list):
+        prompts = len(req.prompt) if isinstance(req.prompt[0], str | list) else 1
+    parsed.sequences = prompts * (getattr(req, "n", None) or 1)
+    if req.stream and kind in ("chat", "completions"):
+        options = body.get("stream_options")
+        if not (isinstance(options, dict) and options.get("include_usage") is True):
+            parsed.force_usage = True
+            # Continuous usage (in every chunk) only ever came with include_usage: keep it off.
+            body["stream_options"] = {**(options or {}), "include_usage": True}
+            if isinstance(options, dict) and options.get("continuous_usage_stats"):
+                body["stream_options"]["continuous_usage_stats"] = False
+            parsed.modified = parsed.modified or options is not None
     return parsed
 
 
@@ -213,7 +244,13 @@ def finalize(parsed: Parsed, prompt_tokens: int | None, policy: Policy) -> Final
     out = parsed.raw
     if parsed.modified:
         out = json.dumps(parsed.body, separators=(",", ":"), ensure_ascii=False).encode()
-    return Final(out, parsed.stream, max_tokens, counted, parsed.stripped)
+    elif parsed.force_usage:  # no stream_options in the body: one more member, bytes spliced
+        at = out.index(b"{") + 1
+        out = out[:at] + b'"stream_options":{"include_usage":true},' + out[at:]
+    return Final(
+        out, parsed.stream, max_tokens, counted, parsed.stripped, known, parsed.force_usage,
+        parsed.sequences,
+    )  # fmt: skip
 
 
 def _max_tokens_param(parsed: Parsed) -> str:

@@ -212,7 +212,7 @@ async def test_a_stream_is_relayed_in_order_and_its_slot_released() -> None:
     engine = FakeEngine(FakeResponse(200, SSE))
     svc, adm, _, metrics = service(engine)
     sink = Sink()
-    call = chat_call(stream=True, max_tokens=8)
+    call = chat_call(stream=True, max_tokens=8, stream_options={"include_usage": True})
     assert await svc.run(call, sink) == 200
     assert sink.kinds() == ["open", "chunk", "chunk", "chunk", "chunk", "end"]
     assert [d for k, d in sink.events if k == "chunk"] == SSE

@@ -57,10 +57,27 @@ def test_profiles_resolve_policy() -> None:
 
 
 def test_valid_request_is_forwarded_byte_for_byte() -> None:
-    raw = json.dumps(chat(max_tokens=8, stream=True)).encode()
+    raw = json.dumps(chat(max_tokens=8)).encode()
     final = finalize(parse("chat", raw, CPU), None, CPU)
     assert final.body is raw  # no re-serialisation on the common path
-    assert final.stream and final.max_tokens == 8
+    assert not final.stream and final.max_tokens == 8 and not final.strip_usage
+
+
+def test_streams_always_ask_the_engine_for_usage_and_strip_it_unless_asked() -> None:
+    raw = json.dumps(chat(max_tokens=8, stream=True)).encode()
+    final = finalize(parse("chat", raw, CPU), None, CPU)
+    # spliced, not re-serialised: the client's bytes follow unchanged
+    assert final.body == b'{"stream_options":{"include_usage":true},' + raw[1:]
+    assert json.loads(final.body)["stream_options"] == {"include_usage": True}
+    assert final.stream and final.strip_usage
+    asked = chat(max_tokens=8, stream=True, stream_options={"include_usage": True})
+    final = run(asked)
+    assert not final.strip_usage and json.loads(final.body) == asked
+    other = run(chat(max_tokens=8, stream=True, stream_options={"continuous_usage_stats": False}))
+    assert other.strip_usage
+    assert json.loads(other.body)["stream_options"] == {
+        "continuous_usage_stats": False, "include_usage": True,
+    }  # fmt: skip
 
 
 def test_missing_max_tokens_gets_the_default() -> None:

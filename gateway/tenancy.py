@@ -1,0 +1,261 @@
+"""Per-key enforcement on the request path: allowed models, ``max_tokens`` cap, rate limits,
+scheduling class, and the token accounting that settles each request from the engine's usage.
+
+Accounting, the way the counts stay right for streams (LiteLLM's most filed bugs are here:
+cached tokens counted against TPM, TPM never enforced for streaming):
+
+* before admission the prompt is known: the engine's count when the gateway tokenized, else the
+  conservative upper bound that let it skip counting (bytes of the body + template slack);
+* the reservation is ``prompt + max_tokens x choices`` tokens and one request, charged at once
+  (a refusal is a 429 with ``Retry-After`` from the limiter's window);
+* the engine's final usage settles it: streams always ask the engine for usage
+  (``stream_options.include_usage`` is forced upstream and the usage chunk is stripped again if
+  the client did not ask for it), the prompt is then the engine's own count;
+* a client disconnect settles what was generated (the relay's count of streamed token events;
+  the engine aborts the rest); a request refused or dropped before the engine saw it costs
+  nothing (its request and tokens are refunded);
+* cached prompt tokens (``prompt_tokens_details.cached_tokens``) count as prompt tokens unless
+  ``GATEWAY_TPM_CACHED_TOKENS=exclude``.
+
+Buckets are per tenant label (keys sharing a label, for rotation, share the budget).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from gateway.errors import OpenAIError
+from gateway.metrics import GatewayMetrics, rejection_reason
+from gateway.policy import Policy
+from gateway.ratelimit import Charge, LimitStore, MemoryStore, Verdict, Window
+from gateway.tenants import OPEN_TENANT, Tenant
+
+# Usage fields by API: prompt tokens, cached prompt tokens (the last match in the tail wins).
+_PROMPT = {
+    "chat": re.compile(rb'"prompt_tokens":\s*(\d+)'),
+    "completions": re.compile(rb'"prompt_tokens":\s*(\d+)'),
+    "responses": re.compile(rb'"input_tokens":\s*(\d+)'),
+    "messages": re.compile(rb'"input_tokens":\s*(\d+)'),
+}
+_CACHED = {
+    "chat": re.compile(rb'"cached_tokens":\s*(\d+)'),
+    "completions": re.compile(rb'"cached_tokens":\s*(\d+)'),
+    "responses": re.compile(rb'"cached_tokens":\s*(\d+)'),
+    "messages": re.compile(rb'"cache_read_input_tokens":\s*(\d+)'),
+}
+
+
+_OWN_CODES = ("rpm_limit", "tpm_limit", "request_exceeds_tpm")  # carry their own headers
+
+
+class Directory(Protocol):
+    """Label -> tenant (``auth.KeyStore``: the live keys file)."""
+
+    def tenant(self, label: str) -> Tenant: ...
+
+
+class AdmissionHeaders(Protocol):
+    """The in-flight cap's ``x-ratelimit-*-requests`` (``admission.Admission``)."""
+
+    def rate_headers(self) -> list[tuple[bytes, bytes]]: ...
+
+
+class _Open:
+    def tenant(self, label: str) -> Tenant:
+        return OPEN_TENANT
+
+
+class Billed(Protocol):
+    """What settlement reads of a finished call (``service.Call``)."""
+
+    kind: Any
+    phase: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    usage_tail: bytes
+
+
+def usage_of(kind: str, data: bytes) -> tuple[int | None, int]:
+    """(prompt tokens, cached prompt tokens) from the engine's usage, if it reported any."""
+    found = _PROMPT[kind].findall(data) if data else []
+    cached = _CACHED[kind].findall(data) if found else []
+    return (int(found[-1]) if found else None), (int(cached[-1]) if cached else 0)
+
+
+def _duration(seconds: float) -> bytes:
+    if seconds <= 0:
+        return b"0s"
+    if seconds < 1:
+        return b"%dms" % math.ceil(seconds * 1000)
+    return b"%ds" % math.ceil(seconds)
+
+
+@dataclass(eq=False)
+class Reservation:
+    """What one request charged; settled exactly once."""
+
+    tenant: Tenant
+    tokens: int  # reserved: prompt estimate + max_tokens x choices
+    windows: tuple[Window, ...]
+    requests: Charge | None
+    token_charge: Charge | None
+    settled: bool = False
+
+
+class Tenancy:
+    def __init__(
+        self,
+        keys: Directory,
+        store: LimitStore,
+        metrics: GatewayMetrics,
+        cached_tokens: Literal["count", "exclude"] = "count",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.keys = keys
+        self.store = store
+        self.metrics = metrics
+        self.count_cached = cached_tokens == "count"
+        self._clock = clock
+        self._policies: dict[tuple[int, int], Policy] = {}
+
+    @classmethod
+    def open(cls, metrics: GatewayMetrics) -> Tenancy:
+        """No keys, no limits: every caller is the anonymous tenant."""
+        return cls(_Open(), MemoryStore(), metrics)
+
+    def tenant(self, label: str) -> Tenant:
+        return self.keys.tenant(label)
+
+    # -- before admission -------------------------------------------------------------------
+
+    def policy_for(self, tenant: Tenant, policy: Policy) -> Policy:
+        """The deployment policy with the key's ``max_tokens`` cap as the default's ceiling."""
+        cap = tenant.max_tokens
+        if cap is None or cap >= policy.default_max_tokens:
+            return policy
+        found = self._policies.get((id(policy), cap))
+        if found is None:
+            found = dataclasses.replace(policy, default_max_tokens=cap)
+            self._policies = {**self._policies, (id(policy), cap): found}
+        return found
+
+    def check(self, tenant: Tenant, model: object, max_tokens: int | None, param: str) -> None:
+        """The key's allowed models and ``max_tokens`` cap (403 / 400)."""
+        if tenant.models is not None and model not in tenant.models:
+            raise OpenAIError(
+                403, f"this API key may not use the model {model!r} (allowed: "
+                f"{', '.join(sorted(tenant.models))})", code="model_not_allowed", param="model",
+            )  # fmt: skip
+        cap = tenant.max_tokens
+        if cap is not None and max_tokens is not None and max_tokens > cap:
+            raise OpenAIError(
+                400, f"{param} is {max_tokens}; this API key allows at most {cap}",
+                code="max_tokens_limit", param=param,
+            )  # fmt: skip
+
+    async def reserve(self, tenant: Tenant, prompt: int, completion: int) -> Reservation:
+        """Charge one request and ``prompt + completion`` tokens, or raise the 429."""
+        tokens = prompt + completion
+        if not tenant.limited:
+            return Reservation(tenant, tokens, (), None, None)
+        charges: list[Charge] = []
+        req = tok = None
+        if tenant.rpm is not None:
+            req = Charge(f"{tenant.label}/requests", tenant.rpm, 1)
+            charges.append(req)
+        if tenant.tpm is not None:
+            tok = Charge(f"{tenant.label}/tokens", tenant.tpm, tokens)
+            charges.append(tok)
+        verdict = await self.store.charge(charges, self._clock())
+        if not verdict.allowed:
+            raise self._refusal(tenant, verdict, charges, tokens)
+        return Reservation(tenant, tokens, verdict.windows, req, tok)
+
+    def _refusal(
+        self, tenant: Tenant, verdict: Verdict, charges: list[Charge], tokens: int
+    ) -> OpenAIError:
+        headers = _header_dict(verdict.windows, charges)
+        for w, c in zip(verdict.windows, charges, strict=True):
+            if w.too_large:
+                return OpenAIError(
+                    429, f"the request needs {tokens} tokens (prompt + max_tokens) and this key "
+                    f"allows {c.limit} per minute: lower max_tokens", code="request_exceeds_tpm",
+                    headers=headers,
+                )  # fmt: skip
+        retry = max(1, math.ceil(verdict.retry_after_s))
+        worst = max(zip(verdict.windows, charges, strict=True), key=lambda wc: wc[0].retry_after_s)
+        what = "requests" if worst[1].bucket.endswith("/requests") else "tokens"
+        return OpenAIError(
+            429, f"rate limit reached for this API key: {worst[1].limit} {what} per minute; "
+            f"retry in {retry} s", code="rpm_limit" if what == "requests" else "tpm_limit",
+            retry_after=retry, headers=headers,
+        )  # fmt: skip
+
+    def headers(self, res: Reservation, admission: AdmissionHeaders) -> list[tuple[bytes, bytes]]:
+        """``x-ratelimit-*`` for an admitted request: the key's windows after its charge; the
+        requests ones from the in-flight cap when the key has no rpm."""
+        charges = [c for c in (res.requests, res.token_charge) if c is not None]
+        out = [] if res.requests is not None else admission.rate_headers()
+        out += [(k.encode(), v.encode()) for k, v in _header_dict(res.windows, charges).items()]
+        return out
+
+    def peek_headers(self, tenant: Tenant) -> dict[str, str]:
+        """The key's windows as they stand (for answers that charged nothing)."""
+        now = self._clock()
+        charges = []
+        if tenant.rpm is not None:
+            charges.append(Charge(f"{tenant.label}/requests", tenant.rpm, 1))
+        if tenant.tpm is not None:
+            charges.append(Charge(f"{tenant.label}/tokens", tenant.tpm, 0))
+        windows = tuple(self.store.peek(c, now) for c in charges)
+        return _header_dict(windows, charges)
+
+    # -- after ------------------------------------------------------------------------------
+
+    def settle(self, res: Reservation, call: Billed) -> None:
+        """Correct the reservation to what the request used (idempotent)."""
+        if res.settled:
+            return
+        res.settled = True
+        now = self._clock()
+        served = call.phase == "upstream" and call.completion_tokens is not None
+        used = 0
+        label = res.tenant.label
+        if served:
+            prompt, cached = usage_of(call.kind, call.usage_tail)
+            if prompt is not None:
+                call.prompt_tokens = prompt
+            prompt = call.prompt_tokens or 0
+            counted = prompt if self.count_cached else max(0, prompt - cached)
+            completion = call.completion_tokens or 0
+            used = counted + completion
+            self.metrics.key_tokens(label, "prompt", prompt)
+            self.metrics.key_tokens(label, "completion", completion)
+            if cached:
+                self.metrics.key_tokens(label, "cached", cached)
+        if res.requests is not None and call.phase != "upstream":
+            self.store.adjust(res.requests, -1, now)
+        if res.token_charge is not None:
+            self.store.adjust(res.token_charge, used - res.tokens, now)
+
+    def rejected(self, tenant: Tenant, err: OpenAIError) -> None:
+        """A refusal of this key's request: counted, and its windows on the answer."""
+        self.metrics.key_reject(tenant.label, rejection_reason(err))
+        if tenant.limited and err.code not in _OWN_CODES:
+            err.headers = {**err.headers, **self.peek_headers(tenant)}
+
+
+def _header_dict(windows: tuple[Window, ...], charges: list[Charge]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for w, c in zip(windows, charges, strict=True):
+        what = "requests" if c.bucket.endswith("/requests") else "tokens"
+        out[f"x-ratelimit-limit-{what}"] = str(w.limit)
+        out[f"x-ratelimit-remaining-{what}"] = str(w.remaining)
+        out[f"x-ratelimit-reset-{what}"] = _duration(w.reset_s).decode()
+    return out
