@@ -51,16 +51,16 @@ def check_url(raw: str, what: str) -> tuple[str, list[str]]:
         port = parts.port
     except ValueError as exc:  # a port that is not a number or out of range
         return url, [f"{what}: {raw!r} is not a URL ({exc})"]
-    problems: list[str] = []
+    # One line per entry: the first thing wrong (the rest usually follows from it).
     if parts.scheme not in ("http", "https"):
-        problems.append(f"{what}: {raw!r} must start with http:// or https://")
+        return url, [f"{what}: {raw!r} must start with http:// or https://"]
     if not parts.hostname:
-        problems.append(f"{what}: {raw!r} has no host")
-    if port is None and not problems:
-        problems.append(f"{what}: {raw!r} needs an explicit port (e.g. http://host:8000)")
+        return url, [f"{what}: {raw!r} has no host"]
+    if port is None:
+        return url, [f"{what}: {raw!r} needs an explicit port (e.g. http://host:8000)"]
     if parts.path not in ("", "/") or parts.query or parts.fragment:
-        problems.append(f"{what}: {raw!r} must be a base URL, without a path or query")
-    return url, problems
+        return url, [f"{what}: {raw!r} must be a base URL, without a path or query"]
+    return url, []
 
 
 def static_upstreams(engine: EngineSettings, gateway: GatewaySettings) -> list[Upstream]:

@@ -67,13 +67,14 @@ class Replica:
 
     @property
     def load(self) -> float:
-        """Outstanding work: this gateway's requests here, plus what the engine reports waiting
-        beyond them (another gateway's), plus its KV pressure as a fraction of one request."""
+        """Outstanding work: this gateway's requests here, plus what the engine reports running
+        or waiting beyond them (another gateway's). KV pressure is not added: a few percent of
+        cache in use would break every tie the same way; the ``HasRoom`` filter steers away
+        from a replica whose cache is nearly full (saturated) instead."""
         s = self.monitor.sample
         if s is None:
             return float(self.inflight)
-        others = max(0.0, s.waiting + s.running - self.inflight)
-        return self.inflight + others + s.kv_usage
+        return self.inflight + max(0.0, s.waiting + s.running - self.inflight)
 
     def lease(self) -> Lease:
         return Lease(self)

@@ -60,13 +60,17 @@ class TokenCounter:
         return max(counts)
 
     async def _tokenize(self, payload: dict[str, Any], request_id: str, param: str) -> int:
+        content = json.dumps(payload).encode()
+        headers = {"content-type": "application/json", "x-request-id": request_id}
         try:
-            r = await self.client().post(
-                "/tokenize",
-                content=json.dumps(payload).encode(),
-                headers={"content-type": "application/json", "x-request-id": request_id},
-                timeout=self.timeout_s,
-            )
+            try:
+                r = await self.client().post(
+                    "/tokenize", content=content, headers=headers, timeout=self.timeout_s
+                )
+            except httpx.ConnectError:  # that replica just died: the next one in turn counts
+                r = await self.client().post(
+                    "/tokenize", content=content, headers=headers, timeout=self.timeout_s
+                )
         except httpx.TimeoutException:
             raise OpenAIError(
                 503, "the engine did not count the prompt in time", code="tokenize_timeout",
