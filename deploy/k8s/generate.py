@@ -338,6 +338,9 @@ def overlay_files(overlay: spec.Overlay) -> dict[str, str]:
     kustomization: dict[str, Any] = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
+        # Also here, not only in the base: the generated ConfigMap must be in the namespace of
+        # the Deployments that name it, or kustomize leaves their references unhashed.
+        "namespace": "gemma4",
         "resources": ["../../base"],
     }
     if overlay.components:

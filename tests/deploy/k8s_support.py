@@ -23,7 +23,7 @@ def rendered(overlay: str) -> tuple[dict[str, Any], ...]:
 
 
 def one(objs: tuple[dict[str, Any], ...], kind: str, name: str) -> dict[str, Any]:
-    found = [o for o in objs if o["kind"] == kind and o["metadata"]["name"].startswith(name)]
+    found = [o for o in objs if o["kind"] == kind and o["metadata"]["name"] == name]
     assert len(found) == 1, f"{kind}/{name}: {len(found)} objects"
     return found[0]
 

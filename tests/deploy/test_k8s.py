@@ -103,7 +103,8 @@ def test_engine_command_and_env_are_what_entrypoint_renders(overlay: str, tmp_pa
         "python3", "-m", "entrypoint", "serve", "--profile", f"{mount['mountPath']}/{profile}.env"
     ]  # fmt: skip
     volume = next(v for v in pod["volumes"] if v["name"] == "profile")
-    cm = one(objs, "ConfigMap", volume["configMap"]["name"])
+    cm = one(objs, "ConfigMap", volume["configMap"]["name"])  # the generated (hashed) name
+    assert cm["metadata"]["name"].startswith("gemma4-profile-")
     assert cm["data"] == {f"{profile}.env": (REPO / "env" / f"{profile}.env").read_text()}
     assert env["PROFILE"] == engine["command"][-1]
 
@@ -310,3 +311,23 @@ def test_autoscaler_waits_out_a_cold_start(overlay: str) -> None:
     assert hpa["minReplicas"] == one(objs, "Deployment", "gemma4-engine")["spec"]["replicas"]
     pm = one(objs, "PodMonitoring", "gemma4-engine")["spec"]
     assert pm["endpoints"][0]["port"] == "http" and pm["endpoints"][0]["path"] == "/metrics"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_references_resolve_within_the_namespace(overlay: str) -> None:
+    """ConfigMaps, claims and service accounts a pod names exist, in the pod's namespace."""
+    objs = rendered(overlay)
+    have = {(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) for o in objs}
+    for dep in (o for o in objs if o["kind"] == "Deployment"):
+        ns, pod = dep["metadata"]["namespace"], dep["spec"]["template"]["spec"]
+        assert ("ServiceAccount", ns, pod["serviceAccountName"]) in have
+        for v in pod["volumes"]:
+            if "configMap" in v:
+                assert ("ConfigMap", ns, v["configMap"]["name"]) in have, v
+            if "persistentVolumeClaim" in v:
+                assert (
+                    "PersistentVolumeClaim",
+                    ns,
+                    v["persistentVolumeClaim"]["claimName"],
+                ) in have
+    assert {o["metadata"].get("namespace") for o in objs if o["kind"] != "Namespace"} == {"gemma4"}
