@@ -90,18 +90,25 @@ def run_host(profile: str, project: Path, chip_dir: Path) -> list[preflight.Find
     return preflight.run(profile, chip_dir=chip_dir, where="host", project_dir=project)
 
 
+def host_chips(name: str) -> int:
+    """The chips a profile uses on its host: replicas x TP size."""
+    values = read_profile(ENV_DIR / f"{name}.env")
+    return int(values.get("ENGINE_REPLICAS") or 1) * int(
+        values.get("ENGINE_TENSOR_PARALLEL_SIZE") or 1
+    )
+
+
 @pytest.mark.parametrize(
     "name",
     ["v6e4-gemma4-26b", "v6e4-gemma4-26b-batch", "v6e1-gemma4-e4b", "v6e8-gemma4-31b",
-     "gpu-gemma4-26b"],
+     "gpu-gemma4-26b", "v6e1-gemma4-12b", "v6e4-gemma4-12b-x4"],
 )  # fmt: skip
 def test_real_profiles_pass_on_their_host(host, name: str) -> None:
     project, chips = host
     values = read_profile(ENV_DIR / f"{name}.env")
     assert str(values["CACHE_HOT_DIR"]).startswith("/cache/"), "a container path, absent here"
     assert not Path(str(values["CACHE_HOT_DIR"])).exists()
-    tp = int(values.get("ENGINE_TENSOR_PARALLEL_SIZE") or 1)
-    assert keys(run_host(name, project, chips(tp))) == []
+    assert keys(run_host(name, project, chips(host_chips(name)))) == []
 
 
 def test_host_view_still_runs_the_rules(host) -> None:
@@ -164,12 +171,15 @@ def test_make_check_uses_the_host_view() -> None:
     assert "-m entrypoint check --host --profile v6e4-gemma4-26b" in dry.stdout, dry.stdout
 
 
-@pytest.mark.parametrize("base", ["v6e4-gemma4-26b-batch", "v6e1-gemma4-e4b", "v6e8-gemma4-31b"])
+@pytest.mark.parametrize(
+    "base",
+    ["v6e4-gemma4-26b-batch", "v6e1-gemma4-e4b", "v6e8-gemma4-31b", "v6e1-gemma4-12b",
+     "v6e4-gemma4-12b-x4"],
+)  # fmt: skip
 def test_other_tpu_profiles_pass(tpu_profile, base: str, tmp_path: Path) -> None:
     chips = tmp_path / f"dev-{base}"
     chips.mkdir()
-    tp = int(read_profile(ENV_DIR / f"{base}.env")["ENGINE_TENSOR_PARALLEL_SIZE"] or 1)
-    for i in range(tp):
+    for i in range(host_chips(base)):
         (chips / f"accel{i}").touch()
     assert keys(check(tpu_profile(base), chips)) == []
 
@@ -342,3 +352,96 @@ def test_check_cli_exit_codes(tpu_profile) -> None:
         timeout=60,
     )
     assert ok.returncode == 0, ok.stderr
+
+
+# --- replicas (ENGINE_REPLICAS): chips, ports, upstreams; one clear line each ------------------
+
+
+def x4(tpu_profile, **overrides: str | None) -> Path:
+    return tpu_profile("v6e4-gemma4-12b-x4", **overrides)
+
+
+def only(findings: list[preflight.Finding], key: str) -> list[str]:
+    return [f.message for f in findings if f.key == key and f.level == "error"]
+
+
+def test_replicas_times_chips_must_fit_the_host(tpu_profile) -> None:
+    assert keys(check(x4(tpu_profile), tpu_profile.chips)) == []  # 4 x 1 on 4 chips
+    two = x4(tpu_profile, ENGINE_TENSOR_PARALLEL_SIZE="2", ENGINE_CHIPS_PER_REPLICA="2")
+    bad = check(two, tpu_profile.chips)
+    assert only(bad, "ENGINE_REPLICAS") == [
+        "4 replicas x 2 chip(s) = 8 chips, but there are 4 TPU chips visible on this host"
+    ]
+
+
+def test_the_profile_name_declares_the_host_when_no_chip_is_visible(tpu_profile) -> None:
+    """`make check` anywhere: a v6e4-* profile is a v6e-4, 4 chips."""
+    values = read_profile(x4(tpu_profile, ENGINE_REPLICAS="8"))
+    named = tpu_profile.tmp / "v6e4-gemma4-12b-x8.env"
+    named.write_text("".join(f"{k}='{v}'\n" for k, v in values.items()))
+    nochips = tpu_profile.tmp / "nochips"
+    nochips.mkdir()
+    assert only(check(named, nochips), "ENGINE_REPLICAS") == [
+        "8 replicas x 1 chip(s) = 8 chips, but there are 4 TPU chips of a v6e-4 (the profile's name)"
+    ]
+    assert preflight.declared_tpu_chips(Path("v6e8-gemma4-31b.env")) == ("v6e-8", 8)
+    assert preflight.declared_tpu_chips(Path("profile.env")) is None
+
+
+def test_overlapping_chips_by_hand_are_refused(tpu_profile) -> None:
+    findings = check(x4(tpu_profile, ENGINE_CHIP_SETS="0;1;1;3"), tpu_profile.chips)
+    assert only(findings, "ENGINE_CHIP_SETS") == ["chip 1 is given to replicas 1 and 2"]
+    beyond = check(x4(tpu_profile, ENGINE_CHIP_SETS="0;1;2;7"), tpu_profile.chips)
+    assert only(beyond, "ENGINE_CHIP_SETS") == [
+        "chip(s) [7] do not exist: there are 4 TPU chips visible on this host (0..3)"
+    ]
+    assert keys(check(x4(tpu_profile, ENGINE_CHIP_SETS="3;2;1;0"), tpu_profile.chips)) == []
+
+
+def test_tensor_parallel_must_equal_chips_per_replica(tpu_profile) -> None:
+    findings = check(x4(tpu_profile, ENGINE_CHIPS_PER_REPLICA="2"), tpu_profile.chips)
+    assert only(findings, "ENGINE_CHIPS_PER_REPLICA") == [
+        "2 chips per replica, but tensor-parallel size 1: each replica shards the model over "
+        "exactly its own chips"
+    ]
+
+
+def test_replica_ports_must_not_hit_the_gateway_or_the_mesh_ports(tpu_profile) -> None:
+    gateway = check(x4(tpu_profile, GATEWAY_PORT="8002"), tpu_profile.chips)
+    assert only(gateway, "ENGINE_REPLICAS") == [
+        "replica 2 listens on port 8002, which is also GATEWAY_PORT: move ENGINE_PORT "
+        "(replica i listens on ENGINE_PORT + i)"
+    ]
+    mesh = check(x4(tpu_profile, ENGINE_PORT="8474"), tpu_profile.chips)
+    assert only(mesh, "ENGINE_REPLICAS") == [
+        "replica 2 listens on port 8476, which is also the libtpu mesh-controller port of "
+        "replica 0: move ENGINE_PORT (replica i listens on ENGINE_PORT + i)",
+        "replica 3 listens on port 8477, which is also the libtpu mesh-controller port of "
+        "replica 1: move ENGINE_PORT (replica i listens on ENGINE_PORT + i)",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("urls", "line"),
+    [
+        ("http://10.0.0.5:8000,10.0.0.6:8000", "'10.0.0.6:8000' must start with http:// or https://"),
+        ("http://10.0.0.5:8000,http://10.0.0.5:8000/",
+         "replica 10.0.0.5:8000 is listed twice (http://10.0.0.5:8000, http://10.0.0.5:8000)"),
+        (",", "an empty entry (two commas, or a trailing one)"),
+    ],
+)  # fmt: skip
+def test_upstream_problems_refuse_the_start(tpu_profile, urls: str, line: str) -> None:
+    findings = check(x4(tpu_profile, GATEWAY_UPSTREAM_URLS=urls), tpu_profile.chips)
+    assert line in only(findings, "GATEWAY_UPSTREAM_URLS"), findings
+
+
+def test_zero_replicas_is_one_line(tpu_profile) -> None:
+    findings = check(x4(tpu_profile, ENGINE_REPLICAS="0"), tpu_profile.chips)
+    assert keys(findings) == ["ENGINE_REPLICAS"]
+    assert "greater than or equal to 1" in findings[0].message
+
+
+def test_a_drain_longer_than_compose_allows_is_a_warning(tpu_profile) -> None:
+    findings = check(x4(tpu_profile, ENGINE_SHUTDOWN_TIMEOUT_S="300"), tpu_profile.chips)
+    assert keys(findings) == []
+    assert "ENGINE_SHUTDOWN_TIMEOUT_S" in keys(findings, "warning")

@@ -1,0 +1,166 @@
+"""Replicas: what `serve --replica I` derives (port, hot cache dir, TPU chips) and the drain flag."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from entrypoint import replica
+from entrypoint.cache import CacheLayout, cache_key, save, seed
+from entrypoint.process import STOP_GRACE_S, stop_grace_s
+from entrypoint.render import render
+from env.settings import ENV_DIR, CacheSettings, EngineEnv, EngineSettings
+from tests.entrypoint.test_render import vllm_parse
+
+X4 = ENV_DIR / "v6e4-gemma4-12b-x4.env"
+
+
+def tpu(**kw: object) -> EngineSettings:
+    return EngineSettings(platform="tpu", model="google/gemma-4-12B-it", **kw)  # type: ignore[arg-type]
+
+
+def x4_render(index: int):
+    return render(
+        EngineSettings.load(X4), EngineEnv.load(X4), CacheSettings.load(X4), replica=index
+    )
+
+
+def test_the_x4_profile_pins_each_replica_to_its_own_chip_and_port() -> None:
+    seen_chips, seen_mesh, seen_ports = set(), set(), set()
+    for i in range(4):
+        r = x4_render(i)
+        args = vllm_parse(r.argv[1:])
+        assert args.port == 8000 + i
+        assert args.tensor_parallel_size == 1
+        assert r.env["TPU_VISIBLE_CHIPS"] == str(i) == r.env["TPU_VISIBLE_DEVICES"]
+        assert r.env["TPU_CHIPS_PER_PROCESS_BOUNDS"] == "1,1,1"
+        assert r.env["TPU_PROCESS_BOUNDS"] == "1,1,1"
+        assert r.env["TPU_MESH_CONTROLLER_ADDRESS"] == f"localhost:{8476 + i}"
+        assert r.env["TPU_MESH_CONTROLLER_PORT"] == str(8476 + i)
+        # its own hot compile cache, the shared key (so the persistent copy is shared)
+        assert r.env["VLLM_XLA_CACHE_PATH"].startswith(f"/cache/compile-hot/replica-{i}/")
+        seen_chips.add(r.env["TPU_VISIBLE_CHIPS"])
+        seen_mesh.add(r.env["TPU_MESH_CONTROLLER_PORT"])
+        seen_ports.add(args.port)
+    assert len(seen_chips) == len(seen_mesh) == len(seen_ports) == 4
+    key = {Path(x4_render(i).env["VLLM_XLA_CACHE_PATH"]).parent.name for i in range(4)}
+    assert len(key) == 1
+
+
+def test_two_chips_per_replica_use_the_1_2_1_grid() -> None:
+    e = tpu(replicas=2, tensor_parallel_size=2)
+    assert replica.tpu_environ(e, 1)["TPU_VISIBLE_CHIPS"] == "2,3"
+    assert replica.tpu_environ(e, 1)["TPU_CHIPS_PER_PROCESS_BOUNDS"] == "1,2,1"
+    by_hand = e.model_copy(update={"chip_sets": "4,5;6,7"})
+    assert replica.tpu_environ(by_hand, 0)["TPU_VISIBLE_CHIPS"] == "4,5"
+
+
+def test_a_single_engine_is_rendered_as_before() -> None:
+    profile = ENV_DIR / "v6e4-gemma4-26b.env"
+    r = render(EngineSettings.load(profile), EngineEnv.load(profile), CacheSettings.load(profile))
+    assert not any(k.startswith("TPU_") for k in r.env)
+    assert "/replica-" not in r.env["VLLM_XLA_CACHE_PATH"]
+    assert "--shutdown-timeout" not in r.argv
+
+
+def test_out_of_range_replica_is_one_clear_error() -> None:
+    with pytest.raises(
+        replica.ReplicaError, match=r"--replica 4 is out of range: ENGINE_REPLICAS=4"
+    ):
+        x4_render(4)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ENGINE_")}
+    for argv in (["render", "--profile", "cpu", "--replica", "1"],
+                 ["serve", "--profile", str(X4), "--replica", "-1"]):  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "entrypoint", *argv],
+            capture_output=True, text=True, env=env, timeout=60, check=False,
+        )  # fmt: skip
+        assert done.returncode == 2
+        assert done.stderr.strip().count("\n") == 0, done.stderr
+        assert "out of range" in done.stderr
+
+
+def test_shutdown_timeout_is_rendered_and_accepted_by_vllm() -> None:
+    e = EngineSettings(shutdown_timeout_s=45)
+    r = render(e, EngineEnv(), CacheSettings())
+    assert r.argv[r.argv.index("--shutdown-timeout") + 1] == "45"
+    assert vllm_parse(r.argv[1:]).shutdown_timeout == 45
+    assert "--shutdown-timeout" not in render(EngineSettings(), EngineEnv(), CacheSettings()).argv
+
+
+def test_launcher_waits_the_drain_plus_its_margin_before_sigkill() -> None:
+    assert stop_grace_s(0) == STOP_GRACE_S  # today's behaviour for profiles without a drain
+    assert stop_grace_s(30) == 30 + STOP_GRACE_S
+
+
+def test_chip_set_problems_one_line_each() -> None:
+    overlap = tpu(replicas=2, tensor_parallel_size=2, chip_sets="0,1;1,2")
+    assert replica.chip_set_problems(overlap) == [
+        "ENGINE_CHIP_SETS: chip 1 is given to replicas 0 and 1"
+    ]
+    sized = tpu(replicas=2, chip_sets="0,1;2")
+    assert replica.chip_set_problems(sized) == [
+        "ENGINE_CHIP_SETS: replica 0 has 2 chip(s) [0, 1], ENGINE_CHIPS_PER_REPLICA is 1"
+    ]
+    counted = tpu(replicas=3, chip_sets="0;1")
+    assert replica.chip_set_problems(counted) == [
+        "ENGINE_CHIP_SETS: 2 group(s) for ENGINE_REPLICAS=3; give one ';'-separated group per replica"
+    ]
+    assert replica.chip_set_problems(tpu(replicas=2, chip_sets="0;x")) == [
+        "ENGINE_CHIP_SETS: group 1 ('x') is not chip numbers"
+    ]
+    assert replica.chip_set_problems(tpu(replicas=2, chip_sets="3;2")) == []
+
+
+def test_replicas_share_the_persistent_cache_but_not_the_hot_dir(tmp_path: Path) -> None:
+    """Replica 1 warmed and saved; replica 3's cold start is seeded from that copy."""
+    e = EngineSettings(replicas=4, model="m")
+    cache = CacheSettings(hot_dir=tmp_path / "hot", persist_dir=tmp_path / "persist")
+    _, c1 = replica.for_replica(e, cache, 1)
+    _, c3 = replica.for_replica(e, cache, 3)
+    l1, l3 = CacheLayout.for_settings(e, c1, "v"), CacheLayout.for_settings(e, c3, "v")
+    assert l1.key == l3.key == cache_key(e, "v")
+    assert l1.hot != l3.hot and l1.persist == l3.persist
+    seed(l1)
+    (l1.hot / "xla").mkdir()
+    (l1.hot / "xla" / "entry").write_text("compiled")
+    assert "saved" in save(CacheLayout.active(e, c1))
+    assert "seeded" in seed(l3)
+    assert (l3.hot / "xla" / "entry").read_text() == "compiled"
+
+
+def test_cache_save_cli_names_the_replica(tmp_path: Path) -> None:
+    env = {
+        "CACHE_HOT_DIR": str(tmp_path / "hot"),
+        "CACHE_PERSIST_DIR": str(tmp_path / "persist"),
+        "ENGINE_REPLICAS": "2",
+        "PATH": "/usr/bin:/bin",
+    }
+    hot = tmp_path / "hot" / "replica-1"
+    e = EngineSettings(replicas=2)
+    layout = CacheLayout.for_settings(e, CacheSettings(hot_dir=hot, persist_dir=tmp_path / "p"))
+    (hot / layout.key).mkdir(parents=True)
+    (hot / layout.key / "f").write_text("x")
+    argv = [sys.executable, "-m", "entrypoint", "cache", "save", "--profile", "cpu"]
+    done = subprocess.run([*argv, "--replica", "1"], capture_output=True, text=True, env=env,
+                          timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "saved" in done.stdout
+    assert (tmp_path / "persist" / layout.key / "f").read_text() == "x"
+    other = subprocess.run([*argv, "--replica", "0"], capture_output=True, text=True, env=env,
+                           timeout=60, check=False)  # fmt: skip
+    assert "hot dir empty, nothing saved" in other.stdout
+
+
+def test_an_explicit_engine_log_file_is_split_per_replica(tmp_path: Path) -> None:
+    from env.settings import OpsSettings
+
+    e = EngineSettings(replicas=2)
+    ops = OpsSettings(engine_log_file=tmp_path / "engine.log")
+    assert replica.engine_log_path(ops, CacheSettings(), e, 1) == tmp_path / "engine.replica-1.log"
+    _, c1 = replica.for_replica(e, CacheSettings(hot_dir=tmp_path / "hot"), 1)
+    assert replica.engine_log_path(OpsSettings(), c1, e, 1) == tmp_path / "hot/replica-1/engine.log"
