@@ -182,8 +182,37 @@ config-all: ## `make config` for every profile in env/
 stack-warmup: replicas-override ## the warm-up inside the running compose stack (same volumes and handshake as the sidecar)
 	$(COMPOSE) run --rm --no-deps warmup python -m warmup --plain
 
-dev: install ## engine + gateway (127.0.0.1:8080) + warm-up as local processes; Ctrl-C stops all
-	$(PY) -m deploy.dev --profile $(PROFILE)
+dev: install ## engine(s) + gateway (127.0.0.1:8080) + warm-up --watch as local processes (REPLICAS=N); Ctrl-C stops all
+	$(PY) -m deploy.dev --profile $(PROFILE) $(if $(REPLICAS),--replicas $(REPLICAS))
+
+# Drain and rolling restart (deploy/rolling.py, docs/deploy.md) go through the gateway's internal
+# replica API with its internal token. A compose stack keeps the token in the gateway's volume:
+# it is copied into a private temporary file for the call. Otherwise (make dev) the profile's
+# GATEWAY_INTERNAL_TOKEN_FILE is read, and a replica is restarted through make dev's own policy.
+REPLICA ?=
+ROLLING = $(PY) -m deploy.rolling --profile $(PROFILE_FILE)
+define rolling_call
+	@if command -v docker >/dev/null 2>&1 && [ -n "$$($(COMPOSE) ps -q gateway 2>/dev/null)" ]; then \
+		tok=$$(mktemp) && trap 'rm -f "$$tok"' EXIT && \
+		$(COMPOSE) exec -T gateway sh -c 'cat "$$GATEWAY_INTERNAL_TOKEN_FILE"' > "$$tok" && \
+		$(ROLLING) --token-file "$$tok" $(1) $(2); \
+	else \
+		$(ROLLING) $(1) $(3); \
+	fi
+endef
+need_replica = @test -n "$(REPLICA)" || { echo "usage: make $@ REPLICA=host:port (names: GET /health)"; exit 2; }
+
+.PHONY: drain undrain rolling-restart
+drain: $(PROJECT_STAMP) replicas-override ## stop sending requests to REPLICA=host:port and wait until its in-flight count is 0
+	$(need_replica)
+	$(call rolling_call,drain $(REPLICA))
+
+undrain: $(PROJECT_STAMP) replicas-override ## put a drained REPLICA=host:port back into rotation
+	$(need_replica)
+	$(call rolling_call,undrain $(REPLICA))
+
+rolling-restart: $(PROJECT_STAMP) replicas-override ## restart the replicas one at a time (drain, restart, warm, undrain), never below GATEWAY_MIN_READY_REPLICAS
+	$(call rolling_call,restart,--restart-cmd '$(COMPOSE) restart {service}',--restart dev)
 
 # --- bench (issues 6 and 7): see bench/README.md -----------------------------------------
 BENCH_URL ?= http://127.0.0.1:8000

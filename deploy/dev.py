@@ -1,18 +1,33 @@
-"""``make dev``: the three roles as local processes, no Docker; Ctrl-C stops them all.
+"""``make dev [REPLICAS=N]``: the roles as local processes, no Docker; Ctrl-C stops them all.
 
-    python -m deploy.dev [--profile cpu] [--engine-url http://127.0.0.1:8000]
+    python -m deploy.dev [--profile cpu] [--replicas N] [--engine-url http://127.0.0.1:8000]
+    python -m deploy.dev --restart-replica I      # ask the running stack to restart replica I
 
-The same wiring as the Compose stack, on loopback: the engine through ``python -m entrypoint
-serve``, the gateway (``python -m gateway``, 127.0.0.1:8080 by default), and once the engine
-answers its /health, one warm-up run (``python -m warmup``) that flips the gateway's /health to
-200. ``--engine-url`` reuses an engine that is already running (e.g. ``make engine`` in another
-terminal) instead of starting one.
+The same wiring as the Compose stack, on loopback: ``N`` engines (``python -m entrypoint serve``,
+with ``--replica I`` when there are several: replica ``I`` on ``ENGINE_PORT + I`` with its own
+hot-cache subdir), the gateway (``python -m gateway``, 127.0.0.1:8080 by default) and the
+warm-up in ``--watch`` mode, which warms every replica and re-warms one that restarted; the
+gateway's /health turns 200 once enough replicas are warm. ``ENGINE_REPLICAS=N`` is put in every
+role's environment, so the gateway and the warm-up see the same replica set as the engines.
+``--engine-url`` reuses an engine that is already running (e.g. ``make engine`` in another
+terminal) instead of starting any.
 
-Every role runs in its own session (process group). Ctrl-C or SIGTERM stops them in reverse
-order: SIGTERM to each group, then SIGKILL to whatever is left, including process groups the
-roles made for their own children (the entrypoint runs vLLM as a group leader). Nothing is
-orphaned and nothing is killed by name. If the engine or the gateway dies, the others are
-stopped too and the exit status is non-zero.
+Restart policy, like compose's ``restart: unless-stopped``: an engine replica or the warm-up that
+exits is started again after a backoff (1 s, doubling up to 30 s; back to 1 s once it had run
+for a minute), logged, while the gateway and the other replicas keep serving. Two exceptions
+fail fast instead, as before: the gateway dying stops everything (it is the door), and an engine
+that exits before it ever answered /health (a preflight or configuration error) stops
+everything with its exit status rather than looping. ``--restart-replica I`` (what
+``make rolling-restart`` uses on a dev stack, through ``deploy.rolling``) sends SIGTERM to that
+replica's process group: it drains and exits, and the policy starts it again at once.
+
+Every role runs in its own session (process group). The supervisor remembers, while a role
+lives, every process group its children made (the entrypoint runs vLLM as a group leader), so a
+role killed with SIGKILL leaves nothing behind either: its remembered groups are killed before
+it is started again. Ctrl-C or SIGTERM stops all roles in reverse order: SIGTERM to each group,
+then SIGKILL to whatever is left. Nothing is orphaned and nothing is killed by name. The run
+directory (``.cache/dev``) holds ``dev.pid`` and one ``engine-I.pid`` per replica for
+``--restart-replica``; they are removed at exit.
 """
 
 from __future__ import annotations
@@ -24,15 +39,40 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-from entrypoint.process import descendants, groups_of, signal_group
-from env.settings import EngineEnv, EngineSettings, GatewaySettings, profile_path
+from entrypoint.process import descendants, groups_of, signal_group, stop_grace_s
+from env.settings import EngineSettings, GatewaySettings, profile_path
 
 REPO = Path(__file__).resolve().parents[1]
+RUN_DIR = REPO / ".cache" / "dev"
+BACKOFF_FIRST_S = 1.0
+BACKOFF_MAX_S = 30.0
+BACKOFF_RESET_AFTER_S = 60.0  # a role that ran this long before dying starts the backoff over
+TICK_S = 0.5
+
+
+class DevError(Exception):
+    """A request to the running dev stack that cannot be done; one line."""
+
+
+class Stopped(Exception):
+    """Ctrl-C / SIGTERM, or a role that must not die died."""
+
+
+def say(message: str) -> None:
+    print(f"{'dev':>8} | {message}", flush=True)
+
+
+def healthy(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=3.0).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 @dataclass
@@ -42,7 +82,10 @@ class Role:
     name: str
     argv: list[str]
     env: dict[str, str]
+    grace_s: float = 15.0
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    groups: set[int] = field(default_factory=set, init=False)  # every group its tree made
+    started_at: float = field(default=0.0, init=False)
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
@@ -54,111 +97,180 @@ class Role:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-        threading.Thread(target=self._pump, daemon=True).start()
+        self.groups = {self.proc.pid}
+        self.started_at = time.monotonic()
+        threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
         say(f"started {self.name} (pid {self.proc.pid}): {' '.join(self.argv[1:])}")
 
-    def _pump(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        for raw in self.proc.stdout:
+    def _pump(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
             line = raw.decode("utf-8", "replace").rstrip()
-            print(f"{self.name:>7} | {line}", flush=True)
+            print(f"{self.name:>8} | {line}", flush=True)
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
 
     @property
     def exit_code(self) -> int | None:
         return None if self.proc is None else self.proc.poll()
 
-    def stop(self, grace_s: float = 15.0) -> None:
+    def remember_groups(self) -> None:
+        """Note the process groups of the role's live tree (they outlive a SIGKILLed leader)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.groups |= groups_of(descendants(self.proc.pid))
+            self.groups.discard(os.getpgid(0))  # never our own group
+
+    def kill_leftovers(self) -> None:
+        """SIGKILL every group the role's tree made (after the leader exited)."""
+        self.remember_groups()
+        self.groups.discard(os.getpgid(0))
+        for pgid in self.groups:
+            signal_group(pgid, signal.SIGKILL)
+
+    def stop(self) -> None:
         """SIGTERM the role's group, wait, then SIGKILL every group it and its children made."""
         if self.proc is None:
             return
-        groups = {self.proc.pid} | groups_of(descendants(self.proc.pid))
-        groups.discard(os.getpgid(0))  # never our own group
+        self.remember_groups()
         if self.proc.poll() is None:
             signal_group(self.proc.pid, signal.SIGTERM)
             try:
-                self.proc.wait(timeout=grace_s)
+                self.proc.wait(timeout=self.grace_s)
             except subprocess.TimeoutExpired:
-                say(f"{self.name} ignored SIGTERM for {grace_s:.0f} s; killing it")
-        groups |= groups_of(descendants(self.proc.pid))
-        for pgid in groups:
-            signal_group(pgid, signal.SIGKILL)
+                say(f"{self.name} ignored SIGTERM for {self.grace_s:.0f} s; killing it")
+        self.kill_leftovers()
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             say(f"{self.name} (pid {self.proc.pid}) did not exit after SIGKILL")
 
 
-def say(message: str) -> None:
-    print(f"{'dev':>7} | {message}", flush=True)
+@dataclass
+class Restartable:
+    """A role under the restart policy, and where it stands in its backoff."""
+
+    role: Role
+    health_url: str | None = None  # engines: exiting before it ever answered 200 is fatal
+    was_healthy: bool = False
+    backoff_s: float = BACKOFF_FIRST_S
+    due: float | None = None  # when a pending restart happens
+    restarts: int = 0
+    marker: Path | None = None  # present: the exit was requested (--restart-replica)
 
 
-def healthy(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=3.0).status_code == 200
-    except httpx.HTTPError:
-        return False
+@dataclass
+class Supervisor:
+    """The restart policy over some roles; ``tick`` is called every ``TICK_S`` by the stack."""
 
+    members: list[Restartable]
+    now: Callable[[], float] = time.monotonic
+    on_start: Callable[[Restartable], None] = lambda member: None
 
-class Stopped(Exception):
-    """Ctrl-C / SIGTERM, or a role that must not die died."""
+    def tick(self) -> None:
+        now = self.now()
+        for m in self.members:
+            role = m.role
+            code = role.exit_code
+            if m.due is not None:
+                if now >= m.due:
+                    m.due = None
+                    m.restarts += 1
+                    role.start()
+                    self.on_start(m)
+                continue
+            if code is None:
+                role.remember_groups()
+                if not m.was_healthy and m.health_url and healthy(m.health_url):
+                    m.was_healthy = True
+                continue
+            if m.health_url and not m.was_healthy:
+                raise Stopped(f"{role.name} exited with {code} before it ever served /health")
+            role.kill_leftovers()
+            requested = m.marker is not None and m.marker.exists()
+            if requested:
+                assert m.marker is not None
+                m.marker.unlink(missing_ok=True)
+                delay, why = 0.0, "restart requested"
+            else:
+                if now - role.started_at >= BACKOFF_RESET_AFTER_S:
+                    m.backoff_s = BACKOFF_FIRST_S
+                delay, why = m.backoff_s, f"exited with {code}"
+                m.backoff_s = min(m.backoff_s * 2, BACKOFF_MAX_S)
+            say(f"{role.name} {why}; restarting in {delay:.0f} s (restart #{m.restarts + 1})")
+            m.due = now + delay
 
 
 @dataclass
 class DevStack:
     profile: str
     engine_url: str | None = None
+    replicas: int | None = None
+    run_dir: Path = RUN_DIR
     roles: list[Role] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
 
-    def _python(self, *args: str, env: dict[str, str] | None = None, name: str) -> Role:
-        return Role(name, [sys.executable, "-m", *args, "--profile", self.profile], env or {})
+    def _python(self, *args: str, env: dict[str, str], name: str, grace_s: float = 15.0) -> Role:
+        argv = [sys.executable, "-m", *args, "--profile", self.profile]
+        return Role(name, argv, env, grace_s)
 
-    def _check(self, essential: list[Role]) -> None:
-        if self.stopping.is_set():
-            raise Stopped("stop requested")
-        for role in essential:
-            if role.exit_code is not None:
-                raise Stopped(f"{role.name} exited with {role.exit_code}")
+    def _pidfile(self, index: int) -> Path:
+        return self.run_dir / f"engine-{index}.pid"
 
     def run(self) -> int:
         engine = EngineSettings.load(self.profile)
         gateway = GatewaySettings.load(self.profile)
-        ready_timeout = EngineEnv.load(self.profile).vllm_engine_ready_timeout_s
-        engine_url = (self.engine_url or engine.url).rstrip("/")
+        n = self.replicas or engine.replicas
+        shared = {"ENGINE_REPLICAS": str(n)}
+        if self.engine_url:
+            shared["GATEWAY_UPSTREAM_URL"] = self.engine_url.rstrip("/")
         gateway_url = gateway.url
-        shared = {"GATEWAY_UPSTREAM_URL": engine_url} if self.engine_url else {}
-        essential: list[Role] = []
+        # an engine drains for --shutdown-timeout before it exits: give it that, and the rest
+        engine_grace = max(15.0, stop_grace_s(engine.shutdown_timeout_s) + 5.0)
+        members: list[Restartable] = []
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "dev.pid").write_text(f"{os.getpid()}\n")
         try:
             if not self.engine_url:
-                essential.append(self._python("entrypoint", "serve", name="engine"))
-            essential.append(self._python("gateway", env=shared, name="gateway"))
-            for role in essential:
+                for i in range(n):
+                    args = ["entrypoint", "serve"] + (["--replica", str(i)] if n > 1 else [])
+                    name = "engine" if n == 1 else f"engine-{i}"
+                    role = self._python(*args, env=shared, name=name, grace_s=engine_grace)
+                    url = f"http://127.0.0.1:{engine.replica_port(i)}/health"
+                    marker = self.run_dir / f"engine-{i}.restart"
+                    marker.unlink(missing_ok=True)
+                    members.append(Restartable(role, health_url=url, marker=marker))
+            gw = self._python("gateway", env=shared, name="gateway")
+            warm_env = dict(shared)
+            if self.engine_url:
+                warm_env["WARMUP_ENGINE_URL"] = self.engine_url.rstrip("/")
+            warm = self._python("warmup", "--plain", "--watch", env=warm_env, name="warmup")
+            members.append(Restartable(warm))
+            supervisor = Supervisor(members, on_start=self._started)
+            for role in [m.role for m in members if m.role is not warm] + [gw, warm]:
                 self.roles.append(role)
                 role.start()
-
-            say(f"waiting up to {ready_timeout} s for the engine at {engine_url}/health")
-            deadline = time.monotonic() + ready_timeout
-            while not healthy(f"{engine_url}/health"):
-                self._check(essential)
-                if time.monotonic() > deadline:
-                    raise Stopped(f"engine not healthy after {ready_timeout} s")
-                time.sleep(1.0)
-
-            warm_env = {"WARMUP_ENGINE_URL": engine_url} if self.engine_url else {}
-            warmup = self._python("warmup", "--plain", env=warm_env, name="warmup")
-            self.roles.append(warmup)
-            warmup.start()
-            announced = False
+            for m in members:
+                self._started(m)
+            say(f"{n} engine replica(s); waiting for {gateway_url}/health (warm-up --watch)")
+            status = None
             while True:
-                self._check(essential)
-                if warmup.exit_code is not None and not announced:
-                    if warmup.exit_code != 0:
-                        say(f"warm-up FAILED (exit {warmup.exit_code}); the gateway stays 503")
-                        announced = True
-                    elif healthy(f"{gateway_url}/health"):
+                if self.stopping.is_set():
+                    raise Stopped("stop requested")
+                if gw.exit_code is not None:
+                    raise Stopped(f"gateway exited with {gw.exit_code}")
+                supervisor.tick()
+                now_status = gateway_status(f"{gateway_url}/health")
+                if now_status != status:
+                    if now_status == "ok":
                         say(f"ready: {gateway_url} (gateway /health 200). Ctrl-C stops all.")
-                        announced = True
-                time.sleep(0.5)
+                    elif now_status and now_status.startswith("warmup_failed"):
+                        say(f"warm-up FAILED ({now_status}); the gateway stays 503")
+                    elif status == "ok":
+                        say(f"gateway /health now {now_status or 'unreachable'}")
+                    status = now_status
+                time.sleep(TICK_S)
         except Stopped as why:
             failed = not self.stopping.is_set()
             say(f"stopping ({why})")
@@ -166,16 +278,82 @@ class DevStack:
         finally:
             for role in reversed(self.roles):
                 role.stop()
+            for m in members:
+                m.role.kill_leftovers()
+            for path in [self.run_dir / "dev.pid", *self.run_dir.glob("engine-*.pid")]:
+                path.unlink(missing_ok=True)
             say("all roles stopped")
+
+    def _started(self, member: Restartable) -> None:
+        """A (re)started engine: record its group for ``--restart-replica``."""
+        name, pid = member.role.name, member.role.pid
+        if member.health_url is None or pid is None:
+            return
+        index = 0 if name == "engine" else int(name.rsplit("-", 1)[1])
+        self._pidfile(index).write_text(f"{pid}\n")
+
+
+def gateway_status(url: str) -> str | None:
+    """The gateway's /health ``status`` (ok, warming_up, ...), None when it does not answer."""
+    try:
+        resp = httpx.get(url, timeout=3.0)
+        return str(resp.json().get("status") or resp.status_code)
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+        return int(text.rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def restart_replica(run_dir: Path, index: int) -> int:
+    """Ask the running dev stack to restart replica ``index``; returns the group signalled.
+
+    SIGTERM to that replica's process group (the entrypoint drains vLLM and exits); the stack's
+    restart policy starts it again at once. The pid files are checked against the live process
+    tree (the replica must be a child of the running ``deploy.dev``), never trusted blindly.
+    """
+    try:
+        dev_pid = int((run_dir / "dev.pid").read_text())
+        pid = int((run_dir / f"engine-{index}.pid").read_text())
+    except (OSError, ValueError):
+        msg = f"no make dev stack with replica {index} is running (run dir {run_dir})"
+        raise DevError(msg) from None
+    if _ppid(dev_pid) is None:
+        raise DevError(f"the make dev stack (pid {dev_pid}) is not running (run dir {run_dir})")
+    if _ppid(pid) != dev_pid:
+        raise DevError(f"replica {index} (pid {pid}) is not running under make dev (pid {dev_pid})")
+    (run_dir / f"engine-{index}.restart").write_text("")
+    signal_group(pid, signal.SIGTERM)
+    return pid
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m deploy.dev", description=__doc__.split("\n")[0])
     p.add_argument("--profile", default=None, help="env/<name>.env, a name, or $PROFILE")
     p.add_argument("--engine-url", default=None, help="use this running engine; start none")
+    p.add_argument("--replicas", type=int, default=None, metavar="N",
+                   help="engine replicas (default: ENGINE_REPLICAS)")  # fmt: skip
+    p.add_argument("--run-dir", type=Path, default=RUN_DIR, help="pid files (default .cache/dev)")
+    p.add_argument("--restart-replica", type=int, default=None, metavar="I",
+                   help="restart replica I of the running stack, then exit")  # fmt: skip
     args = p.parse_args(argv)
+    if args.replicas is not None and args.replicas < 1:
+        p.error("--replicas must be at least 1")
+    if args.restart_replica is not None:
+        try:
+            pid = restart_replica(args.run_dir, args.restart_replica)
+        except DevError as exc:
+            print(f"dev: {exc}", file=sys.stderr)
+            return 1
+        print(f"dev: replica {args.restart_replica} (group {pid}) asked to stop; it restarts")
+        return 0
     profile = str(profile_path(args.profile))
-    stack = DevStack(profile=profile, engine_url=args.engine_url)
+    stack = DevStack(profile, args.engine_url, args.replicas, args.run_dir)
 
     def request_stop(signum: int, _frame: object) -> None:
         stack.stopping.set()

@@ -1,6 +1,8 @@
 """`make dev` (deploy.dev): roles come up, the gateway turns ready, Ctrl-C leaves no process.
 
-Two runs of ``python -m deploy.dev`` (what ``make dev`` execs): one exactly as a developer gets it,
+The restart policy (``Supervisor``) is tested with fake engines: small Python processes that,
+like the entrypoint, start a child in a process group of its own (vLLM), so a SIGKILLed leader
+would orphan it. Then two runs of ``python -m deploy.dev`` (what ``make dev`` execs): one exactly as a developer gets it,
 starting its own engine (the real vLLM CPU engine, whose EngineCore and workers live in process
 groups of their own: the orphan case that matters), and one with ``--engine-url`` against the
 session's engine, which must be left running. Ctrl-C is delivered as a terminal does: SIGINT to
@@ -12,16 +14,16 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from deploy.dev import DevError, Restartable, Role, Stopped, Supervisor, restart_replica
 from entrypoint.process import descendants
 from tests.support.process import ServerProcess, free_port
 from tests.support.stack import chat_once
-
-pytestmark = pytest.mark.engine
 
 READY_S = 420  # engine start (40-150 s on 2 shared cores) + warm-up
 
@@ -69,6 +71,7 @@ def _ctrl_c_stops_everything(dev: ServerProcess, gateway_port: int) -> str:
     return log
 
 
+@pytest.mark.engine
 @pytest.mark.slow
 @pytest.mark.timeout(READY_S + 180)
 def test_make_dev_starts_its_engine_and_ctrl_c_stops_all(tiny_model: None, tmp_path: Path) -> None:
@@ -89,6 +92,7 @@ def test_make_dev_starts_its_engine_and_ctrl_c_stops_all(tiny_model: None, tmp_p
         dev.stop()
 
 
+@pytest.mark.engine
 @pytest.mark.timeout(300)
 def test_dev_with_engine_url_leaves_the_engine_alone(engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     gateway_port = free_port()
@@ -103,3 +107,133 @@ def test_dev_with_engine_url_leaves_the_engine_alone(engine, tmp_path: Path) -> 
         )
     finally:
         dev.stop()
+
+
+# --- the restart policy, with fake engines ---------------------------------------------------------
+
+# An "engine": writes its pid, starts a "vLLM" child in a session of its own (its pid written
+# too), then sleeps. SIGKILL to the leader orphans the child unless the supervisor kills it.
+FAKE_ENGINE = """
+import os, subprocess, sys, time
+out = sys.argv[1]
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                         start_new_session=True)
+with open(out + ".tmp", "w") as fh:
+    fh.write(f"{os.getpid()} {child.pid}")
+os.replace(out + ".tmp", out)
+time.sleep(600)
+"""
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def fake_engine(tmp_path: Path, name: str) -> tuple[Role, Path]:
+    out = tmp_path / f"{name}.pids"
+    return Role(name, [sys.executable, "-c", FAKE_ENGINE, str(out)], {}, grace_s=5), out
+
+
+def pids(out: Path, old: str | None = None, timeout_s: float = 30) -> tuple[int, int]:
+    """(leader, child) once the fake engine wrote them (a new pair when ``old`` is given)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if out.exists() and (text := out.read_text()) != old:
+            leader, child = text.split()
+            return int(leader), int(child)
+        time.sleep(0.05)
+    raise AssertionError(f"fake engine never wrote {out}")
+
+
+def wait_dead(pid: int, timeout_s: float = 10) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.timeout(120)
+def test_a_sigkilled_replica_is_restarted_with_backoff_and_the_others_untouched(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (a, a_out), (b, b_out) = fake_engine(tmp_path, "engine-0"), fake_engine(tmp_path, "engine-1")
+    clock = FakeClock()
+    sup = Supervisor([Restartable(a), Restartable(b)], now=clock)
+    try:
+        a.start(), b.start()
+        a_leader, a_child = pids(a_out)
+        b_leader, b_child = pids(b_out)
+        sup.tick()  # remembers each tree's groups (the children lead their own)
+        assert a_child in a.groups or os.getpgid(a_child) in a.groups
+
+        os.kill(a_leader, signal.SIGKILL)  # replica 0 dies hard
+        assert a.proc is not None and a.proc.wait(timeout=10) == -signal.SIGKILL
+        sup.tick()
+        assert wait_dead(a_child), "the dead replica's own child is not left behind"
+        assert "engine-0 exited with -9; restarting in 1 s (restart #1)" in capsys.readouterr().out
+        sup.tick()
+        assert a.exit_code is not None, "not before the backoff"
+        clock.t += 1.0
+        sup.tick()
+        new_leader, new_child = pids(a_out, old=f"{a_leader} {a_child}")
+        assert new_leader != a_leader and a.pid == new_leader
+
+        # the other replica was never touched
+        assert b.pid == b_leader and _alive(b_leader) and _alive(b_child)
+
+        # dying again soon: the backoff doubles
+        sup.tick()
+        os.kill(new_leader, signal.SIGKILL)
+        a.proc.wait(timeout=10)
+        sup.tick()
+        assert "engine-0 exited with -9; restarting in 2 s (restart #2)" in capsys.readouterr().out
+        assert wait_dead(new_child)
+    finally:
+        a.stop(), b.stop()
+    assert all(wait_dead(p) for p in (b_leader, b_child, a.pid or 0)), "Ctrl-C's stop leaves none"
+
+
+def test_an_engine_that_never_served_stops_the_stack(tmp_path: Path) -> None:
+    role = Role("engine", [sys.executable, "-c", "raise SystemExit(3)"], {})
+    sup = Supervisor([Restartable(role, health_url=f"http://127.0.0.1:{free_port()}/health")])
+    role.start()
+    assert role.proc is not None
+    role.proc.wait(timeout=30)
+    with pytest.raises(Stopped, match="engine exited with 3 before it ever served /health"):
+        sup.tick()
+
+
+@pytest.mark.timeout(60)
+def test_restart_replica_signals_only_a_replica_of_the_running_stack(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    role, out = fake_engine(tmp_path, "engine-1")
+    marker = tmp_path / "engine-1.restart"
+    sup = Supervisor([Restartable(role, marker=marker)], now=FakeClock())
+    with pytest.raises(DevError, match="no make dev stack with replica 1 is running"):
+        restart_replica(tmp_path, 1)
+    try:
+        role.start()
+        leader, child = pids(out)
+        (tmp_path / "dev.pid").write_text(f"{os.getpid()}\n")  # this test is the stack
+        (tmp_path / "engine-1.pid").write_text(f"{child}\n")  # not a child of the stack
+        with pytest.raises(DevError, match=f"replica 1 \\(pid {child}\\) is not running under"):
+            restart_replica(tmp_path, 1)
+        (tmp_path / "engine-1.pid").write_text(f"{leader}\n")
+        sup.tick()
+        assert restart_replica(tmp_path, 1) == leader
+        assert role.proc is not None and role.proc.wait(timeout=10) == -signal.SIGTERM
+        sup.tick()  # requested: no backoff
+        assert "engine-1 restart requested; restarting in 0 s" in capsys.readouterr().out
+        assert not marker.exists()
+        sup.tick()
+        assert pids(out, old=f"{leader} {child}")[0] == role.pid != leader
+        assert wait_dead(child)
+    finally:
+        role.stop()
