@@ -103,9 +103,16 @@ def _copy_atomically(src: Path, dst: Path) -> None:
     tmp = dst.with_name(f".{dst.name}.tmp-{time.monotonic_ns()}")
     shutil.copytree(src, tmp, symlinks=True)
     old = dst.with_name(f".{dst.name}.old-{time.monotonic_ns()}")
-    if dst.exists():
-        dst.rename(old)
-    tmp.rename(dst)
+    try:
+        if dst.exists():
+            dst.rename(old)
+        tmp.rename(dst)
+    except OSError:
+        # Another writer (a second replica's warm-up saving the same shared key) got there
+        # between our two renames: its copy of the same key stands, ours is dropped.
+        if not dst.exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -164,3 +164,28 @@ def test_an_explicit_engine_log_file_is_split_per_replica(tmp_path: Path) -> Non
     assert replica.engine_log_path(ops, CacheSettings(), e, 1) == tmp_path / "engine.replica-1.log"
     _, c1 = replica.for_replica(e, CacheSettings(hot_dir=tmp_path / "hot"), 1)
     assert replica.engine_log_path(OpsSettings(), c1, e, 1) == tmp_path / "hot/replica-1/engine.log"
+
+
+def test_a_concurrent_save_of_the_same_key_keeps_one_whole_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two replicas' warm-ups save the shared key at once: the second rename finds the first's
+    copy in place; it keeps that one instead of failing or mixing the two."""
+    from entrypoint import cache as cache_mod
+
+    src = tmp_path / "hot"
+    src.mkdir()
+    (src / "f").write_text("mine")
+    dst = tmp_path / "persist" / "key"
+    real_rename = Path.rename
+
+    def racing_rename(self: Path, target: Path) -> Path:
+        if target == dst and self.name.startswith(".key.tmp-"):
+            dst.mkdir(parents=True)  # the other replica's save lands first
+            (dst / "f").write_text("theirs")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", racing_rename)
+    cache_mod._copy_atomically(src, dst)
+    assert (dst / "f").read_text() == "theirs"
+    assert [p.name for p in dst.parent.iterdir()] == ["key"]  # no temp dir left behind
