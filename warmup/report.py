@@ -74,8 +74,9 @@ def _secs(value: float | None) -> str:
 
 def summary_table(report: dict[str, Any]) -> Table:
     engine = report.get("engine") or {}
+    replica = f" | {report['replica']}" if report.get("replica") else ""
     title = (
-        f"warm-up {report['outcome']} | profile {report['profile']} | "
+        f"warm-up {report['outcome']}{replica} | profile {report['profile']} | "
         f"{engine.get('model') or '?'} (vLLM {engine.get('version') or '?'}) | "
         f"{report['duration_s']:.1f} s"
     )
