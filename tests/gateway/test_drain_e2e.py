@@ -1,0 +1,75 @@
+"""SIGTERM drains the gateway (gateway/drain.py), against the real CPU engine.
+
+With 8 streams in flight: every one of them ends with ``[DONE]``, a request that arrives during
+the drain gets 503 ``draining`` with ``Retry-After`` (the socket is still open to say so),
+``/health`` says ``draining``, and the process exits 0 on its own, before the drain timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+
+import httpx
+import pytest
+
+from tests.support.engine import Engine
+from tests.support.gateway import mark_warm, run_gateway
+
+pytestmark = [pytest.mark.engine]
+MODEL = "gemma-4-tiny"
+
+
+def test_sigterm_finishes_the_streams_in_flight_and_refuses_new_ones(engine: Engine) -> None:
+    env = {"GATEWAY_DRAIN_TIMEOUT_S": "120", "GATEWAY_QUEUE_DEPTH": "16"}
+    with run_gateway(engine.url, env=env) as gw:
+        mark_warm(gw)
+        ends: list[list[str]] = []
+
+        async def stream(client: httpx.AsyncClient, i: int, started: asyncio.Event) -> None:
+            body = {
+                "model": MODEL, "stream": True, "max_tokens": 400, "ignore_eos": True,
+                "messages": [{"role": "user", "content": f"drain {i}"}],
+            }  # fmt: skip
+            lines: list[str] = []
+            async with client.stream("POST", f"{gw.url}/v1/chat/completions", json=body) as r:
+                assert r.status_code == 200
+                async for line in r.aiter_lines():
+                    if line.startswith("data: "):
+                        lines.append(line)
+                        started.set()
+            ends.append(lines[-2:])
+
+        async def scenario() -> tuple[httpx.Response, httpx.Response]:
+            async with httpx.AsyncClient(timeout=300) as client:
+                started = [asyncio.Event() for _ in range(8)]
+                tasks = [asyncio.create_task(stream(client, i, started[i])) for i in range(8)]
+                await asyncio.wait_for(asyncio.gather(*(e.wait() for e in started)), 120)
+                gw.server.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+                deadline = time.monotonic() + 30
+                while True:  # the drain starts on the server's next tick (0.1 s)
+                    health = await client.get(f"{gw.url}/health")
+                    if health.status_code == 503 or time.monotonic() > deadline:
+                        break
+                    await asyncio.sleep(0.05)
+                late = await client.post(
+                    f"{gw.url}/v1/chat/completions",
+                    json={"model": MODEL, "max_tokens": 4,
+                          "messages": [{"role": "user", "content": "late"}]},
+                )  # fmt: skip
+                in_flight_while_refusing = sum(not t.done() for t in tasks)
+                await asyncio.gather(*tasks)
+                assert in_flight_while_refusing > 0  # the refusal came during the drain
+                return health, late
+
+        health, late = asyncio.run(scenario())
+        assert health.status_code == 503 and health.json()["status"] == "draining"
+        assert late.status_code == 503 and late.json()["error"]["code"] == "draining"
+        assert int(late.headers["retry-after"]) >= 1
+        assert len(ends) == 8 and all(end[-1] == "data: [DONE]" for end in ends), ends
+        proc = gw.server.proc
+        assert proc is not None
+        assert proc.wait(timeout=60) == 0  # exits on its own once drained, status 0
+        log = gw.server.log_path.read_text()
+        assert "drained: shutting down" in log and "drain timeout" not in log

@@ -1,0 +1,196 @@
+"""Two real CPU engines behind one gateway: spread, prefix affinity, and a replica killed under
+load (issue 12's "must show", against vLLM itself).
+
+The second engine belongs to this module (it is killed here); the first is the session's. The
+gateway routes with ``GATEWAY_ROUTING=prefix``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bench.gatewayproc import mark_all_warm, replicas
+from entrypoint.process import descendants, groups_of
+from tests.gateway.conftest import engine_metric
+from tests.support.engine import Engine, start_engine
+from tests.support.gateway import RunningGateway, run_gateway
+from tests.support.sse import error_events
+
+pytestmark = [pytest.mark.engine, pytest.mark.slow]
+MODEL = "gemma-4-tiny"
+SYSTEM = (
+    "You are the on-call assistant of a platform team. Answer in one short sentence, cite the "
+    "runbook section, never invent a command, and say when a human must decide. " * 5
+)  # longer than the routing key (512 characters): requests differ only after it
+
+
+@pytest.fixture(scope="module")
+def engine2(tmp_path_factory: pytest.TempPathFactory, tiny_model: None) -> Iterator[Engine]:
+    eng = start_engine(tmp_path_factory.mktemp("engine2"))
+    try:
+        yield eng
+    finally:
+        eng.stop()
+
+
+@pytest.fixture(scope="module")
+def pair(engine: Engine, engine2: Engine) -> Iterator[RunningGateway]:
+    env = {
+        "GATEWAY_UPSTREAM_URLS": f"{engine.url},{engine2.url}",
+        "GATEWAY_ROUTING": "prefix",
+        "GATEWAY_QUEUE_DEPTH": "64",
+    }
+    with run_gateway(engine.url, env=env) as gw:
+        mark_all_warm(gw)
+        yield gw
+
+
+def served(gw: RunningGateway) -> dict[str, int]:
+    return {str(r["name"]): int(r["served"]) for r in replicas(gw)}  # type: ignore[call-overload]
+
+
+def chat(gw: RunningGateway, messages: list[dict[str, str]], max_tokens: int = 1) -> None:
+    r = httpx.post(
+        f"{gw.url}/v1/chat/completions",
+        json={"model": MODEL, "messages": messages, "max_tokens": max_tokens},
+        timeout=120,
+    )
+    assert r.status_code == 200, r.text
+
+
+def test_distinct_prefixes_spread_evenly(pair: RunningGateway) -> None:
+    before = served(pair)
+    for i in range(24):
+        chat(pair, [{"role": "user", "content": f"question {i}: which port does the engine use?"}])
+    counts = [served(pair)[n] - before[n] for n in before]
+    assert sum(counts) == 24 and max(counts) / max(1, min(counts)) <= 1.3, counts
+
+
+def test_a_shared_prefix_lands_on_one_replica_and_hits_its_prefix_cache(
+    pair: RunningGateway, engine: Engine, engine2: Engine
+) -> None:
+    before = served(pair)
+    chat(pair, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "first"}])
+    home = next(n for n, c in served(pair).items() if c > before[n])
+    home_url = engine.url if home.endswith(f":{engine.port}") else engine2.url
+    hits_before = engine_metric(home_url, "vllm:prefix_cache_hits_total")
+    for i in range(19):
+        question = {"role": "user", "content": f"incident {i}: the gateway returns 503"}
+        chat(pair, [{"role": "system", "content": SYSTEM}, question])
+    after = served(pair)
+    assert after[home] - before[home] >= 18, (before, after)  # >= 90% of 20 on one replica
+    assert engine_metric(home_url, "vllm:prefix_cache_hits_total") > hits_before
+
+
+@dataclass
+class Outcome:
+    status: int | None = None
+    first_byte: bool = False
+    done: bool = False
+    sse_error: bool = False
+    exception: str | None = None
+    lines: list[str] = field(default_factory=list)
+
+
+async def one_stream(client: httpx.AsyncClient, url: str, i: int) -> Outcome:
+    out = Outcome()
+    body = {
+        "model": MODEL, "stream": True, "max_tokens": 48, "ignore_eos": True,
+        "messages": [{"role": "user", "content": f"stream {i}"}],
+    }  # fmt: skip
+    try:
+        async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as r:
+            out.status = r.status_code
+            async for line in r.aiter_lines():
+                if line.startswith("data: "):
+                    out.first_byte = True
+                    out.lines.append(line)
+                    out.done = out.done or line == "data: [DONE]"
+            out.sse_error = bool(error_events(out.lines))
+    except httpx.HTTPError as exc:
+        out.exception = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+def kill_hard(eng: Engine) -> None:
+    """SIGKILL the replica: the entrypoint's group and every group under it (vLLM's)."""
+    pid = eng.server.pid
+    for pgid in {pid, *groups_of(descendants(pid))}:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGKILL)
+    assert eng.server.proc is not None
+    eng.server.proc.wait(timeout=30)
+
+
+def test_a_replica_killed_under_load_fails_over_and_rejoins_only_when_warm(
+    pair: RunningGateway, engine2: Engine, tmp_path: Path
+) -> None:
+    name2 = f"127.0.0.1:{engine2.port}"
+    outcomes: list[Outcome] = []
+    health: list[int] = []
+
+    async def load(stop: asyncio.Event) -> None:
+        async with httpx.AsyncClient(timeout=120) as client:
+
+            async def worker(w: int) -> None:
+                i = 0
+                while not stop.is_set():
+                    outcomes.append(await one_stream(client, pair.url, w * 1000 + i))
+                    i += 1
+
+            async def watch_health() -> None:
+                while not stop.is_set():
+                    health.append((await client.get(f"{pair.url}/health")).status_code)
+                    await asyncio.sleep(0.2)
+
+            await asyncio.gather(*(worker(w) for w in range(16)), watch_health())
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(load(stop))
+        deadline = time.monotonic() + 120
+        while served(pair).get(name2, 0) < 8 or len(outcomes) < 8:  # load on both replicas
+            assert time.monotonic() < deadline and not task.done()
+            await asyncio.sleep(0.2)
+        await asyncio.to_thread(kill_hard, engine2)
+        killed_at = len(outcomes)
+        while len(outcomes) < killed_at + 32:  # keep the load up after the kill
+            assert time.monotonic() < deadline + 120 and not task.done()
+            await asyncio.sleep(0.2)
+        stop.set()
+        await task
+
+    asyncio.run(scenario())
+    not_started = [o for o in outcomes if not o.first_byte]
+    assert not_started == [], not_started[:3]  # every request that had not streamed failed over
+    cut = [o for o in outcomes if not o.done]
+    assert all(o.status == 200 and o.sse_error for o in cut), cut[:3]  # a terminal SSE error
+    assert len(outcomes) - len(cut) >= 32
+    assert set(health) == {200}  # the other replica kept /health green throughout
+
+    state = {str(r["name"]): r for r in replicas(pair)}
+    assert state[name2]["state"] == "engine_down"
+    engine2.server.start()  # a new process: a new instance, not yet warmed
+    deadline = time.monotonic() + 60
+    while state[name2]["state"] != "warming_up":
+        assert time.monotonic() < deadline, state[name2]
+        time.sleep(0.2)
+        state = {str(r["name"]): r for r in replicas(pair)}
+    before = served(pair)[name2]
+    for i in range(6):
+        chat(pair, [{"role": "user", "content": f"after the restart {i}"}])
+    assert served(pair)[name2] == before  # not routed to before its warm-up passed
+    mark_all_warm(pair, only={name2})
+    for i in range(6):
+        chat(pair, [{"role": "user", "content": f"warm again {i}"}])
+    assert served(pair)[name2] > before
