@@ -167,9 +167,12 @@ class FairQueue:
         for flow in cls.flows.values():
             if flow is own:
                 n += k
-            elif flow.items:
-                before = math.ceil((tag - cls.start(flow)) * flow.weight)
-                n += max(0, min(len(flow.items), before))
+            elif flow.items:  # its j-th entry's tag is start + j / weight; ties by arrival
+                x = (tag - cls.start(flow)) * flow.weight
+                before = max(0, math.ceil(x - 1e-9))
+                if before < len(flow.items) and abs(x - before) < 1e-9:
+                    before += flow.items[before].seq < entry.seq
+                n += min(len(flow.items), before)
         return n
 
     def _pop(self, cls: _Class) -> Entry:

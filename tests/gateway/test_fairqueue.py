@@ -1,0 +1,75 @@
+"""The fair queue's order: strict priority between classes, SFQ between keys, longest-queue drop."""
+
+from __future__ import annotations
+
+from gateway.fairqueue import Entry, FairQueue
+
+
+def drain(q: FairQueue) -> list[str]:
+    out = []
+    while (e := q.pop()) is not None:
+        out.append(e.payload)
+    return out
+
+
+def push(q: FairQueue, key: str, n: int, prio: int = 0, weight: float = 1.0) -> list[Entry]:
+    entries = [Entry(key, prio, weight, f"{key}{i}") for i in range(n)]
+    for e in entries:
+        q.push(e)
+    return entries
+
+
+def test_a_newcomer_goes_after_at_most_one_request_of_a_flooding_key() -> None:
+    q = FairQueue()
+    push(q, "flood", 50)
+    assert q.pop().payload == "flood0"
+    push(q, "short", 1)
+    assert [q.pop().payload for _ in range(2)] == ["short0", "flood1"]
+
+
+def test_keys_alternate_whatever_they_queued_and_fifo_does_not() -> None:
+    fair, fifo = FairQueue(), FairQueue(fair=False)
+    for q in (fair, fifo):
+        push(q, "a", 4)
+        push(q, "b", 2)
+    assert drain(fair) == ["a0", "b0", "a1", "b1", "a2", "a3"]
+    assert drain(fifo) == ["a0", "a1", "a2", "a3", "b0", "b1"]
+
+
+def test_weights_share_the_slots() -> None:
+    q = FairQueue()
+    push(q, "heavy", 6, weight=2.0)
+    push(q, "light", 3)
+    assert drain(q) == [
+        "heavy0", "light0", "heavy1", "heavy2", "light1", "heavy3", "heavy4", "light2", "heavy5",
+    ]  # fmt: skip
+
+
+def test_higher_priority_first_unless_not_eligible() -> None:
+    q = FairQueue()
+    push(q, "batch", 2, prio=0)
+    push(q, "chat", 1, prio=10)
+    assert q.pop(lambda p: p != 10).payload == "batch0"  # interactive held: batch may go
+    assert q.pop().payload == "chat0"
+    assert q.pop(lambda p: p != 0) is None
+
+
+def test_remove_and_ahead() -> None:
+    q = FairQueue()
+    a = push(q, "a", 3)
+    b = push(q, "b", 1)
+    assert q.ahead(b[0]) == 1  # after a0 only
+    assert q.ahead(a[2]) == 3
+    assert q.remove(a[1]) and not q.remove(a[1])
+    assert len(q) == 3 and drain(q) == ["a0", "b0", "a2"]
+
+
+def test_full_queue_victim_is_the_newest_of_the_longest_or_lower_class() -> None:
+    q = FairQueue()
+    push(q, "flood", 5)
+    push(q, "x", 1)
+    assert q.victim("x", 0).payload == "flood4"  # x would have 2, flood has 5
+    assert q.victim("flood", 0) is None  # the longest flow cannot push out others
+    push(q, "batch", 2, prio=-1)
+    assert q.victim("flood", 0).payload == "batch1"  # a lower class goes first
+    assert FairQueue(fair=False).victim("x", 0) is None
