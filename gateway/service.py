@@ -210,7 +210,9 @@ class CompletionService:
             raise unavailable(snap)
         call.route_key = routing_key(parsed.kind, parsed.body)
         prompt_tokens = None
-        if needs_count(parsed, policy):
+        # A key with a tpm is charged the engine's count, not the loose byte bound.
+        exact = parsed.exact_prompt_tokens is not None
+        if needs_count(parsed, policy) or (tenant.tpm is not None and not exact):
             prompt_tokens = await self.tokens.count(parsed, call.request_id.decode())
         outcome = "skipped" if prompt_tokens is None else "counted"
         self.metrics.token_counts.labels(outcome).inc()

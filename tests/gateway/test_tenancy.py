@@ -85,7 +85,9 @@ async def test_rpm_refuses_with_retry_after_and_headers_on_every_answer() -> Non
     assert err.headers["x-ratelimit-remaining-requests"] == "0"
     assert err.headers["x-ratelimit-reset-requests"] == "54s"
     assert sample(metrics, "gateway_key_rejections_total", key="five", reason="rpm_limit") == 1
-    assert sample(metrics, "gateway_key_requests_total", key="five", **{"class": "interactive"}) == 2
+    assert (
+        sample(metrics, "gateway_key_requests_total", key="five", **{"class": "interactive"}) == 2
+    )
 
 
 async def test_tpm_settles_from_the_usage_it_asked_for_and_hides_it() -> None:
@@ -124,14 +126,16 @@ async def test_a_disconnect_settles_what_was_streamed() -> None:
 
 
 async def test_models_and_max_tokens_cap_per_key() -> None:
-    svc, _, metrics, _ = setup()
+    svc, _, _, _ = setup()
     with pytest.raises(OpenAIError) as info:
         await svc.run(call("small", max_tokens=21), Sink())
     assert (info.value.status, info.value.code, info.value.param) == (
         400, "max_tokens_limit", "max_tokens",
     )  # fmt: skip
     assert info.value.headers["x-ratelimit-limit-tokens"] == "60"
-    svc2, _, _, _ = setup(FakeResponse(200, [b'{"usage":{"prompt_tokens":5,"completion_tokens":3}}']))
+    svc2, _, _, _ = setup(
+        FakeResponse(200, [b'{"usage":{"prompt_tokens":5,"completion_tokens":3}}'])
+    )
     c = call("small")
     assert await svc2.run(c, Sink()) == 200
     assert json.loads(svc2.upstreams.replicas[0].pool.requests[0][1])["max_tokens"] == 20
