@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench import grid, overhead, synthetic, vllm_check
+from bench import fairness, grid, overhead, synthetic, vllm_check
 from bench.grid import int_list
 
 console = Console(stderr=True)
@@ -197,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep_parser(sub)
     compare_parser(sub)
     overhead.add_parser(sub)
+    fairness.add_parser(sub)
     synthetic.add_parser(sub)
     vllm_check.add_parser(sub)
     return parser
