@@ -58,9 +58,7 @@ class Changes:
         self.n += 1
 
 
-def monitor(
-    engine: Engine, warm: object = None
-) -> tuple[EngineMonitor, HealthTracker, Changes]:
+def monitor(engine: Engine, warm: object = None) -> tuple[EngineMonitor, HealthTracker, Changes]:
     health = HealthTracker()
     changes = Changes()
     policy = SaturationPolicy(waiting_threshold=2, kv_usage_threshold=0.9, max_age_s=60)
