@@ -237,3 +237,89 @@ def test_restart_replica_signals_only_a_replica_of_the_running_stack(
         assert wait_dead(child)
     finally:
         role.stop()
+
+
+# --- make dev REPLICAS=2: the one real check ------------------------------------------------------
+
+
+def _two_free_ports() -> int:
+    """A base port whose successor is free too (replica i listens on ENGINE_PORT + i)."""
+    import socket
+
+    for _ in range(50):
+        base = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", base + 1))
+            except OSError:
+                continue
+        return base
+    raise AssertionError("no two consecutive free ports")
+
+
+def _replicas(gateway: str) -> dict[str, dict]:
+    body = httpx.get(f"{gateway}/health", timeout=5).json()
+    return {r["name"]: r for r in body.get("replicas") or []}
+
+
+def _wait(what, timeout_s: float, dev: ServerProcess):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if got := what():
+            return got
+        time.sleep(0.5)
+    raise AssertionError(f"never happened\n{dev.log_tail()}")
+
+
+@pytest.mark.engine
+@pytest.mark.slow
+@pytest.mark.timeout(2 * READY_S + 180)
+def test_make_dev_replicas_restarts_a_killed_replica_and_ctrl_c_stops_all(
+    tiny_model: None, tmp_path: Path
+) -> None:
+    """``make dev REPLICAS=2``: both replicas warm; SIGKILL replica 1's group (its vLLM lives in
+    groups of its own): dev kills what is left of it and starts it again, replica 0 untouched,
+    the gateway 200 all along, the new instance served only once warm; Ctrl-C leaves no process
+    of any group. (The rolling restart under load is the gateway side's end-to-end test.)"""
+    gateway_port, base = free_port(), _two_free_ports()
+    gateway = f"http://127.0.0.1:{gateway_port}"
+    run_dir = tmp_path / "run"
+    names = [f"127.0.0.1:{base}", f"127.0.0.1:{base + 1}"]
+    dev = _dev(tmp_path, gateway_port, "--replicas", "2", "--run-dir", str(run_dir),
+               ENGINE_PORT=str(base), WARMUP_WATCH_INTERVAL_S="1")  # fmt: skip
+    seen: set[int] = set()
+    try:
+        dev.start(timeout_s=READY_S)
+        both = lambda: all(r["state"] == "ready" for r in _replicas(gateway).values())  # noqa: E731
+        _wait(lambda: set(_replicas(gateway)) == set(names) and both(), READY_S, dev)
+        seen |= set(descendants(dev.pid))
+        pid0 = int((run_dir / "engine-0.pid").read_text())
+        pid1 = int((run_dir / "engine-1.pid").read_text())
+        old1 = _replicas(gateway)[names[1]]["engine_instance"]
+        tree1 = descendants(pid1)
+        assert tree1, "replica 1 runs vLLM under its entrypoint"
+
+        os.killpg(pid1, signal.SIGKILL)  # the entrypoint's group; vLLM's groups are orphaned
+        codes = []
+
+        def back() -> bool:
+            codes.append(httpx.get(f"{gateway}/health", timeout=5).status_code)
+            r = _replicas(gateway)[names[1]]
+            return r["state"] == "ready" and r["engine_instance"] != old1
+
+        _wait(back, READY_S, dev)
+        assert set(codes) == {200}, "replica 0 kept the gateway serving"
+        assert not [p for p in tree1 if _alive(p)], "the killed replica's vLLM was not left behind"
+        assert int((run_dir / "engine-0.pid").read_text()) == pid0 and _alive(pid0)
+        assert int((run_dir / "engine-1.pid").read_text()) != pid1
+        log = dev.log_path.read_text(errors="replace")
+        assert "engine-1 exited with -9; restarting in 1 s (restart #1)" in log
+        seen |= set(descendants(dev.pid))
+
+        os.killpg(dev.pid, signal.SIGINT)
+        assert dev.proc is not None and dev.proc.wait(timeout=120) == 0, dev.log_tail()
+        leftovers = [p for p in seen if _alive(p)]
+        assert leftovers == [], f"orphans after Ctrl-C: {leftovers}\n{dev.log_tail()}"
+        assert not list(run_dir.glob("*.pid"))
+    finally:
+        dev.stop()
