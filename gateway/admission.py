@@ -1,34 +1,25 @@
 """Admission control: a global in-flight cap, a bounded queue in fair order, per-key caps.
 
 Why: the engine alone accepts everything and then queues without bound, preempts, or OOMs; a
-client that waits minutes times out and retries, doubling the load. The gateway instead keeps
-at most ``max_inflight`` requests upstream, lets a bounded number wait for at most their class's
-queue timeout, and refuses the rest at once with a ``Retry-After`` computed from the rate at
-which slots have actually been freed (a constant would either hammer or starve).
+client that waits minutes times out and retries, doubling the load. The gateway keeps at most
+``max_inflight`` requests upstream (``set_capacity``: the ready replicas' sum, changeable at run
+time), lets a bounded number wait for at most their class's queue timeout, and refuses the rest
+at once with a ``Retry-After`` computed from the rate at which slots were actually freed.
 
-The queue's order is ``fairqueue.FairQueue``: priority classes (interactive before batch), and
-weighted fair queuing between keys within a class, so one key that queues a hundred requests
-does not push every other key's TTFT up by a hundred service times. Each class may hold at most
-its share of the in-flight cap (``Sched.inflight_share``: batch below 1), so as the gateway
-fills, batch is held first and interactive last. A full queue drops the newest request of the
-longest flow (lower classes first) for a newcomer with fewer queued, else refuses the newcomer.
-``fair=False`` is the plain FIFO of before (the fairness benchmark's baseline).
+The queue's order is ``fairqueue.FairQueue``: priority classes (interactive before batch) and
+weighted fair queuing between keys within a class, so a key that queues a hundred requests does
+not push every other key's TTFT up by a hundred service times. A class may hold at most its
+share of the in-flight cap (``Sched.inflight_share``: batch below 1), so as the gateway fills,
+batch is held first and interactive last. A full queue drops the newest request of the longest
+flow (lower classes first) for a newcomer with fewer queued. ``fair=False``: the plain FIFO.
+While the engine reports saturation (``set_saturated``), nothing new goes upstream: the engine's
+view wins; when it clears, the queue drains in priority and fair order.
 
-While the engine reports saturation (its own waiting queue or KV cache above a threshold, or
-its metrics are stale), new work queues even if gateway slots are free: the engine's view wins;
-when it clears, the queue drains in priority and fair order.
-
-Callers use one thing: ``async with admission.slot(key, on_wait=..., sched=...) as ticket``
-admits at once or queues (calling ``on_wait`` every ``wait_tick_s`` while queued, e.g. an SSE
-keep-alive), raises ``Rejected`` (429) when the queue is full or the wait budget runs out, and
-releases the slot on every exit path (normal, error, cancellation), so no route can leak one.
-The steps it is made of (``try_admit``, ``enqueue``, ``wait``, ``timed_out``, ``cancel``,
-``release``) stay public for the unit tests of the queue's rules. The cap can change at run time
-(``set_capacity``: the sum of the ready replicas' caps).
-
-Single event loop, no locks: every method runs to completion without awaiting, except
-``wait`` and ``slot``. Time comes from an injectable clock so the drain-rate maths is
-unit-testable.
+Callers use ``async with admission.slot(key, on_wait, tick, sched) as ticket``: admitted at once
+or queued (``on_wait`` every ``wait_tick_s`` while queued, e.g. an SSE keep-alive), ``Rejected``
+(429) when the queue is full or the wait budget runs out, the slot released on every exit path.
+Its steps (``try_admit``, ``enqueue``, ``wait``, ``timed_out``, ``cancel``, ``release``) are
+public for the unit tests. Single event loop, no locks; an injectable clock.
 """
 
 from __future__ import annotations
@@ -143,9 +134,6 @@ class Admission:
     def saturated(self) -> bool:
         return self._saturated
 
-    def queued_in(self, priority: int) -> int:
-        return self._queue.count(priority)
-
     def inflight_in(self, priority: int) -> int:
         return self._class_inflight.get(priority, 0)
 
@@ -172,8 +160,7 @@ class Admission:
         return (len(self._releases) - 1) / span if span > 0 else None
 
     def rate_headers(self) -> list[tuple[bytes, bytes]]:
-        """``x-ratelimit-*-requests`` for an admitted request, from the admission state (the
-        names OpenAI clients and proxies read; the limit is the in-flight cap)."""
+        """``x-ratelimit-*-requests`` from the admission state (limit: the in-flight cap)."""
         free = max(0, self.max_inflight - self._inflight - self.queued)
         reset = 0 if free else self.retry_after(0)
         return [
@@ -183,11 +170,8 @@ class Admission:
         ]
 
     def retry_after(self, ahead: int) -> int:
-        """Seconds until ``ahead`` more requests have drained at the observed rate (>= 1 s).
-
-        Without observations yet (cold start, or nothing finished in the window) the honest
-        answer is the queue's own time budget: that is how long the current queue may take.
-        """
+        """Seconds until ``ahead`` more requests have drained at the observed rate (>= 1 s);
+        before any observation, the queue's own time budget (how long the queue may take)."""
         rate = self.drain_rate()
         estimate = self.queue_timeout_s if rate is None else (ahead + 1) / rate
         return max(1, min(self.max_retry_after_s, math.ceil(estimate)))
@@ -201,10 +185,8 @@ class Admission:
         wait_tick_s: float = 0.0,
         sched: Sched = DEFAULT_SCHED,
     ) -> Slot:
-        """``async with admission.slot(key) as ticket``: one admitted request, released on exit.
-
-        ``on_wait`` (with ``wait_tick_s`` > 0) is awaited every tick while the request queues.
-        """
+        """``async with admission.slot(key) as ticket``: one admitted request, released on exit;
+        ``on_wait`` (with ``wait_tick_s`` > 0) is awaited every tick while it queues."""
         return Slot(self, key, on_wait, wait_tick_s, sched)
 
     async def acquire(
@@ -237,10 +219,8 @@ class Admission:
             raise
 
     def try_admit(self, key: str, sched: Sched = DEFAULT_SCHED) -> Ticket | None:
-        """Admit at once if a slot is free and nobody queues; None means "queue".
-
-        Raises ``Rejected`` when the key is over its own concurrency limit.
-        """
+        """Admit at once if a slot is free and nobody queues; None means "queue". Raises
+        ``Rejected`` when the key is over its own concurrency limit."""
         limit = sched.max_concurrency or self.per_key_limit
         if limit and self._per_key.get(key, 0) >= limit:
             raise _rejected(
