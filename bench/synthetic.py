@@ -22,6 +22,23 @@ Fault injection for client tests, per request, through an extra body field ``"sy
 ``{"status": 500}`` answers an error; ``{"error_after": k}`` sends an SSE error event after k
 tokens and ends; ``{"drop_after": k}`` closes the connection after k tokens; ``{"crlf": true}``
 uses CRLF line ends; ``{"no_done": true}`` omits ``[DONE]``.
+
+For routing benchmarks (``python -m bench replicas``), all opt-in so the defaults above hold:
+
+- ``--max-running N``: like vLLM's ``--max-num-seqs``, at most N streams generate at once; the
+  rest wait in a FIFO queue (response headers sent, first token not yet) and count in
+  ``vllm:num_requests_waiting``. Without it a replica has infinite capacity and adding replicas
+  could not change throughput.
+- ``--content-token-ids``: ``/tokenize`` returns ids derived from each word (crc32 mod a
+  Gemma-sized vocabulary) instead of ``0..n-1``. vllm-router's ``cache_aware`` policy builds its
+  prefix tree from the ids ``/tokenize`` returns, so with ``0..n-1`` every prompt of one length
+  would look like one shared prefix.
+- ``POST /v1/chat/completions/render`` and ``/v1/completions/render`` answer 403 as vLLM does
+  without ``--enable-scale-out`` (vllm-router tries them before ``/tokenize`` on every request).
+- ``GET /synthetic/stats``: requests served, HTTP requests per path (what a router probes), and
+  requests per leading message (``prefixes``: crc32 of the first message's content, for chat
+  requests of two or more messages, i.e. with a system prompt), so a benchmark can tell how
+  requests sharing a prefix spread over replicas whatever router sent them.
 """
 
 from __future__ import annotations
@@ -32,11 +49,22 @@ import json
 import os
 import signal
 import time
-from typing import Any
+import zlib
+from collections import deque
+from typing import Any, ClassVar
 
 import httptools
 
 CHAT_TEMPLATE_TOKENS = 8
+VOCAB = 262_144  # Gemma's vocabulary size: the range of ``--content-token-ids``
+MAX_PATHS = 64  # distinct paths counted in /synthetic/stats (then "other")
+MAX_PREFIXES = 4096  # distinct leading messages counted (then "other")
+RENDER_PATHS = (b"/v1/chat/completions/render", b"/v1/completions/render")
+RENDER_DISABLED = (
+    b'{"error":{"message":"Scale-out endpoints are disabled. Restart vllm serve with '
+    b'--enable-scale-out to enable them.","type":"PermissionDeniedError","param":null,'
+    b'"code":403}}'
+)
 
 
 class Config:
@@ -47,12 +75,16 @@ class Config:
         itl_ms: float = 10.0,
         max_model_len: int = 1 << 20,
         default_tokens: int = 16,
+        max_running: int = 0,
+        content_token_ids: bool = False,
     ) -> None:
         self.model = model
         self.ttft = ttft_ms / 1000.0
         self.itl = itl_ms / 1000.0
         self.max_model_len = max_model_len
         self.default_tokens = default_tokens
+        self.max_running = max_running  # 0: no limit
+        self.content_token_ids = content_token_ids
         self.start_time = time.time()
 
 
@@ -60,6 +92,35 @@ class Stats:
     running = 0
     requests = 0
     chunks = 0
+    waiting: ClassVar[deque[Stream]] = deque()
+    paths: ClassVar[dict[str, int]] = {}
+    prefixes: ClassVar[dict[str, int]] = {}
+
+    @classmethod
+    def count_path(cls, path: bytes) -> None:
+        key = path.decode("latin-1")
+        if key not in cls.paths and len(cls.paths) >= MAX_PATHS:
+            key = "other"
+        cls.paths[key] = cls.paths.get(key, 0) + 1
+
+    @classmethod
+    def count_prefix(cls, req: dict[str, Any]) -> None:
+        key = prefix_key(req)
+        if key is None:
+            return
+        if key not in cls.prefixes and len(cls.prefixes) >= MAX_PREFIXES:
+            key = "other"
+        cls.prefixes[key] = cls.prefixes.get(key, 0) + 1
+
+    @classmethod
+    def snapshot(cls) -> dict[str, Any]:
+        return {
+            "requests": cls.requests,
+            "running": cls.running,
+            "waiting": len(cls.waiting),
+            "paths": dict(cls.paths),
+            "prefixes": dict(cls.prefixes),
+        }
 
 
 def _chunked(payload: bytes) -> bytes:
@@ -68,7 +129,9 @@ def _chunked(payload: bytes) -> bytes:
 
 
 def _response(status: int, body: bytes, ctype: bytes = b"application/json") -> bytes:
-    reason = {200: b"OK", 404: b"Not Found", 400: b"Bad Request"}.get(status, b"Error")
+    reason = {200: b"OK", 404: b"Not Found", 400: b"Bad Request", 403: b"Forbidden"}.get(
+        status, b"Error"
+    )
     return b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n%s" % (
         status,
         reason,
@@ -93,6 +156,7 @@ class Stream:
         "no_done",
         "prompt_tokens",
         "proto",
+        "queued",
         "sent",
         "usage",
     )  # fmt: skip
@@ -121,6 +185,7 @@ class Stream:
             cfg.model.encode(),
         )
         self.handle: asyncio.TimerHandle | None = None
+        self.queued = False
 
     def _choice(self, first: bool, last: bool) -> bytes:
         finish = b'"length"' if last else b"null"
@@ -130,11 +195,19 @@ class Stream:
         return b'[{"index":0,"text":" tok","logprobs":null,"finish_reason":%s}]' % finish
 
     def start(self) -> None:
-        Stats.running += 1
         self.proto.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
             b"cache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n"
         )
+        cap = self.proto.cfg.max_running
+        if cap and Stats.running >= cap:  # like vLLM's waiting queue: FIFO, first token later
+            self.queued = True
+            Stats.waiting.append(self)
+            return
+        self.run()
+
+    def run(self) -> None:
+        Stats.running += 1
         self.handle = self.proto.loop.call_later(self.proto.cfg.ttft, self.tick)
 
     def tick(self) -> None:
@@ -186,7 +259,59 @@ class Stream:
             self.handle.cancel()
             self.handle = None
             Stats.running -= 1
+            _admit_waiting()
+        elif self.queued:  # its client went away while it waited
+            self.queued = False
+            Stats.waiting.remove(self)
         self.proto.stream = None
+
+
+def _admit_waiting() -> None:
+    """A running slot freed: the longest-waiting stream starts (its TTFT timer now)."""
+    if Stats.waiting:
+        nxt = Stats.waiting.popleft()
+        nxt.queued = False
+        nxt.run()
+
+
+def _message_text(content: object) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return ""
+
+
+def prompt_words(req: dict[str, Any]) -> list[str]:
+    """The prompt's words in order (every message's content, or the completion prompt)."""
+    if "messages" in req:
+        words: list[str] = []
+        for m in req.get("messages") or []:
+            words += _message_text(m.get("content")).split()
+        return words
+    prompt = req.get("prompt", "")
+    return [] if isinstance(prompt, list) else str(prompt).split()
+
+
+def content_token_ids(req: dict[str, Any], chat: bool) -> list[int]:
+    """Token ids that depend on the words (crc32 of each, mod ``VOCAB``), the same count as
+    ``count_tokens``: equal prefixes give equal leading ids, different words different ids."""
+    prompt = req.get("prompt")
+    if not chat and isinstance(prompt, list):
+        return [int(t) for t in prompt]
+    ids = [zlib.crc32(w.encode()) % VOCAB for w in prompt_words(req)]
+    if chat or "messages" in req:
+        ids = list(range(2, 2 + CHAT_TEMPLATE_TOKENS)) + ids  # the template's fixed tokens
+    return ids
+
+
+def prefix_key(req: dict[str, Any]) -> str | None:
+    """The leading message's identity (crc32 of its content, hex) for a chat request of two or
+    more messages; None otherwise (a lone message is all suffix, nothing shared to track)."""
+    msgs = req.get("messages")
+    if not isinstance(msgs, list) or len(msgs) < 2 or not isinstance(msgs[0], dict):
+        return None
+    return f"{zlib.crc32(_message_text(msgs[0].get('content')).encode()):08x}"
 
 
 def count_tokens(req: dict[str, Any], chat: bool) -> int:
@@ -259,10 +384,12 @@ class Protocol(asyncio.Protocol):
 
     def route(self, method: bytes, path: bytes, body: bytes) -> None:
         cfg = self.cfg
+        Stats.count_path(path)
         if path in (b"/v1/chat/completions", b"/v1/completions") and method == b"POST":
             req = json.loads(body)
             fault = req.get("synthetic") or {}
             Stats.requests += 1
+            Stats.count_prefix(req)
             if status := fault.get("status"):
                 self.write(_response(int(status), b'{"error":{"message":"synthetic status"}}'))
                 return
@@ -292,7 +419,7 @@ class Protocol(asyncio.Protocol):
             m = cfg.model
             text = (
                 f'vllm:num_requests_running{{model_name="{m}"}} {Stats.running}.0\n'
-                f'vllm:num_requests_waiting{{model_name="{m}"}} 0.0\n'
+                f'vllm:num_requests_waiting{{model_name="{m}"}} {len(Stats.waiting)}.0\n'
                 f'vllm:kv_cache_usage_perc{{model_name="{m}"}} 0.0\n'
                 f"synthetic_chunks_total {Stats.chunks}\n"
                 f"process_start_time_seconds {cfg.start_time}\n"
@@ -304,7 +431,8 @@ class Protocol(asyncio.Protocol):
             n = count_tokens(req, chat)
             if not chat and req.get("add_special_tokens") is False:
                 n = count_tokens(req, False)
-            doc = {"count": n, "max_model_len": cfg.max_model_len, "tokens": list(range(n))}
+            ids = content_token_ids(req, chat) if cfg.content_token_ids else list(range(n))
+            doc = {"count": n, "max_model_len": cfg.max_model_len, "tokens": ids}
             self.write(_response(200, json.dumps(doc).encode()))
         elif path == b"/detokenize" and method == b"POST":
             ids = json.loads(body).get("tokens") or []
@@ -312,6 +440,10 @@ class Protocol(asyncio.Protocol):
             self.write(_response(200, json.dumps(doc).encode()))
         elif path == b"/version":
             self.write(_response(200, b'{"version":"synthetic"}'))
+        elif path in RENDER_PATHS and method == b"POST":
+            self.write(_response(403, RENDER_DISABLED))
+        elif path == b"/synthetic/stats":
+            self.write(_response(200, json.dumps(Stats.snapshot()).encode()))
         else:
             self.write(_response(404, b'{"error":"not found"}'))
 
@@ -352,13 +484,31 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ttft-ms", type=float, default=0.0)
     p.add_argument("--itl-ms", type=float, default=10.0)
     p.add_argument("--max-model-len", type=int, default=1 << 20)
+    p.add_argument(
+        "--max-running",
+        type=int,
+        default=0,
+        help="streams generating at once, the rest queue (like --max-num-seqs); 0: no limit",
+    )
+    p.add_argument(
+        "--content-token-ids",
+        action="store_true",
+        help="/tokenize returns ids derived from the words (for prefix-aware routers)",
+    )
     p.set_defaults(func=cmd_synthetic)
 
 
 def cmd_synthetic(args: argparse.Namespace) -> int:
     from bench.shards import new_loop
 
-    cfg = Config(args.model, args.ttft_ms, args.itl_ms, args.max_model_len)
+    cfg = Config(
+        args.model,
+        args.ttft_ms,
+        args.itl_ms,
+        args.max_model_len,
+        max_running=args.max_running,
+        content_token_ids=args.content_token_ids,
+    )
     with asyncio.Runner(loop_factory=new_loop) as runner:
         runner.run(serve(cfg, args.host, args.port))
     return 0
