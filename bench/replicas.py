@@ -506,8 +506,10 @@ def measure_router(
     args: argparse.Namespace,
     model: str,
     console: Console,
-) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]],
+) -> None:
+    """Measure one router over ``urls``: every workload x concurrency, appended to ``rows`` as
+    each finishes (an interrupted run keeps them)."""
     ramp = (
         args.ramp_s if args.ramp_s is not None else (args.ttft_ms + args.tokens * args.itl_ms) / 1e3
     )
@@ -566,7 +568,6 @@ def measure_router(
                 )
                 if first := next((r.error for r in load.records if not r.ok), None):
                     console.print(f"    first error: {first}")
-    return rows
 
 
 def fmt(v: float | None, spec: str) -> str:
@@ -704,17 +705,22 @@ def cmd_replicas(args: argparse.Namespace) -> int:
     console.print(verdict)
     runs: list[dict[str, Any]] = []
     not_run: list[str] = []
-    if not args.routing_only:
-        for n in args.replicas:
-            with synthetic_replicas(n, args, model) as urls:
-                for spec in args.routers:
-                    if n < spec.min_replicas():
-                        not_run.append(f"{spec.label} over {n} replica: it needs >= 2 workers")
-                        continue
-                    if spec.kind == "vllm-router" and vllm_router_binary() is None:
-                        not_run.append(f"{spec.label}: vllm-router is not installed")
-                        continue
-                    runs += measure_router(spec, urls, args, model, console)
+    interrupted = False
+    try:
+        if not args.routing_only:
+            for n in args.replicas:
+                with synthetic_replicas(n, args, model) as urls:
+                    for spec in args.routers:
+                        if n < spec.min_replicas():
+                            not_run.append(f"{spec.label} over {n} replica: it needs >= 2 workers")
+                            continue
+                        if spec.kind == "vllm-router" and vllm_router_binary() is None:
+                            not_run.append(f"{spec.label}: vllm-router is not installed")
+                            continue
+                        measure_router(spec, urls, args, model, console, runs)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the finished runs are still written
+        interrupted = True
+        not_run.append("interrupted: the runs after the last row")
     meta = {
         "started": started,
         "host": platform.node(),
@@ -750,4 +756,4 @@ def cmd_replicas(args: argparse.Namespace) -> int:
         f"load average at the end {meta['load_avg_at_end']}), {started}\n"
     )
     console.print(f"results: {out}")
-    return 0
+    return 130 if interrupted else 0
