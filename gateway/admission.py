@@ -8,7 +8,8 @@ at once with a ``Retry-After`` computed from the rate at which slots were actual
 
 The queue's order is ``fairqueue.FairQueue``: priority classes (interactive before batch) and
 weighted fair queuing between keys within a class, so a key that queues a hundred requests does
-not push every other key's TTFT up by a hundred service times. A class may hold at most its
+not push every other key's TTFT up by a hundred service times. One key may not hold every slot
+while other keys are active (``headroom.py``). A class may hold at most its
 share of the in-flight cap (``Sched.inflight_share``: batch below 1), so as the gateway fills,
 batch is held first and interactive last. A full queue drops the newest request of the longest
 flow (lower classes first) for a newcomer with fewer queued. ``fair=False``: the plain FIFO.
@@ -33,7 +34,8 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 from gateway.errors import OpenAIError
-from gateway.fairqueue import Entry, FairQueue
+from gateway.fairqueue import DEFAULT_SCHED, Entry, FairQueue, Sched
+from gateway.headroom import KeyShares
 
 # Drain-rate window: the last N releases within W seconds.
 _DRAIN_SAMPLES = 256
@@ -51,21 +53,6 @@ def _rejected(code: str, message: str, retry_after: int, limit: int) -> Rejected
         "x-ratelimit-reset-requests": f"{retry_after}s",
     }
     return Rejected(429, message, code=code, retry_after=retry_after, headers=headers)
-
-
-@dataclass(frozen=True)
-class Sched:
-    """How one request is scheduled: its class, weight, wait budget and caps (from its key)."""
-
-    priority: int = 0  # higher is served first
-    weight: float = 1.0  # share between keys of one class
-    queue_timeout_s: float | None = None  # None: the admission's default
-    max_concurrency: int = 0  # in flight + queued for this key; 0: the admission's default
-    inflight_share: float = 1.0  # the class's share of the in-flight cap
-    name: str = "default"  # the class's name, for messages and metrics
-
-
-DEFAULT_SCHED = Sched()
 
 
 @dataclass(eq=False)
@@ -114,7 +101,8 @@ class Admission:
         self._clock = clock
         self._inflight = 0
         self._queue = FairQueue(fair)
-        self._per_key: dict[str, int] = {}
+        self._per_key: dict[str, int] = {}  # queued + in flight, per key
+        self._keys = KeyShares()  # one key never holds every slot while others wait
         self._class_inflight: dict[int, int] = {}
         self._shares: dict[int, float] = {}
         self._releases: deque[float] = deque(maxlen=_DRAIN_SAMPLES)
@@ -230,7 +218,8 @@ class Admission:
                 limit,
             )
         self._shares[sched.priority] = sched.inflight_share
-        if not self._queue and self._eligible(sched.priority):
+        self._keys.seen(key, self._clock())
+        if not self._queue and self._eligible(sched.priority) and self._key_ok(key):
             return self._grant(key, self._clock(), 0.0, sched.priority)
         return None
 
@@ -249,6 +238,7 @@ class Admission:
                 )
             self._evict(victim.payload)  # type: ignore[arg-type]
         self._shares[sched.priority] = sched.inflight_share
+        self._keys.seen(key, self._clock())
         loop = asyncio.get_running_loop()
         waiter = Waiter(key, self._clock(), loop.create_future(), sched)
         waiter.entry = Entry(key, sched.priority, sched.weight, waiter)
@@ -302,6 +292,7 @@ class Admission:
             return
         ticket.released = True
         self._inflight -= 1
+        self._keys.released(ticket.key)
         self._class_inflight[ticket.priority] -= 1
         self._dec_key(ticket.key)
         self._releases.append(self._clock())
@@ -324,7 +315,11 @@ class Admission:
         cap = max(1, math.floor(share * self.max_inflight))
         return self._class_inflight.get(priority, 0) < cap
 
+    def _key_ok(self, key: str) -> bool:
+        return not self.fair or self._keys.ok(key, self.max_inflight, self._clock(), self._per_key)
+
     def _grant(self, key: str, now: float, queued_s: float, priority: int) -> Ticket:
+        self._keys.granted(key)
         self._inflight += 1
         self._class_inflight[priority] = self._class_inflight.get(priority, 0) + 1
         self._per_key[key] = self._per_key.get(key, 0) + 1
@@ -353,9 +348,9 @@ class Admission:
 
     def _pump(self) -> None:
         while self._queue and not self._saturated and self._inflight < self.max_inflight:
-            entry = self._queue.pop(self._eligible)
+            entry = self._queue.pop(self._eligible, self._key_ok)
             if entry is None:
-                return  # only classes at their share wait
+                return  # only classes at their share, or keys at theirs, wait
             waiter: Waiter = entry.payload  # type: ignore[assignment]
             self._dec_key(waiter.key)  # the queued count moves into the in-flight count
             now = self._clock()

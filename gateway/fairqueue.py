@@ -30,6 +30,21 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 
+@dataclass(frozen=True)
+class Sched:
+    """How one request is scheduled: its class, weight, wait budget and caps (from its key)."""
+
+    priority: int = 0  # higher is served first
+    weight: float = 1.0  # share between keys of one class
+    queue_timeout_s: float | None = None  # None: the admission's default
+    max_concurrency: int = 0  # in flight + queued for this key; 0: the admission's default
+    inflight_share: float = 1.0  # the class's share of the in-flight cap
+    name: str = "default"  # the class's name, for messages and metrics
+
+
+DEFAULT_SCHED = Sched()
+
+
 @dataclass(eq=False)
 class Entry:
     """One queued request: its key (flow), class and weight; ``payload`` is the caller's."""
@@ -103,12 +118,19 @@ class FairQueue:
         cls.count += 1
         self._len += 1
 
-    def pop(self, eligible: Callable[[int], bool] | None = None) -> Entry | None:
-        """The next entry of the highest eligible class with any, or None."""
+    def pop(
+        self,
+        eligible: Callable[[int], bool] | None = None,
+        flow_ok: Callable[[str], bool] | None = None,
+    ) -> Entry | None:
+        """The next entry of the highest eligible class with any, or None; ``flow_ok`` skips
+        the flows (keys) that may not be served now (over their share of the slots)."""
         for prio in self._order:
             cls = self._classes[prio]
             if cls.count and (eligible is None or eligible(prio)):
-                return self._pop(cls)
+                entry = self._pop(cls, flow_ok)
+                if entry is not None:
+                    return entry
         return None
 
     def peek_priority(self, eligible: Callable[[int], bool] | None = None) -> int | None:
@@ -175,15 +197,16 @@ class FairQueue:
                 n += min(len(flow.items), before)
         return n
 
-    def _pop(self, cls: _Class) -> Entry:
+    def _pop(self, cls: _Class, flow_ok: Callable[[str], bool] | None = None) -> Entry | None:
         best: _Flow | None = None
         best_tag = (math.inf, 0)
         for flow in cls.flows.values():
-            if flow.items:
+            if flow.items and (flow_ok is None or flow_ok(flow.key)):
                 tag = (cls.start(flow), flow.items[0].seq)
                 if tag < best_tag:
                     best, best_tag = flow, tag
-        assert best is not None
+        if best is None:
+            return None
         entry = best.items.popleft()
         entry.flow = None
         cls.vtime = best_tag[0]

@@ -1,0 +1,72 @@
+"""Headroom between keys (gateway/headroom.py), in the admission queue with a fake clock.
+
+The promise: while another key is active, a flooding key holds at most the cap minus the reserve,
+so the other key's request is admitted at once (not after a flood stream ends); alone, or once
+the other key has been idle for ``ACTIVE_S``, the flooding key may use the whole cap.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.admission import Admission
+from gateway.headroom import ACTIVE_S, KeyShares
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_the_reserve_is_an_eighth_of_the_cap_and_at_least_one_slot() -> None:
+    shares = KeyShares()
+    for cap, limit in ((8, 7), (64, 56), (2, 1)):
+        shares.inflight = {"flood": limit}
+        shares.last_seen = {"flood": 0.0, "other": 0.0}
+        assert not shares.ok("flood", cap, now=0.0, busy=set())
+        shares.inflight = {"flood": limit - 1}
+        assert shares.ok("flood", cap, now=0.0, busy=set())
+    assert KeyShares().ok("flood", 1, now=0.0, busy=set())  # a cap of 1 has nothing to reserve
+
+
+async def test_a_flooding_key_leaves_a_slot_for_another_active_key() -> None:
+    clock = Clock()
+    adm = Admission(8, 64, 30.0, 0, 120, clock)
+    other = adm.try_admit("short")  # the other key is active ...
+    assert other is not None
+    adm.release(other)  # ... and idle again, but seen a moment ago
+    tickets = [adm.try_admit("flood") for _ in range(7)]
+    assert all(t is not None for t in tickets) and adm.inflight == 7
+    assert adm.try_admit("flood") is None  # the 8th slot is the reserve: queue instead
+    queued = adm.enqueue("flood")
+    assert adm.inflight == 7 and not queued.future.done()
+    ticket = adm.try_admit("short")  # would have waited for a flood stream without it
+    assert ticket is None  # the queue is not empty: it joins it, fair order picks it first
+    waiter = adm.enqueue("short")
+    assert waiter.future.done() and adm.inflight == 8 and not queued.future.done()
+    adm.release(waiter.future.result())
+    assert not queued.future.done() and adm.inflight == 7  # the reserve stays free ...
+    clock.t += ACTIVE_S + 1  # ... until the short key has been quiet for ACTIVE_S
+    adm.set_capacity(8)  # (anything that pumps the queue)
+    assert queued.future.done() and adm.inflight == 8
+
+
+async def test_alone_a_key_uses_the_whole_cap() -> None:
+    adm = Admission(8, 64, 30.0, 0, 120, Clock())
+    assert all(adm.try_admit("only") is not None for _ in range(8)) and adm.inflight == 8
+
+
+async def test_fifo_mode_keeps_the_old_behaviour() -> None:
+    adm = Admission(8, 64, 30.0, 0, 120, Clock(), fair=False)
+    adm.release(adm.try_admit("short"))  # type: ignore[arg-type]
+    assert all(adm.try_admit("flood") is not None for _ in range(8))
