@@ -365,6 +365,17 @@ def routing_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
 # --- processes --------------------------------------------------------------------------------
 
 
+def synthetic_argv(args: argparse.Namespace, model: str) -> list[str]:
+    """One synthetic replica: a free port, the replica model's timings and capacity, content
+    token ids and the render answer vllm-router gets."""
+    return [
+        sys.executable, "-m", "bench", "synthetic", "--port", "0", "--model", model,
+        "--itl-ms", str(args.itl_ms), "--ttft-ms", str(args.ttft_ms),
+        "--max-running", str(args.max_running), "--content-token-ids",
+        "--render-status", str(args.render_status),
+    ]  # fmt: skip
+
+
 @contextlib.contextmanager
 def synthetic_replicas(n: int, args: argparse.Namespace, model: str) -> Iterator[list[str]]:
     """``n`` synthetic upstreams, each its own process group and port; yields their URLs."""
@@ -373,23 +384,7 @@ def synthetic_replicas(n: int, args: argparse.Namespace, model: str) -> Iterator
         for _ in range(n):
             procs.append(
                 subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "bench",
-                        "synthetic",
-                        "--port",
-                        "0",
-                        "--model",
-                        model,
-                        "--itl-ms",
-                        str(args.itl_ms),
-                        "--ttft-ms",
-                        str(args.ttft_ms),
-                        "--max-running",
-                        str(args.max_running),
-                        "--content-token-ids",
-                    ],
+                    synthetic_argv(args, model),
                     stdout=subprocess.PIPE,
                     text=True,
                     start_new_session=True,
@@ -673,6 +668,15 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ttft-ms", type=float, default=50.0, help="replica time to first token")
     p.add_argument("--max-running", type=int, default=32,
                    help="streams one replica generates at once (its max-num-seqs)")  # fmt: skip
+    p.add_argument(
+        "--render-status",
+        type=int,
+        choices=(403, 404),
+        default=404,
+        help="the replicas' answer to vllm-router's /render calls: 404 (default: it falls back "
+        "to /tokenize and cache_aware sees prefixes) or 403 (vLLM 0.32 without "
+        "--enable-scale-out: cache_aware routes without prefix information)",
+    )
     p.add_argument("--prefixes", type=int, default=8, help="distinct system prompts (shared)")
     p.add_argument("--prefix-words", type=int, default=1000, help="words per system prompt")
     p.add_argument("--suffix-words", type=int, default=32, help="words per user message")
@@ -726,6 +730,7 @@ def cmd_replicas(args: argparse.Namespace) -> int:
         "host": platform.node(),
         "cpus": os.cpu_count(),
         "load_avg_at_end": os.getloadavg(),
+        "render_status": args.render_status,
         "replica": {
             "ttft_ms": args.ttft_ms,
             "itl_ms": args.itl_ms,

@@ -33,8 +33,12 @@ For routing benchmarks (``python -m bench replicas``), all opt-in so the default
   Gemma-sized vocabulary) instead of ``0..n-1``. vllm-router's ``cache_aware`` policy builds its
   prefix tree from the ids ``/tokenize`` returns, so with ``0..n-1`` every prompt of one length
   would look like one shared prefix.
-- ``POST /v1/chat/completions/render`` and ``/v1/completions/render`` answer 403 as vLLM does
-  without ``--enable-scale-out`` (vllm-router tries them before ``/tokenize`` on every request).
+- ``POST /v1/chat/completions/render`` and ``/v1/completions/render`` answer 403 as vLLM 0.32
+  does without ``--enable-scale-out``, or 404 (``--render-status 404``) as a vLLM without those
+  routes. vllm-router 0.1.17 asks for a render of each request: after a 404 it falls back to
+  ``/tokenize`` and its ``cache_aware`` policy matches prefixes on those ids; after a 403 it
+  asks every replica, gives up ("preparation_rejected" in its debug log) and routes without
+  prefix information.
 - ``GET /synthetic/stats``: requests served, HTTP requests per path (what a router probes), and
   requests per leading message (``prefixes``: crc32 of the first message's content, for chat
   requests of two or more messages, i.e. with a system prompt), so a benchmark can tell how
@@ -77,6 +81,7 @@ class Config:
         default_tokens: int = 16,
         max_running: int = 0,
         content_token_ids: bool = False,
+        render_status: int = 403,
     ) -> None:
         self.model = model
         self.ttft = ttft_ms / 1000.0
@@ -85,6 +90,7 @@ class Config:
         self.default_tokens = default_tokens
         self.max_running = max_running  # 0: no limit
         self.content_token_ids = content_token_ids
+        self.render_status = render_status  # 403: vLLM 0.32 default; 404: a vLLM without it
         self.start_time = time.time()
 
 
@@ -441,7 +447,10 @@ class Protocol(asyncio.Protocol):
         elif path == b"/version":
             self.write(_response(200, b'{"version":"synthetic"}'))
         elif path in RENDER_PATHS and method == b"POST":
-            self.write(_response(403, RENDER_DISABLED))
+            if cfg.render_status == 404:
+                self.write(_response(404, b'{"error":"not found"}'))
+            else:
+                self.write(_response(403, RENDER_DISABLED))
         elif path == b"/synthetic/stats":
             self.write(_response(200, json.dumps(Stats.snapshot()).encode()))
         else:
@@ -495,6 +504,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="/tokenize returns ids derived from the words (for prefix-aware routers)",
     )
+    p.add_argument(
+        "--render-status",
+        type=int,
+        choices=(403, 404),
+        default=403,
+        help="answer to /v1/*/render: 403 (vLLM 0.32 default) or 404 (no such route)",
+    )
     p.set_defaults(func=cmd_synthetic)
 
 
@@ -508,6 +524,7 @@ def cmd_synthetic(args: argparse.Namespace) -> int:
         args.max_model_len,
         max_running=args.max_running,
         content_token_ids=args.content_token_ids,
+        render_status=args.render_status,
     )
     with asyncio.Runner(loop_factory=new_loop) as runner:
         runner.run(serve(cfg, args.host, args.port))

@@ -7,6 +7,7 @@ benchmark prints speed, these check what it computes. One tiny real run (a few s
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import signal
@@ -21,7 +22,14 @@ import pytest
 
 from bench import replicas as R
 from bench.cli import build_parser
-from bench.synthetic import CHAT_TEMPLATE_TOKENS, VOCAB, content_token_ids, prefix_key
+from bench.synthetic import (
+    CHAT_TEMPLATE_TOKENS,
+    VOCAB,
+    Config,
+    Protocol,
+    content_token_ids,
+    prefix_key,
+)
 from gateway.routing.prefix import routing_key
 from tests.support.process import REPO
 
@@ -65,6 +73,17 @@ def test_power_of_two_needs_two_replicas() -> None:
     assert R.RouterSpec("vllm-router", "power_of_two").min_replicas() == 2
     assert R.RouterSpec("vllm-router", "cache_aware").min_replicas() == 1
     assert R.RouterSpec("gateway", "prefix").min_replicas() == 1
+
+
+def test_each_replica_gets_the_replica_model_and_render_answer() -> None:
+    args = build_parser().parse_args(["replicas", "--max-running", "7", "--itl-ms", "3"])
+    argv = R.synthetic_argv(args, "gemma")
+    assert argv[argv.index("--model") + 1] == "gemma" and "--content-token-ids" in argv
+    assert argv[argv.index("--max-running") + 1] == "7"
+    assert argv[argv.index("--itl-ms") + 1] == "3.0"
+    assert argv[argv.index("--render-status") + 1] == "404"  # vllm-router's /tokenize path
+    no = build_parser().parse_args(["replicas", "--render-status", "403"])
+    assert R.synthetic_argv(no, "gemma")[-1] == "403"
 
 
 def test_vllm_router_command_line() -> None:
@@ -274,6 +293,26 @@ def test_render_is_refused_like_vllm_and_tokenize_gives_content_ids(limited: str
     tok = httpx.post(limited + "/tokenize", json={"messages": msgs}, timeout=5).json()
     assert tok["count"] == 2 + CHAT_TEMPLATE_TOKENS
     assert tok["tokens"][-2:] == [zlib.crc32(b"red") % VOCAB, zlib.crc32(b"green") % VOCAB]
+
+
+def test_render_can_answer_404_like_a_vllm_without_the_route() -> None:
+    """In process, through the protocol's router (no server needed for one answer)."""
+
+    class Sink:
+        def __init__(self) -> None:
+            self.data = b""
+
+        def write(self, data: bytes) -> None:
+            self.data += data
+
+    async def answer(status: int) -> bytes:
+        proto = Protocol(Config(render_status=status))
+        proto.transport = Sink()  # type: ignore[assignment]
+        proto.route(b"POST", b"/v1/chat/completions/render", b"{}")
+        return proto.transport.data  # type: ignore[attr-defined]
+
+    assert asyncio.run(answer(404)).startswith(b"HTTP/1.1 404 ")
+    assert asyncio.run(answer(403)).startswith(b"HTTP/1.1 403 ")
 
 
 def test_stats_count_requests_paths_and_prefixes(limited: str) -> None:
