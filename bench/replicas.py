@@ -24,8 +24,9 @@ served (counted by the replicas themselves, ``GET /synthetic/stats``; the gatewa
 ``shared`` the fraction of each prefix's requests that went to its most-used replica (mean and
 worst over prefixes), the router's CPU seconds per 1,000 requests (psutil on its process tree,
 its idle polling rate subtracted), and the upstream HTTP calls the router made per request
-(vllm-router asks each request's replica for ``/v1/chat/completions/render`` and ``/tokenize``
-before the completion).
+(vllm-router's ``cache_aware`` asks every replica for ``/v1/chat/completions/render`` and, after
+a 404, ``/tokenize`` before each completion; the replicas answer ``/render`` with
+``--render-status``, 404 by default: with vLLM 0.32's default 403 it routes without prefixes).
 
 Routing decision latency (``--routing-only`` or ``python -m bench routing`` for just this part):
 ``gateway.routing.build_scheduler(policy).pick(key, replicas)`` over 2/4/8 fake replicas whose
