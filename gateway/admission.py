@@ -6,21 +6,20 @@ client that waits minutes times out and retries, doubling the load. The gateway 
 time), lets a bounded number wait for at most their class's queue timeout, and refuses the rest
 at once with a ``Retry-After`` computed from the rate at which slots were actually freed.
 
-The queue's order is ``fairqueue.FairQueue``: priority classes (interactive before batch) and
-weighted fair queuing between keys within a class, so a key that queues a hundred requests does
-not push every other key's TTFT up by a hundred service times. One key may not hold every slot
-while other keys are active (``headroom.py``). A class may hold at most its
-share of the in-flight cap (``Sched.inflight_share``: batch below 1), so as the gateway fills,
-batch is held first and interactive last. A full queue drops the newest request of the longest
-flow (lower classes first) for a newcomer with fewer queued. ``fair=False``: the plain FIFO.
-While the engine reports saturation (``set_saturated``), nothing new goes upstream: the engine's
-view wins; when it clears, the queue drains in priority and fair order.
+The queue's order is ``fairqueue.FairQueue``: priority classes (interactive before batch),
+weighted fair queuing between keys within a class (a key that queues a hundred requests does not
+push every other key's TTFT up by a hundred service times), and no key holds every slot while
+others are active (``headroom.py``). A class holds at most its share of the cap
+(``Sched.inflight_share``: batch below 1): as the gateway fills, batch is held first. A full
+queue drops the newest request of the longest flow (lower classes first) for a newcomer with
+fewer queued. ``fair=False``: the plain FIFO. While the engines report saturation
+(``set_saturated``) nothing new goes upstream, half way there (``set_pressured``) only the top
+class does; when it clears, the queue drains in priority and fair order.
 
-Callers use ``async with admission.slot(key, on_wait, tick, sched) as ticket``: admitted at once
-or queued (``on_wait`` every ``wait_tick_s`` while queued, e.g. an SSE keep-alive), ``Rejected``
-(429) when the queue is full or the wait budget runs out, the slot released on every exit path.
-Its steps (``try_admit``, ``enqueue``, ``wait``, ``timed_out``, ``cancel``, ``release``) are
-public for the unit tests. Single event loop, no locks; an injectable clock.
+``async with admission.slot(key, on_wait, tick, sched) as ticket``: admitted or queued
+(``on_wait`` every ``wait_tick_s`` while queued: an SSE keep-alive), ``Rejected`` (429) when the
+queue is full or the wait runs out, the slot released on every exit path. Its steps are public
+for the unit tests. Single event loop, no locks; an injectable clock.
 """
 
 from __future__ import annotations
@@ -107,6 +106,7 @@ class Admission:
         self._shares: dict[int, float] = {}
         self._releases: deque[float] = deque(maxlen=_DRAIN_SAMPLES)
         self._saturated = False
+        self._pressured = False
 
     # -- observation -------------------------------------------------------------------------
 
@@ -131,9 +131,13 @@ class Admission:
         if not saturated:
             self._pump()
 
+    def set_pressured(self, pressured: bool) -> None:
+        self._pressured = pressured  # engines half way to saturated: only the top class goes
+        if not pressured:
+            self._pump()
+
     def set_capacity(self, max_inflight: int) -> None:
-        """A new in-flight cap (replicas came or went); a larger one admits from the queue now,
-        a smaller one lets the excess finish (nothing in flight is cut). At least 1."""
+        """A new cap (replicas came or went): larger admits now, smaller cuts nothing."""
         self.max_inflight = max(1, max_inflight)
         self._pump()
 
@@ -309,6 +313,8 @@ class Admission:
             return False
         if not self.fair:
             return True
+        if self._pressured and priority < max(self._shares):
+            return False  # batch is held first, interactive last
         share = self._shares.get(priority, 1.0)
         if share >= 1.0:
             return True

@@ -62,6 +62,7 @@ class EngineMonitor:
         self.on_change = on_change
         self.warm_status = warm_status
         self.saturated = True  # until a fresh sample says otherwise
+        self.pressured = True  # half way to saturated: lower priority classes are held
         self.policy = policy
         self.metrics_poll_s = metrics_poll_s
         self.health_poll_s = health_poll_s
@@ -179,10 +180,12 @@ class EngineMonitor:
             self.on_change()
 
     def _evaluate(self) -> None:
-        self.saturation_reason = self.policy.reason(self.sample, time.monotonic())
+        now = time.monotonic()
+        self.saturation_reason = self.policy.reason(self.sample, now)
         saturated = self.saturation_reason is not None
-        if saturated != self.saturated:
-            self.saturated = saturated
+        pressured = self.policy.pressured(self.sample, now)
+        if (saturated, pressured) != (self.saturated, self.pressured):
+            self.saturated, self.pressured = saturated, pressured
             self.on_change()
 
     async def _metrics_loop(self) -> None:

@@ -9,7 +9,8 @@ the rest of the gateway needs:
   ``health()``: the ``/health`` answer (ready while at least ``GATEWAY_MIN_READY_REPLICAS``
   replicas are ready), with every replica listed.
 - admission stays global: its cap is the sum of the routable replicas' caps and it holds new
-  work only while *every* routable replica is saturated; both are recomputed whenever a
+  work only while *every* routable replica is saturated (lower priority classes already while
+  every one is half way there: batch is held first); both are recomputed whenever a
   replica's state, saturation or drain flag moves (``_changed``).
 - ``pick``: the routing scheduler over the current replicas (``gateway/routing``).
 - warm-up reports are applied to the replica running the instance they name (409 otherwise);
@@ -198,6 +199,7 @@ class ReplicaSet:
         saturated = all(r.saturated for r in routable)
         if saturated != self.admission.saturated:
             self.admission.set_saturated(saturated)
+        self.admission.set_pressured(all(r.monitor.pressured for r in routable))
         serving = self._aggregate(len(routable) >= 1)
         health = self._aggregate(
             sum(1 for r in self.replicas if r.ready) >= self.min_ready, keep=self._health

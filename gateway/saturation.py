@@ -60,3 +60,15 @@ class SaturationPolicy:
         if sample.kv_usage > self.kv_usage_threshold:
             return "kv_cache"
         return None
+
+    def pressured(self, sample: EngineSample | None, now: float) -> bool:
+        """Half way to saturation (the engine's queue above half its threshold, or its KV cache
+        within 10 points of it): admission then holds the lower priority classes (batch) while
+        the top class (interactive) still goes upstream, so batch is held first under load."""
+        if self.reason(sample, now) is not None:
+            return True
+        assert sample is not None
+        return (
+            sample.waiting > self.waiting_threshold / 2
+            or sample.kv_usage > self.kv_usage_threshold - 0.10
+        )

@@ -70,3 +70,22 @@ async def test_fifo_mode_keeps_the_old_behaviour() -> None:
     adm = Admission(8, 64, 30.0, 0, 120, Clock(), fair=False)
     adm.release(adm.try_admit("short"))  # type: ignore[arg-type]
     assert all(adm.try_admit("flood") is not None for _ in range(8))
+
+
+async def test_engine_pressure_holds_batch_first_and_interactive_last() -> None:
+    from gateway.fairqueue import Sched
+
+    interactive, batch = Sched(priority=10), Sched(priority=0)
+    adm = Admission(8, 64, 30.0, 0, 120, Clock())
+    assert adm.try_admit("chat", interactive) is not None  # both classes known to admission
+    adm.set_pressured(True)  # every replica half way to saturated
+    assert adm.try_admit("etl", batch) is None  # batch waits ...
+    held = adm.enqueue("etl", batch)
+    assert adm.try_admit("chat", interactive) is None  # (the queue is not empty: join it)
+    chat = adm.enqueue("chat", interactive)
+    assert chat.future.done() and not held.future.done()  # ... interactive still goes
+    adm.set_saturated(True)
+    assert adm.try_admit("chat", interactive) is None  # saturated: everyone waits
+    adm.set_saturated(False)
+    adm.set_pressured(False)
+    assert held.future.done()

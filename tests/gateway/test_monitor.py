@@ -185,3 +185,14 @@ async def test_pulled_warm_status_applies_to_the_instance_it_names() -> None:
     answers.append({"state": "failed", "engine_instance": "1000.0", "step": "chat"})
     await mon.poll_health()
     assert health.snapshot().status_text == "warmup_failed: chat"
+
+
+async def test_half_way_to_saturation_is_pressure_not_saturation() -> None:
+    engine = Engine()
+    mon, _, _ = monitor(engine)
+    engine.waiting = 2  # threshold 2: above half of it, not above it
+    await mon.poll_metrics()
+    assert mon.pressured and not mon.saturated
+    engine.waiting = 0
+    await mon.poll_metrics()
+    assert not mon.pressured and not mon.saturated
