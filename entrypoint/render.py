@@ -155,6 +155,7 @@ def render(
     mine, mine_cache = replicas.for_replica(engine, cache, replica)
     env = engine_environ(mine, runtime, mine_cache)
     env.update(replicas.tpu_environ(engine, replica))
+    env.update(replicas.cpu_environ(engine, runtime.vllm_cpu_omp_threads_bind, replica))
     return Rendered(argv=[vllm, "serve", *engine_args(mine)], env=env)
 
 

@@ -10,6 +10,8 @@ index alone, so the entrypoint, the preflight, compose (``deploy/replicas.py``) 
   JAX/XLA and torch.compile files and records its own ``.active-key``); the persistent copy is
   shared: the cache key (model, TP size, image, vLLM version) is the same for every replica, so
   whichever replica is warmed first seeds the next cold start of all of them;
+- CPU cores (the CPU build): replica I's OpenMP threads on its own slice of the host's cores
+  (``cpu_environ``);
 - TPU chips: replica I owns chips ``[I*C, I*C+C)`` (``C`` = ``ENGINE_CHIPS_PER_REPLICA``), or the
   I-th group of ``ENGINE_CHIP_SETS`` when a profile pins them by hand.
 
@@ -26,6 +28,7 @@ processes on one host may load libtpu).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from env.settings import CacheSettings, EngineSettings, OpsSettings
@@ -140,6 +143,29 @@ def pinned(engine: EngineSettings) -> bool:
     """Whether each replica process must be confined to its own chips: TPU, and several
     replicas on the host or chips chosen by hand."""
     return engine.platform == "tpu" and (engine.replicas > 1 or bool(engine.chip_sets.strip()))
+
+
+def cpu_environ(
+    engine: EngineSettings, bind: str | None, index: int, cores: list[int] | None = None
+) -> dict[str, str]:
+    """The CPU build's core binding of replica ``index`` when several share a host.
+
+    vLLM's CPU worker pins its OpenMP threads (``VLLM_CPU_OMP_THREADS_BIND=auto``: the host's
+    cores but one, the same ones for every process that asks). Two replicas would then spin on
+    the same cores: measured on 2 cores, a replica restarted next to a busy one did not finish
+    starting in 10 minutes, its worker pinned to the core the busy one's threads spin on. So,
+    unless the profile binds by hand (``bind``), each replica gets its own slice of the host's
+    cores (``os.sched_getaffinity``), or ``nobind`` (the OS schedules) when there are fewer
+    cores than replicas."""
+    if engine.platform != "cpu" or engine.replicas < 2 or bind is not None:
+        return {}
+    check_index(engine, index)
+    cores = sorted(os.sched_getaffinity(0)) if cores is None else cores
+    each = len(cores) // engine.replicas
+    if each < 1:
+        return {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+    mine = cores[index * each : (index + 1) * each]
+    return {"VLLM_CPU_OMP_THREADS_BIND": ",".join(str(c) for c in mine)}
 
 
 def mesh_port(index: int) -> int:

@@ -189,3 +189,20 @@ def test_a_concurrent_save_of_the_same_key_keeps_one_whole_copy(
     cache_mod._copy_atomically(src, dst)
     assert (dst / "f").read_text() == "theirs"
     assert [p.name for p in dst.parent.iterdir()] == ["key"]  # no temp dir left behind
+
+
+def test_cpu_replicas_get_their_own_cores_unless_the_profile_binds() -> None:
+    two = EngineSettings(_env_file=None, platform="cpu", replicas=2)  # type: ignore[call-arg]
+    assert replica.cpu_environ(two, None, 0, cores=[0, 1, 2, 3]) == {
+        "VLLM_CPU_OMP_THREADS_BIND": "0,1"
+    }
+    assert replica.cpu_environ(two, None, 1, cores=[0, 1, 2, 3]) == {
+        "VLLM_CPU_OMP_THREADS_BIND": "2,3"
+    }
+    four = EngineSettings(_env_file=None, platform="cpu", replicas=4)  # type: ignore[call-arg]
+    assert replica.cpu_environ(four, None, 3, cores=[0, 1]) == {
+        "VLLM_CPU_OMP_THREADS_BIND": "nobind"
+    }
+    assert replica.cpu_environ(two, "0-1", 1, cores=[0, 1, 2, 3]) == {}  # the profile's own
+    one = EngineSettings(_env_file=None, platform="cpu")  # type: ignore[call-arg]
+    assert replica.cpu_environ(one, None, 0) == {}  # one engine: vLLM's auto binding, as before

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,7 +37,12 @@ SYSTEM = (
 
 @pytest.fixture(scope="module")
 def engine2(tmp_path_factory: pytest.TempPathFactory, tiny_model: None) -> Iterator[Engine]:
-    eng = start_engine(tmp_path_factory.mktemp("engine2"))
+    # Its own core, as `serve --replica 1` would pin it (entrypoint/replica.py, cpu_environ): the
+    # session engine's OpenMP threads spin on the host's first cores (vLLM's auto binding).
+    last_core = str(max(os.sched_getaffinity(0)))
+    eng = start_engine(
+        tmp_path_factory.mktemp("engine2"), extra_env={"VLLM_CPU_OMP_THREADS_BIND": last_core}
+    )
     try:
         yield eng
     finally:
@@ -194,3 +200,70 @@ def test_a_replica_killed_under_load_fails_over_and_rejoins_only_when_warm(
     for i in range(6):
         chat(pair, [{"role": "user", "content": f"warm again {i}"}])
     assert served(pair)[name2] > before
+
+
+@pytest.mark.timeout(900)  # two engine starts on 2 cores; a bound against a hang, not a claim
+def test_a_rolling_restart_under_load_fails_no_request(
+    pair: RunningGateway, engine2: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``deploy.rolling`` (what ``make rolling-restart`` runs) restarts replica 2 while 4 clients
+    keep sending: drain, restart, warm (the handshake a sidecar would post), undrain.
+
+    The clients pause 0.1 s between requests: a steady load, not a saturating one. On 2 cores a
+    tight request loop starves the restarting engine's start-up for many minutes (seen twice),
+    which tests the machine, not the restart."""
+    from deploy.rolling import Internal, rolling_restart
+
+    name2 = f"127.0.0.1:{engine2.port}"
+    results: list[int | str] = []
+    stop = threading.Event()
+
+    def client(w: int) -> None:
+        with httpx.Client(timeout=120) as c:
+            i = 0
+            while not stop.is_set():
+                body = {"model": MODEL, "max_tokens": 8,
+                        "messages": [{"role": "user", "content": f"rolling {w} {i}"}]}  # fmt: skip
+                try:
+                    results.append(c.post(f"{pair.url}/v1/chat/completions", json=body).status_code)
+                except httpx.HTTPError as exc:
+                    results.append(type(exc).__name__)
+                i += 1
+                stop.wait(0.1)
+
+    def warm_when_back(old: str) -> None:  # the sidecar's part: "passed" for the new instance
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not stop.is_set():
+            rep = next(r for r in replicas(pair) if r["name"] == name2)
+            if rep["engine_instance"] not in (None, old) and rep["state"] == "warming_up":
+                mark_all_warm(pair, only={name2})
+                return
+            time.sleep(0.2)
+
+    def restart(replica: object, index: int) -> None:
+        old = next(r for r in replicas(pair) if r["name"] == name2)["engine_instance"]
+        engine2.server.stop()
+        threading.Thread(target=warm_when_back, args=(old,), daemon=True).start()
+        engine2.server.start()
+
+    workers = [threading.Thread(target=client, args=(w,), daemon=True) for w in range(4)]
+    for t in workers:
+        t.start()
+    try:
+        done = rolling_restart(
+            Internal(pair.url, pair.token_file), restart, drain_timeout_s=120,
+            ready_timeout_s=600, only=[name2],
+        )  # fmt: skip
+        after = len(results)
+        deadline = time.monotonic() + 60
+        while len(results) < after + 8:  # traffic still flows once it is back in rotation
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        for t in workers:
+            t.join(timeout=130)
+    failed = [r for r in results if r != 200]
+    with capsys.disabled():
+        print(f"\nrolling restart under load: {len(results)} requests, {len(failed)} failed")
+    assert done == [name2] and failed == [] and len(results) > 0
