@@ -231,6 +231,12 @@ bench-gateway: $(PROJECT_STAMP) ## gateway overhead vs direct on a synthetic ups
 bench-vllm: $(PROJECT_STAMP) ## one cell measured by our client and by `vllm bench serve`, side by side
 	$(PY) -m bench vllm-check --url $(BENCH_URL) $(BENCH_ARGS)
 
+bench-replicas: $(PROJECT_STAMP) ## 1/2/4 synthetic replicas: the gateway's routing policies vs vllm-router, side by side
+	$(PY) -m bench replicas $(BENCH_ARGS)
+
+bench-fairness: $(PROJECT_STAMP) ## a flooding key vs a short key (and batch vs interactive): TTFT with fifo vs fair
+	$(PY) -m bench fairness $(BENCH_ARGS)
+
 # --- ops (issue 15): the devops MCP server, see ops/README.md -----------------------------
 # (ops/ is a directory: without .PHONY make would call the target up to date)
 .PHONY: ops
