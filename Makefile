@@ -217,7 +217,7 @@ rolling-restart: $(PROJECT_STAMP) replicas-override ## restart the replicas one 
 # --- bench (issues 6 and 7): see bench/README.md -----------------------------------------
 BENCH_URL ?= http://127.0.0.1:8000
 BENCH_ARGS ?=
-.PHONY: bench bench-quick bench-gateway bench-vllm
+.PHONY: bench bench-quick bench-gateway bench-vllm bench-replicas bench-fairness
 
 bench: $(PROJECT_STAMP) ## the full concurrency x context sweep against BENCH_URL (results/bench/<time>/)
 	$(PY) -m bench sweep --profile $(PROFILE) --url $(BENCH_URL) $(BENCH_ARGS)
