@@ -48,6 +48,7 @@ class AccessLog:
         completion_tokens: int | None = None,
         queue_wait_s: float | None = None,
         ttft_s: float | None = None,
+        replica: str | None = None,
     ) -> None:
         if self.format == "off":
             return
@@ -59,13 +60,13 @@ class AccessLog:
                 f'"prompt_tokens":{_int(prompt_tokens)},'
                 f'"completion_tokens":{_int(completion_tokens)},'
                 f'"queue_wait_ms":{_num(queue_wait_s, 1000)},"ttft_ms":{_num(ttft_s, 1000)},'
-                f'"duration_ms":{_num(duration_s, 1000)}}}\n'
+                f'"duration_ms":{_num(duration_s, 1000)},"replica":{json.dumps(replica)}}}\n'
             )
         else:
             fields = {"request_id": rid, "key": key, "route": route, "status": status,
                       "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "queue_wait_ms": _num(queue_wait_s, 1000), "ttft_ms": _num(ttft_s, 1000),
-                      "duration_ms": _num(duration_s, 1000)}  # fmt: skip
+                      "duration_ms": _num(duration_s, 1000), "replica": replica}  # fmt: skip
             line = " ".join(f"{k}={v}" for k, v in fields.items() if v not in (None, "null"))
             line += "\n"
         self._lines.append(line)

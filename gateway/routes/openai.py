@@ -174,7 +174,7 @@ class CompletionsRoute:
                     request_id=call.request_id, key=call.caller, route=self.kind, status=status,
                     duration_s=duration, prompt_tokens=call.prompt_tokens,
                     completion_tokens=call.completion_tokens, queue_wait_s=call.queue_wait_s,
-                    ttft_s=call.ttft_s,
+                    ttft_s=call.ttft_s, replica=call.replica,
                 )  # fmt: skip
 
 

@@ -20,7 +20,8 @@ def anyio_backend() -> str:
 
 def emit(log: AccessLog, **kw: object) -> None:
     args = {"request_id": b"r-1", "key": 'team "a"', "route": "chat", "status": 200,
-            "duration_s": 0.0123, "completion_tokens": 7, "ttft_s": 0.004}  # fmt: skip
+            "duration_s": 0.0123, "completion_tokens": 7, "ttft_s": 0.004,
+            "replica": "10.0.0.5:8000"}  # fmt: skip
     log.emit(**{**args, **kw})  # type: ignore[arg-type]
 
 
@@ -35,6 +36,7 @@ async def test_json_lines_parse_and_are_flushed_after_a_moment() -> None:
     assert first["key"] == 'team "a"' and first["request_id"] == "r-1"
     assert (first["status"], first["completion_tokens"], first["ttft_ms"]) == (200, 7, 4.0)
     assert first["duration_ms"] == 12.3 and first["prompt_tokens"] is None
+    assert first["replica"] == "10.0.0.5:8000"  # which replica answered
     assert (second["status"], second["ttft_ms"]) == (429, None)
 
 
