@@ -372,15 +372,22 @@ def image_tags(overlay: spec.Overlay) -> list[tuple[str, tuple[str, str]]]:
     return [(built_engine, p.engine_image), ("gemma4-serving/app:latest", p.app_image)]
 
 
+def _generated(
+    overlays: list[spec.Overlay], problems: list[str]
+) -> Iterator[tuple[spec.Overlay, dict[str, str]]]:
+    """Each overlay with the files its profile generates now (a broken one: its lines added to
+    ``problems``, and skipped)."""
+    for overlay in overlays:
+        try:
+            yield overlay, overlay_files(overlay)
+        except spec.SpecError as exc:
+            problems.extend(str(exc).splitlines())
+
+
 def write(overlays: list[spec.Overlay], root: Path = OVERLAY_DIR) -> list[str]:
     """(Re)write the overlays; returns one line per problem (the others are still written)."""
     problems: list[str] = []
-    for overlay in overlays:
-        try:
-            files = overlay_files(overlay)
-        except spec.SpecError as exc:
-            problems.extend(str(exc).splitlines())
-            continue
+    for overlay, files in _generated(overlays, problems):
         out = root / overlay.name
         out.mkdir(parents=True, exist_ok=True)
         for old in out.iterdir():
@@ -394,12 +401,7 @@ def write(overlays: list[spec.Overlay], root: Path = OVERLAY_DIR) -> list[str]:
 def stale(overlays: list[spec.Overlay], root: Path = OVERLAY_DIR) -> list[str]:
     """One line per overlay file that differs from what its profile generates now."""
     problems: list[str] = []
-    for overlay in overlays:
-        try:
-            files = overlay_files(overlay)
-        except spec.SpecError as exc:
-            problems.extend(str(exc).splitlines())
-            continue
+    for overlay, files in _generated(overlays, problems):
         out = root / overlay.name
         present = {p.name for p in out.iterdir() if p.is_file()} if out.is_dir() else set()
         for name, text in files.items():
