@@ -138,8 +138,10 @@ def engine_patch(overlay: spec.Overlay, p: spec.PodPlan) -> dict[str, Any]:
             "timeoutSeconds": 8,
             "failureThreshold": 6,
         },
+        # A probe's *named* port resolves among its own container's ports only, and 8100 is the
+        # sidecar's: the number reaches it (one network namespace per pod).
         "readinessProbe": {
-            "httpGet": {"path": "/ready", "port": "warmup"},
+            "httpGet": {"path": "/ready", "port": spec.WARMUP_STATUS_PORT},
             "periodSeconds": 5,
             "timeoutSeconds": 3,
             "failureThreshold": 2,

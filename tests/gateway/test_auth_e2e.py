@@ -80,7 +80,16 @@ def test_warmup_handshake_gates_service(unwarmed: RunningGateway) -> None:
     h = httpx.get(f"{url}/health", timeout=5)
     assert h.status_code == 200 and h.json()["status"] == "ok"
     got = httpx.get(f"{url}/internal/warmup", headers=keyed.internal_headers).json()
-    assert set(got) == {"state", "engine_instance", "step", "detail", "since"}
+    assert set(got) == {"state", "engine_instance", "step", "detail", "since",  # the replica's
+                        "replicas", "ready", "min_ready", "draining"}  # and the set's  # fmt: skip
+    assert (got["state"], got["ready"], got["replicas"][0]["state"]) == ("ready", 1, "ready")
+    instance = got["engine_instance"]
+    one = httpx.get(f"{url}/internal/warmup", params={"instance": instance},
+                    headers=keyed.internal_headers)  # fmt: skip
+    assert one.status_code == 200 and one.json()["engine_instance"] == instance
+    gone = httpx.get(f"{url}/internal/warmup", params={"instance": "1.0"},
+                     headers=keyed.internal_headers)  # fmt: skip
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "unknown_engine_instance"
 
 
 def test_api_keys(keyed: RunningGateway) -> None:
