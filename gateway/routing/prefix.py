@@ -19,8 +19,14 @@ may warm one prefix on two replicas, which costs one extra prefill each, not cor
 
 Bounded load (Mirrokni, Thorup and Zadimoghaddam, "Consistent Hashing with Bounded Loads",
 2016): the remembered replica takes the request only while its load after it stays within
-``LOAD_FACTOR`` x the mean load (plus one request); otherwise the least-loaded replica takes it
-and the prefix stays remembered where it was (its cache is still there when the burst is over).
+``LOAD_FACTOR`` x the mean load, plus ``SLACK`` requests; otherwise the least-loaded replica takes
+it and the prefix stays remembered where it was (its cache is still there when the burst is
+over). The slack is for the ramp-up: with every load near 0, 1.25 x the mean is below one
+request and the first burst of a prefix would be scattered over every replica. Measured
+(``python -m bench replicas --replicas 4 --concurrency 64 --workloads shared
+--routers gateway:prefix --requests-per-stream 6``: 8 system prompts drawn at random, half
+load): share of a prefix's requests on its top replica 0.85 mean / 0.67 worst without slack,
+0.93 / 0.81 with 2, 0.94 / 0.79 with 4; throughput and TTFT unchanged.
 """
 
 from __future__ import annotations
@@ -35,13 +41,17 @@ from gateway.routing.base import C
 from gateway.routing.least_loaded import LeastLoaded
 
 LOAD_FACTOR = 1.25
+SLACK = 2.0  # requests above the factor's bound (see above)
 PREFIX_CHARS = 512
 TABLE_SIZE = 65536  # remembered prefixes (16 bytes of key + a name each: ~10 MB at most)
 
 
 class PrefixAffinity:
-    def __init__(self, load_factor: float = LOAD_FACTOR, table_size: int = TABLE_SIZE) -> None:
+    def __init__(
+        self, load_factor: float = LOAD_FACTOR, slack: float = SLACK, table_size: int = TABLE_SIZE
+    ) -> None:
         self.load_factor = load_factor
+        self.slack = slack
         self.table_size = table_size
         self.table: OrderedDict[bytes, str] = OrderedDict()
         self.fallback = LeastLoaded()
@@ -54,8 +64,8 @@ class PrefixAffinity:
         if name is not None:
             for c in candidates:
                 if c.name == name:
-                    bound = self.load_factor * (sum(x.load for x in candidates) + 1)
-                    if c.load + 1 <= max(1.0, bound / len(candidates)):
+                    total = sum(x.load for x in candidates) + 1
+                    if c.load + 1 <= self.load_factor * total / len(candidates) + self.slack:
                         self.table.move_to_end(digest)
                         return c
                     return self.fallback.pick(key, candidates)  # over its bound: spill, remember
