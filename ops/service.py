@@ -177,24 +177,7 @@ class Ops:
         return out
 
     def warmup_report(self) -> dict[str, Any]:
-        path = self.cfg.warmup_report
-        try:
-            doc = json.loads(path.read_text())
-        except OSError:
-            return {"path": str(path), "found": False}
-        except ValueError as exc:
-            return {"path": str(path), "found": True, "error": f"not JSON: {exc}"}
-        return {
-            "path": str(path),
-            "found": True,
-            "verdict": doc.get("outcome"),
-            "failed_step": doc.get("failed_step"),
-            "error": doc.get("error"),
-            "started": doc.get("started"),
-            "duration_s": doc.get("duration_s"),
-            "stalls": doc.get("stalls", []),
-            "engine_instance": (doc.get("engine") or {}).get("instance"),
-        }
+        return read_warmup_reports(self.cfg.warmup_report)
 
     # --- verify_model_health / query_with_stats / get_active_models -------------------------
 
@@ -664,3 +647,36 @@ def _pct(model: float, reported: float | None) -> float | None:
     if not reported:
         return None
     return round(100.0 * (model - reported) / reported, 3)
+
+
+def read_warmup_reports(path: Path) -> dict[str, Any]:
+    """The warm-up's report at ``path``; with several replicas the warm-up writes one per replica
+    beside it (``report-<host>-<port>.json``): then each, under ``replicas``, and the verdict is
+    ``passed`` only if every one passed (else the first that did not)."""
+    several = sorted(path.parent.glob(f"{path.stem}-*{path.suffix}"))
+    if path.exists() or not several:
+        return _one_report(path)
+    reports = [_one_report(p) for p in several]
+    failing = [r for r in reports if r.get("verdict") != "passed"]
+    first = failing[0] if failing else reports[0]
+    return {**first, "path": str(path.parent), "replicas": reports}
+
+
+def _one_report(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text())
+    except OSError:
+        return {"path": str(path), "found": False}
+    except ValueError as exc:
+        return {"path": str(path), "found": True, "error": f"not JSON: {exc}"}
+    return {
+        "path": str(path),
+        "found": True,
+        "verdict": doc.get("outcome"),
+        "failed_step": doc.get("failed_step"),
+        "error": doc.get("error"),
+        "started": doc.get("started"),
+        "duration_s": doc.get("duration_s"),
+        "stalls": doc.get("stalls", []),
+        "engine_instance": (doc.get("engine") or {}).get("instance"),
+    }

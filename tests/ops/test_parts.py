@@ -128,3 +128,25 @@ def test_bad_runs_say_why(bench: Path, run: str, message: str) -> None:
 def test_no_runs_at_all(tmp_path: Path) -> None:
     with pytest.raises(runs.RunError, match="no sweep runs"):
         runs.resolve(tmp_path / "empty", "latest")
+
+
+def test_warmup_reports_of_several_replicas_are_read_together(tmp_path: Path) -> None:
+    import json
+
+    from ops.service import read_warmup_reports
+
+    base = tmp_path / "report.json"
+    assert read_warmup_reports(base) == {"path": str(base), "found": False}
+    ok = {"outcome": "passed", "engine": {"instance": "1.0"}, "duration_s": 3.0}
+    bad = {"outcome": "failed", "failed_step": "tool_call", "engine": {"instance": "2.0"}}
+    (tmp_path / "report-127.0.0.1-8000.json").write_text(json.dumps(ok))
+    (tmp_path / "report-127.0.0.1-8001.json").write_text(json.dumps(bad))
+    both = read_warmup_reports(base)
+    assert (both["verdict"], both["failed_step"]) == ("failed", "tool_call")  # the worst one
+    assert [r["engine_instance"] for r in both["replicas"]] == ["1.0", "2.0"]
+    (tmp_path / "report-127.0.0.1-8001.json").write_text(json.dumps(ok))
+    assert read_warmup_reports(base)["verdict"] == "passed"
+    base.write_text(json.dumps(bad))  # one engine: its own report, as before
+    assert read_warmup_reports(base)[
+        "verdict"
+    ] == "failed" and "replicas" not in read_warmup_reports(base)
