@@ -51,7 +51,7 @@ class OpsConfig:
             cache=cache,
             ops=ops,
             gateway_url=(ops.gateway_url or gateway.url).rstrip("/"),
-            engine_urls=urls or (engine.url,),
+            engine_urls=urls or tuple(engine.replica_urls),  # every replica of this host
             internal_token_file=ops.internal_token_file or gateway.internal_token_file,
             api_key_file=ops.api_key_file,
             engine_log=ops.engine_log_path(cache),
