@@ -293,7 +293,7 @@ class OpsSettings(_Slice):
     host: str = "127.0.0.1"
     port: int = Field(8090, ge=1, le=65535)
     gateway_url: str = ""  # empty: GatewaySettings.url
-    engine_urls: str = ""  # comma-separated; empty: EngineSettings.url
+    engine_urls: str = ""  # comma-separated; empty: EngineSettings.replica_urls
     internal_token_file: Path | None = None  # None: GATEWAY_INTERNAL_TOKEN_FILE
     api_key_file: Path | None = None  # a client key for the gateway's /v1 routes (first line)
     engine_log_file: Path | None = None  # None: <CACHE_HOT_DIR>/engine.log
