@@ -120,3 +120,11 @@ def test_routing_key_is_the_leading_text_of_each_api() -> None:
     assert routing_key("chat", {"messages": [{"role": "user", "content": "x"}]}) != routing_key(
         "chat", {"messages": [{"role": "user", "content": "y"}]}
     )
+
+
+def test_ties_alternate_even_after_a_replica_was_away() -> None:
+    back = Fake("back", served=0)  # restarted: it served nothing for a while
+    busy = Fake("busy", served=500)
+    sched = build_scheduler("least_loaded")
+    picks = [sched.pick(f"{i}".encode(), [back, busy]).name for i in range(10)]  # type: ignore[union-attr]
+    assert picks.count("back") == picks.count("busy") == 5  # not 10 to the one that was away
