@@ -193,7 +193,7 @@ class GatewaySettings(_Slice):
     api_keys_file: Path | None = None
     internal_token_file: Path = Path(".cache/gateway/internal-token")
     metrics_public: bool = False
-    # Admission: in-flight cap (0 = ENGINE_MAX_NUM_SEQS), FIFO queue, per-key cap (0 = none).
+    # Admission: in-flight cap per replica (0 = ENGINE_MAX_NUM_SEQS), the queue, per-key cap (0 = none).
     max_inflight: int = Field(0, ge=0)
     queue_depth: int = Field(256, ge=0)
     queue_timeout_s: float = Field(30.0, gt=0)
