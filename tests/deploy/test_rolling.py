@@ -9,21 +9,19 @@ can assert the minimum was never broken, and the event log gives the order of th
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from deploy.rolling import Clock, Internal, RollingError, command_restart, drain, rolling_restart
+from tests.support import fakehttp
 from tests.support.process import REPO
 
 TOKEN = "s3cret"
@@ -98,35 +96,11 @@ class FakeGateway:
         return 404, {"error": "not found"}
 
 
-@contextmanager
-def serve(gw: FakeGateway) -> Iterator[str]:
-    class Handler(BaseHTTPRequestHandler):
-        def _do(self, method: str) -> None:
-            code, doc = gw.handle(method, self.path, self.headers.get("authorization"))
-            data = json.dumps(doc).encode()
-            self.send_response(code)
-            self.send_header("content-length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self) -> None:
-            self._do("GET")
-
-        def do_POST(self) -> None:
-            self._do("POST")
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}"
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join(timeout=5)
+def serve(gw: FakeGateway) -> AbstractContextManager[str]:
+    """The fake gateway on loopback; yields its URL."""
+    return fakehttp.serve(
+        lambda req: gw.handle(req.method, req.path, req.headers.get("authorization"))
+    )
 
 
 def three() -> FakeGateway:

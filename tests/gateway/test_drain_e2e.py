@@ -1,13 +1,22 @@
 """SIGTERM drains the gateway (gateway/drain.py), against the real CPU engine.
 
-With 8 streams in flight: every one of them ends with ``[DONE]``, a request that arrives during
-the drain gets 503 ``draining`` with ``Retry-After`` (the socket is still open to say so),
-``/health`` says ``draining``, and the process exits 0 on its own, before the drain timeout.
+Eight streams, at most two upstream at a time (``GATEWAY_MAX_INFLIGHT=2``): SIGTERM arrives while
+two run and the rest wait in the admission queue. Every one of them ends with ``[DONE]``, a request
+that arrives during the drain gets 503 ``draining`` with ``Retry-After`` (the socket is still
+open to say so), ``/health`` says ``draining``, and the process exits 0 on its own, before the
+drain timeout.
+
+Why the queue: with all eight upstream at once, the tiny CPU engine could finish them while a
+busy CI machine had not yet scheduled the test's ``/health`` poll; the gateway then drained,
+closed its socket and exited, and the poll was refused (a CI run did exactly that). SIGTERM is
+sent once two or more streams are queued: the drain stays open for at least one more round of
+generation whatever the scheduling.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import time
 
@@ -21,13 +30,24 @@ pytestmark = [pytest.mark.engine]
 MODEL = "gemma-4-tiny"
 
 
+async def queue_depth(client: httpx.AsyncClient, url: str) -> float:
+    """``gateway_queue_depth`` from the gateway's ``/metrics``."""
+    text = (await client.get(f"{url}/metrics")).text
+    found = re.search(r"^gateway_queue_depth (\S+)$", text, re.MULTILINE)
+    assert found, text
+    return float(found.group(1))
+
+
 def test_sigterm_finishes_the_streams_in_flight_and_refuses_new_ones(engine: Engine) -> None:
-    env = {"GATEWAY_DRAIN_TIMEOUT_S": "120", "GATEWAY_QUEUE_DEPTH": "16"}
+    env = {
+        "GATEWAY_DRAIN_TIMEOUT_S": "120", "GATEWAY_QUEUE_DEPTH": "16", "GATEWAY_MAX_INFLIGHT": "2",
+        "GATEWAY_QUEUE_TIMEOUT_S": "300",  # a slow machine's queue wait is not what this tests
+    }  # fmt: skip
     with run_gateway(engine.url, env=env) as gw:
         mark_warm(gw)
         ends: list[list[str]] = []
 
-        async def stream(client: httpx.AsyncClient, i: int, started: asyncio.Event) -> None:
+        async def stream(client: httpx.AsyncClient, i: int) -> None:
             body = {
                 "model": MODEL, "stream": True, "max_tokens": 400, "ignore_eos": True,
                 "messages": [{"role": "user", "content": f"drain {i}"}],
@@ -38,14 +58,15 @@ def test_sigterm_finishes_the_streams_in_flight_and_refuses_new_ones(engine: Eng
                 async for line in r.aiter_lines():
                     if line.startswith("data: "):
                         lines.append(line)
-                        started.set()
             ends.append(lines[-2:])
 
         async def scenario() -> tuple[httpx.Response, httpx.Response]:
             async with httpx.AsyncClient(timeout=300) as client:
-                started = [asyncio.Event() for _ in range(8)]
-                tasks = [asyncio.create_task(stream(client, i, started[i])) for i in range(8)]
-                await asyncio.wait_for(asyncio.gather(*(e.wait() for e in started)), 120)
+                tasks = [asyncio.create_task(stream(client, i)) for i in range(8)]
+                deadline = time.monotonic() + 120
+                while (queued := await queue_depth(client, gw.url)) < 2:  # 2 up, the rest queued
+                    assert time.monotonic() < deadline, f"never queued: {queued}"
+                    await asyncio.sleep(0.05)
                 gw.server.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
                 deadline = time.monotonic() + 30
                 while True:  # the drain starts on the server's next tick (0.1 s)

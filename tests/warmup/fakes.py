@@ -8,7 +8,6 @@ state the test controls, a policy deciding each POST's answer, and a record of w
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -18,56 +17,17 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-Answer = tuple[int, Any]
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-
-    def _answer(self, method: str) -> None:
-        length = int(self.headers.get("content-length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        body = json.loads(raw) if raw else None
-        code, doc = self.server.app(method, self.path, body)
-        data = doc.encode() if isinstance(doc, str) else json.dumps(doc).encode()
-        self.send_response(code)
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:
-        self._answer("GET")
-
-    def do_POST(self) -> None:
-        self._answer("POST")
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, app: Callable[[str, str, Any], Answer]) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.app = app
+from tests.support import fakehttp
+from tests.support.fakehttp import Answer
 
 
 @contextmanager
 def serve(app: Callable[[str, str, Any], Answer]) -> Iterator[str]:
     """Serve ``app(method, path, json_body) -> (status, json or text)`` on loopback; yields URL."""
-    srv = _Server(app)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}"
-    finally:
-        srv.shutdown()
-        srv.server_close()
-        thread.join(timeout=5)
+    with fakehttp.serve(lambda req: app(req.method, req.path, req.body)) as url:
+        yield url
 
 
 @dataclass
