@@ -1,16 +1,16 @@
 """SIGTERM drains the gateway (gateway/drain.py), against the real CPU engine.
 
-Eight streams, at most two upstream at a time (``GATEWAY_MAX_INFLIGHT=2``): SIGTERM arrives while
-two run and the rest wait in the admission queue. Every one of them ends with ``[DONE]``, a request
-that arrives during the drain gets 503 ``draining`` with ``Retry-After`` (the socket is still
-open to say so), ``/health`` says ``draining``, and the process exits 0 on its own, before the
-drain timeout.
+Sixteen streams, at most eight upstream at a time (``GATEWAY_MAX_INFLIGHT=8``): SIGTERM arrives
+while eight are in flight and the rest wait in the admission queue. Every one of them ends with
+``[DONE]``, a request that arrives during the drain gets 503 ``draining`` with ``Retry-After``
+(the socket is still open to say so), ``/health`` says ``draining``, and the process exits 0 on
+its own, before the drain timeout.
 
-Why the queue: with all eight upstream at once, the tiny CPU engine could finish them while a
-busy CI machine had not yet scheduled the test's ``/health`` poll; the gateway then drained,
-closed its socket and exited, and the poll was refused (a CI run did exactly that). SIGTERM is
-sent once two or more streams are queued: the drain stays open for at least one more round of
-generation whatever the scheduling.
+Why the queue: with only the eight in flight, the tiny CPU engine could finish them while a busy
+CI machine had not yet scheduled the test's ``/health`` poll; the gateway then drained, closed
+its socket and exited, and the poll was refused (a CI run did exactly that). SIGTERM is sent once
+eight are upstream and two or more are queued: the drain stays open for at least one more round
+of generation whatever the scheduling.
 """
 
 from __future__ import annotations
@@ -30,17 +30,20 @@ pytestmark = [pytest.mark.engine]
 MODEL = "gemma-4-tiny"
 
 
-async def queue_depth(client: httpx.AsyncClient, url: str) -> float:
-    """``gateway_queue_depth`` from the gateway's ``/metrics``."""
+async def held(client: httpx.AsyncClient, url: str) -> tuple[float, float]:
+    """(``gateway_inflight``, ``gateway_queue_depth``) from the gateway's ``/metrics``."""
     text = (await client.get(f"{url}/metrics")).text
-    found = re.search(r"^gateway_queue_depth (\S+)$", text, re.MULTILINE)
-    assert found, text
-    return float(found.group(1))
+    values = []
+    for name in ("gateway_inflight", "gateway_queue_depth"):
+        found = re.search(rf"^{name} (\S+)$", text, re.MULTILINE)
+        assert found, text
+        values.append(float(found.group(1)))
+    return values[0], values[1]
 
 
 def test_sigterm_finishes_the_streams_in_flight_and_refuses_new_ones(engine: Engine) -> None:
     env = {
-        "GATEWAY_DRAIN_TIMEOUT_S": "120", "GATEWAY_QUEUE_DEPTH": "16", "GATEWAY_MAX_INFLIGHT": "2",
+        "GATEWAY_DRAIN_TIMEOUT_S": "120", "GATEWAY_QUEUE_DEPTH": "16", "GATEWAY_MAX_INFLIGHT": "8",
         "GATEWAY_QUEUE_TIMEOUT_S": "300",  # a slow machine's queue wait is not what this tests
     }  # fmt: skip
     with run_gateway(engine.url, env=env) as gw:
@@ -62,10 +65,13 @@ def test_sigterm_finishes_the_streams_in_flight_and_refuses_new_ones(engine: Eng
 
         async def scenario() -> tuple[httpx.Response, httpx.Response]:
             async with httpx.AsyncClient(timeout=300) as client:
-                tasks = [asyncio.create_task(stream(client, i)) for i in range(8)]
+                tasks = [asyncio.create_task(stream(client, i)) for i in range(16)]
                 deadline = time.monotonic() + 120
-                while (queued := await queue_depth(client, gw.url)) < 2:  # 2 up, the rest queued
-                    assert time.monotonic() < deadline, f"never queued: {queued}"
+                while True:  # 8 upstream, the rest queued
+                    inflight, queued = await held(client, gw.url)
+                    if inflight == 8 and queued >= 2:
+                        break
+                    assert time.monotonic() < deadline, f"never 8 up, 2 queued: {inflight, queued}"
                     await asyncio.sleep(0.05)
                 gw.server.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
                 deadline = time.monotonic() + 30
@@ -88,7 +94,7 @@ def test_sigterm_finishes_the_streams_in_flight_and_refuses_new_ones(engine: Eng
         assert health.status_code == 503 and health.json()["status"] == "draining"
         assert late.status_code == 503 and late.json()["error"]["code"] == "draining"
         assert int(late.headers["retry-after"]) >= 1
-        assert len(ends) == 8 and all(end[-1] == "data: [DONE]" for end in ends), ends
+        assert len(ends) == 16 and all(end[-1] == "data: [DONE]" for end in ends), ends
         proc = gw.server.proc
         assert proc is not None
         assert proc.wait(timeout=60) == 0  # exits on its own once drained, status 0
