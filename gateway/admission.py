@@ -88,6 +88,7 @@ class Admission:
         max_retry_after_s: int = 120,
         clock: Callable[[], float] = time.monotonic,
         fair: bool = True,
+        shares: KeyShares | None = None,
     ) -> None:
         if max_inflight < 1:
             raise ValueError("max_inflight must be >= 1")
@@ -101,12 +102,11 @@ class Admission:
         self._inflight = 0
         self._queue = FairQueue(fair)
         self._per_key: dict[str, int] = {}  # queued + in flight, per key
-        self._keys = KeyShares()  # one key never holds every slot while others wait
+        self._keys = shares or KeyShares()  # no key holds every slot while others wait or may come
         self._class_inflight: dict[int, int] = {}
         self._shares: dict[int, float] = {}
         self._releases: deque[float] = deque(maxlen=_DRAIN_SAMPLES)
-        self._saturated = False
-        self._pressured = False
+        self._saturated = self._pressured = False
 
     # -- observation -------------------------------------------------------------------------
 

@@ -65,6 +65,11 @@ class KeyStore:
     def open(self) -> bool:
         return self._keys.open
 
+    @property
+    def tenants(self) -> int:
+        """Distinct tenants (labels) the keys name: 0 when the gateway runs open."""
+        return len(self._by_label)
+
     @classmethod
     def from_file(cls, path: Path) -> KeyStore:
         """Raises ``tenants.KeysFileError`` (a ``ValueError``, one line per problem)."""

@@ -23,6 +23,7 @@ from env.settings import EngineSettings, GatewaySettings
 from gateway.accesslog import AccessLog
 from gateway.admission import Admission
 from gateway.auth import Access, KeysWatcher
+from gateway.headroom import KeyShares
 from gateway.health import Snapshot
 from gateway.metrics import GatewayMetrics
 from gateway.policy import Policy
@@ -93,6 +94,7 @@ async def running(config: GatewayConfig) -> AsyncIterator[Components]:
         s.per_key_concurrency,
         s.max_retry_after_s,
         fair=s.scheduling == "fair",
+        shares=KeyShares(tenants=lambda: config.access.keys.tenants),
     )
     tenancy = Tenancy(config.access.keys, MemoryStore(), metrics, s.tpm_cached_tokens)
     async with AsyncExitStack() as stack:

@@ -1,8 +1,10 @@
 """Headroom between keys (gateway/headroom.py), in the admission queue with a fake clock.
 
 The promise: while another key is active, a flooding key holds at most the cap minus the reserve,
-so the other key's request is admitted at once (not after a flood stream ends); alone, or once
-the other key has been idle for ``ACTIVE_S``, the flooding key may use the whole cap.
+so the other key's request is admitted at once (not after a flood stream ends). Alone, or once
+the other key has been idle for ``ACTIVE_S``, the flooding key may use every slot but one when
+the keys file names other tenants (the next key's first request starts at once), the whole cap
+when it names no other.
 """
 
 from __future__ import annotations
@@ -64,6 +66,29 @@ async def test_a_flooding_key_leaves_a_slot_for_another_active_key() -> None:
 async def test_alone_a_key_uses_the_whole_cap() -> None:
     adm = Admission(8, 64, 30.0, 0, 120, Clock())
     assert all(adm.try_admit("only") is not None for _ in range(8)) and adm.inflight == 8
+
+
+async def test_alone_among_several_tenants_a_key_leaves_one_slot_for_the_next_first_request() -> (
+    None
+):
+    tenants = [3]
+    clock = Clock()
+    adm = Admission(8, 64, 30.0, 0, 120, clock, shares=KeyShares(tenants=lambda: tenants[0]))
+    flood = [adm.try_admit("flood") for _ in range(7)]
+    assert all(t is not None for t in flood)
+    assert adm.try_admit("flood") is None  # the 8th slot waits for a key that was never seen
+    queued = adm.enqueue("flood")
+    assert not queued.future.done() and adm.inflight == 7
+    first = adm.enqueue("short")  # the short key's very first request: no flood stream to end
+    assert first.future.done() and adm.inflight == 8
+    adm.release(first.future.result())
+    assert not queued.future.done()  # the short key is active now: the 1/8 reserve holds
+    clock.t += ACTIVE_S + 1
+    adm.set_capacity(8)  # (anything that pumps the queue)
+    assert not queued.future.done() and adm.inflight == 7  # alone again: all slots but one
+    tenants[0] = 1  # a reload leaves one tenant: nobody else can come, the whole cap is its
+    adm.set_capacity(8)
+    assert queued.future.done() and adm.inflight == 8
 
 
 async def test_fifo_mode_keeps_the_old_behaviour() -> None:
