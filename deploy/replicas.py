@@ -13,6 +13,11 @@ The base ``engine`` service is replica 0; the file adds ``engine-1`` .. ``engine
   shared tmpfs volume; the persistent copy and its key are shared) and its TPU chips,
 - with a healthcheck on its own port (``ENGINE_PORT`` + I, read in the container like the base's).
 
+Every engine service (the base one too) and the warm-up are also given the replica layout
+(``ENGINE_REPLICAS``, and the chip settings when set): a container reads the profile file, not
+make's environment, so ``make up ENGINE_REPLICAS=2`` on a profile that says 1 would otherwise
+start ``engine-1`` with a layout of one replica, and it refuses ``--replica 1``.
+
 The warm-up sidecar waits for every replica to be healthy (so ``make up`` waits for all of them)
 and, like the gateway, is given the replica list explicitly (``GATEWAY_UPSTREAM_URLS``, from
 ``env.replicas.static_upstreams``: the same answer they would compute from the profile, written
@@ -50,24 +55,37 @@ def healthcheck_test(index: int) -> list[str]:
     return ["CMD", "python3", "-c", code]
 
 
+def layout_environment(engine: EngineSettings) -> dict[str, str]:
+    """The replica layout as the settings resolved it (profile, then environment)."""
+    env = {"ENGINE_REPLICAS": str(engine.replicas)}
+    if engine.chips_per_replica is not None:
+        env["ENGINE_CHIPS_PER_REPLICA"] = str(engine.chips_per_replica)
+    if engine.chip_sets:
+        env["ENGINE_CHIP_SETS"] = engine.chip_sets
+    return env
+
+
 def compose_model(engine: EngineSettings, gateway: GatewaySettings) -> dict[str, Any]:
     """The override's content for ``engine.replicas`` replicas (empty services for one)."""
     services: dict[str, Any] = {}
     if engine.replicas == 1:
         return {"services": services}
     platform_file = f"docker-compose.{engine.platform}.yml"
+    layout = layout_environment(engine)
+    services[ENGINE] = {"environment": layout}
     for i in range(1, engine.replicas):
         services[service_name(i)] = {
             "extends": {"file": platform_file, "service": ENGINE},
             "command": ["python3", "-m", "entrypoint", "serve", "--replica", str(i)],
             "healthcheck": {"test": healthcheck_test(i)},
+            "environment": layout,
         }
     urls = ",".join(up.url for up in static_upstreams(engine, gateway))
     services["warmup"] = {
         "depends_on": {
             service_name(i): {"condition": "service_healthy"} for i in range(engine.replicas)
         },
-        "environment": {"GATEWAY_UPSTREAM_URLS": urls},
+        "environment": {**layout, "GATEWAY_UPSTREAM_URLS": urls},
     }
     services["gateway"] = {"environment": {"GATEWAY_UPSTREAM_URLS": urls}}
     return {"services": services}

@@ -1,4 +1,4 @@
-"""``make up``: start the Compose stack and wait until the gateway's /health is 200.
+"""``make up``: start the Compose stack and wait until the gateway's /health is 200, every replica ready.
 
     python3 -m deploy.up --profile-file env/cpu.env [--timeout S] -- docker compose -p ... -f ...
 
@@ -38,24 +38,50 @@ class StackFailed(Exception):
 
 @dataclass
 class Health:
-    """One probe of the gateway's /health: HTTP status (0: no answer) and its reason text."""
+    """One probe of the gateway's /health: HTTP status (0: no answer) and its reason text, and
+    the replicas not ready yet (``name state``): the gateway answers 200 as soon as
+    ``GATEWAY_MIN_READY_REPLICAS`` are ready, and ``make up`` waits for all of them."""
 
     status: int
     reason: str
+    waiting: tuple[str, ...] = ()
+
+
+def _not_ready(doc: object) -> tuple[str, ...]:
+    replicas = doc.get("replicas") if isinstance(doc, dict) else None
+    if not isinstance(replicas, list):
+        return ()
+    return tuple(
+        f"{r.get('name')} {r.get('state')}"
+        for r in replicas
+        if isinstance(r, dict) and r.get("state") != "ready"
+    )
 
 
 def probe(url: str, timeout_s: float = 5.0) -> Health:
-    """GET ``url``; a 503 body's ``status`` field (engine_down, warming_up, ...) is the reason."""
+    """GET ``url``; a 503 body's ``status`` field (engine_down, warming_up, ...) is the reason;
+    a 200 with replicas still coming says how many are ready."""
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as resp:
-            return Health(resp.status, "ok")
+            try:
+                doc = json.loads(resp.read())
+            except ValueError:
+                doc = None
+            waiting = _not_ready(doc)
+            if not waiting:
+                return Health(resp.status, "ok")
+            total = len(doc["replicas"])  # type: ignore[index]
+            ready = f"{total - len(waiting)}/{total} replicas ready"
+            return Health(resp.status, f"{ready}; " + ", ".join(waiting), waiting)
     except urllib.error.HTTPError as exc:
         body = exc.read()
         try:
-            status = json.loads(body).get("status")
+            doc = json.loads(body)
+            status = doc.get("status")
         except (ValueError, AttributeError):
-            status = None
-        return Health(exc.code, str(status) if status else engine_message(body, 200))
+            doc, status = None, None
+        reason = str(status) if status else engine_message(body, 200)
+        return Health(exc.code, reason, _not_ready(doc))
     except (OSError, urllib.error.URLError) as exc:
         return Health(0, f"no answer ({getattr(exc, 'reason', exc)})")
 
@@ -176,18 +202,22 @@ def wait_ready(
     poll_s: float = 2.0,
     services: list[str] | None = None,
 ) -> float:
-    """Poll the gateway's /health until 200; print each change of reason. Returns seconds."""
+    """Poll the gateway's /health until 200 with every replica ready; print each change of
+    reason. Returns seconds."""
     start = time.monotonic()
     last = ""
     while True:
         health = probe(url)
-        if health.status == 200:
+        if health.status == 200 and not health.waiting:
             return time.monotonic() - start
         if health.reason != last:
             print(f"up: {url} -> {health.status or '---'} {health.reason}", flush=True)
             last = health.reason
         if health.reason.startswith("warmup_failed"):
             raise StackFailed(f"warm-up failed: {health.reason}")
+        failed = [w for w in health.waiting if " warmup_failed" in w]
+        if failed:
+            raise StackFailed(f"warm-up failed: {', '.join(failed)}")
         _check_engines(compose, services or ["engine"])
         if time.monotonic() > deadline:
             raise StackFailed(f"timed out; gateway /health still {health.status} {health.reason}")

@@ -1,5 +1,7 @@
 """The compose smoke test: `make up` (cpu) -> /health 200 -> a chat completion through the
-gateway -> `make down` leaves no container. Plus the failure path of `make up`.
+gateway -> `make down` leaves no container. Plus the failure path of `make up`, and a stack of
+two engine replicas (`make up ENGINE_REPLICAS=2`): both serve, a crashed one is restarted by
+compose's restart policy and re-warmed while the other keeps serving.
 
 Runs the real images and a real containerised CPU engine, on free loopback ports, in a compose
 project of its own (never the developer's `gemma4` project, never ports 8000/8080). Skips with
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,8 +22,8 @@ import httpx
 import pytest
 
 from tests.compose.docker import engine_problem, require
-from tests.support.process import REPO, free_port
-from tests.support.stack import chat_once
+from tests.support.process import REPO, consecutive_free_ports, free_port
+from tests.support.stack import MODEL, chat_once
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -85,7 +88,7 @@ def _tail(done: subprocess.CompletedProcess[str], lines: int = 60) -> str:
 @pytest.fixture
 def stack() -> Iterator[Stack]:
     require(engine_problem())
-    s = Stack(f"gemma4-smoke-{uuid.uuid4().hex[:8]}", free_port(), free_port())
+    s = Stack(f"gemma4-smoke-{uuid.uuid4().hex[:8]}", free_port(), consecutive_free_ports(2))
     try:
         yield s
     finally:
@@ -128,3 +131,73 @@ def test_up_fails_with_reason_and_engine_log(stack: Stack, tmp_path: Path) -> No
         assert "block" in out.lower(), "the engine's own error (preflight) must be shown"
     finally:
         stack.make("down", timeout=180, PROFILE=str(broken))
+
+
+def _replicas(stack: Stack) -> list[dict[str, object]]:
+    health = httpx.get(f"{stack.url}/health", timeout=10)
+    assert health.status_code == 200, health.text  # while any replica is ready
+    return list(health.json()["replicas"])
+
+
+@pytest.mark.timeout(UP_TIMEOUT_S + BUILD_SLACK_S + 600)
+def test_two_replicas_serve_and_a_crashed_one_is_restarted_and_rewarmed(stack: Stack) -> None:
+    up = stack.make("up", timeout=UP_TIMEOUT_S + BUILD_SLACK_S, ENGINE_REPLICAS="2")
+    try:
+        assert up.returncode == 0, f"make up failed:\n{_tail(up)}"
+        assert "2 engines healthy" in up.stdout
+        before = _replicas(stack)
+        assert [r["state"] for r in before] == ["ready", "ready"], before
+        for i in range(8):  # distinct prompts: the gateway spreads them over both replicas
+            r = httpx.post(f"{stack.url}/v1/chat/completions", timeout=60, json={
+                "model": MODEL, "max_tokens": 4,
+                "messages": [{"role": "user", "content": f"{i}: a prompt of its own"}],
+            })  # fmt: skip
+            assert r.status_code == 200, r.text
+        served = [int(r["served"]) for r in _replicas(stack)]  # type: ignore[call-overload]
+        assert sum(served) == 8 and min(served) >= 2, served
+
+        # A crash, not a stop: every process but the container's init is killed, the init exits
+        # with the engine's status and the restart policy applies (`docker kill` or `docker
+        # stop` would count as a manual stop, which `unless-stopped` does not restart).
+        engine1 = _docker(
+            "ps",
+            "-q",
+            "--filter",
+            f"label=com.docker.compose.project={stack.project}",
+            "--filter",
+            "label=com.docker.compose.service=engine-1",
+        )
+        assert len(engine1) == 1, engine1
+        old = before[1]["engine_instance"]
+        killed = subprocess.run(
+            ["docker", "exec", "-u", "0", engine1[0], "sh", "-c", "kill -9 -1"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert killed.returncode == 0, killed.stderr
+        deadline = time.monotonic() + UP_TIMEOUT_S
+        seen: list[str] = []
+        while True:
+            replicas = _replicas(stack)  # 200 throughout: replica 0 stays ready
+            state, instance = replicas[1]["state"], replicas[1]["engine_instance"]
+            if not seen or seen[-1] != state:
+                seen.append(str(state))
+            if state != "ready":
+                chat_once(stack.url)  # served by replica 0 meanwhile
+            elif instance != old:
+                break
+            assert time.monotonic() < deadline, f"never back: {seen} {replicas}"
+            time.sleep(1)
+        assert replicas[0]["state"] == "ready"
+        # Back only once re-warmed: the gateway sends a replica nothing before it is ready, so
+        # the requests the new engine process has already served are the warm-up's.
+        metrics = httpx.get(f"http://127.0.0.1:{stack.engine_port + 1}/metrics", timeout=10).text
+        warmed = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                     if line.startswith("vllm:request_success_total{"))  # fmt: skip
+        assert warmed > 0, seen
+    finally:
+        down = stack.make("down", timeout=180, ENGINE_REPLICAS="2")
+    assert down.returncode == 0, _tail(down)
+    assert stack.containers() == [], "make down left containers behind"

@@ -22,7 +22,7 @@ import pytest
 
 from deploy.dev import DevError, Restartable, Role, Stopped, Supervisor, restart_replica
 from entrypoint.process import descendants
-from tests.support.process import ServerProcess, free_port
+from tests.support.process import ServerProcess, consecutive_free_ports, free_port
 from tests.support.stack import chat_once
 
 READY_S = 420  # engine start (40-150 s on 2 shared cores) + warm-up
@@ -242,21 +242,6 @@ def test_restart_replica_signals_only_a_replica_of_the_running_stack(
 # --- make dev REPLICAS=2: the one real check ------------------------------------------------------
 
 
-def _two_free_ports() -> int:
-    """A base port whose successor is free too (replica i listens on ENGINE_PORT + i)."""
-    import socket
-
-    for _ in range(50):
-        base = free_port()
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", base + 1))
-            except OSError:
-                continue
-        return base
-    raise AssertionError("no two consecutive free ports")
-
-
 def _replicas(gateway: str) -> dict[str, dict]:
     body = httpx.get(f"{gateway}/health", timeout=5).json()
     return {r["name"]: r for r in body.get("replicas") or []}
@@ -281,7 +266,7 @@ def test_make_dev_replicas_restarts_a_killed_replica_and_ctrl_c_stops_all(
     groups of its own): dev kills what is left of it and starts it again, replica 0 untouched,
     the gateway 200 all along, the new instance served only once warm; Ctrl-C leaves no process
     of any group. (The rolling restart under load is the gateway side's end-to-end test.)"""
-    gateway_port, base = free_port(), _two_free_ports()
+    gateway_port, base = free_port(), consecutive_free_ports(2)
     gateway = f"http://127.0.0.1:{gateway_port}"
     run_dir = tmp_path / "run"
     names = [f"127.0.0.1:{base}", f"127.0.0.1:{base + 1}"]

@@ -36,12 +36,14 @@ def test_one_engine_adds_nothing() -> None:
 
 def test_n_replicas_become_engine_1_to_n_minus_1() -> None:
     model = compose_model(EngineSettings.load(X4), GatewaySettings.load(X4))["services"]
-    assert sorted(model) == ["engine-1", "engine-2", "engine-3", "gateway", "warmup"]
+    assert sorted(model) == ["engine", "engine-1", "engine-2", "engine-3", "gateway", "warmup"]
     for i in (1, 2, 3):
         svc = model[f"engine-{i}"]
         assert svc["extends"] == {"file": "docker-compose.tpu.yml", "service": "engine"}
         assert svc["command"][-2:] == ["--replica", str(i)]
         assert f"+ {i})" in svc["healthcheck"]["test"][-1]
+    for name in ("engine", "engine-1", "engine-2", "engine-3", "warmup"):  # what they resolve
+        assert model[name]["environment"]["ENGINE_REPLICAS"] == "4"
     urls = "http://127.0.0.1:8000,http://127.0.0.1:8001,http://127.0.0.1:8002,http://127.0.0.1:8003"
     assert model["gateway"]["environment"]["GATEWAY_UPSTREAM_URLS"] == urls
     assert model["warmup"]["environment"]["GATEWAY_UPSTREAM_URLS"] == urls
@@ -55,6 +57,8 @@ def test_environment_overrides_apply(monkeypatch: pytest.MonkeyPatch) -> None:
     text = render(str(X4))
     assert "engine-1:" in text and "engine-2:" not in text
     assert "http://127.0.0.1:9000,http://127.0.0.1:9001" in text
+    # A container reads the profile (4 replicas), not make's environment: the file says 2.
+    assert text.count('ENGINE_REPLICAS: "2"') == 3  # engine, engine-1, warmup
 
 
 def test_a_bad_upstream_list_is_one_line(

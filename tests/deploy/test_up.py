@@ -160,6 +160,41 @@ def test_up_times_out_with_the_last_reason(server, fake_docker, tmp_path, monkey
     assert "timed out; gateway /health still 503 warming_up" in err
 
 
+def _two(second: str) -> dict[str, object]:
+    return {"status": "ok", "replicas": [{"name": "127.0.0.1:8000", "state": "ready"},
+                                         {"name": "127.0.0.1:8001", "state": second}]}  # fmt: skip
+
+
+def test_probe_200_names_the_replicas_still_coming(server: ThreadingHTTPServer) -> None:
+    _Handler.answer = (200, _two("warming_up"))
+    health = probe(_url(server))
+    assert health.status == 200 and health.waiting == ("127.0.0.1:8001 warming_up",)
+    assert health.reason == "1/2 replicas ready; 127.0.0.1:8001 warming_up"
+    _Handler.answer = (200, _two("ready"))
+    assert probe(_url(server)).waiting == ()
+
+
+def test_up_waits_for_every_replica_not_just_the_first(
+    server, fake_docker, tmp_path, monkeypatch
+) -> None:
+    """/health is 200 once one replica is ready (GATEWAY_MIN_READY_REPLICAS); `make up` is
+    the deploy: it says ready only when all are, and times out saying which one is not."""
+    _Handler.answer = (200, _two("warming_up"))
+    code, out, err = run_up(tmp_path, monkeypatch, server, "--timeout", "1")
+    assert code == 1, out + err
+    assert "1/2 replicas ready; 127.0.0.1:8001 warming_up" in out
+    assert "timed out; gateway /health still 200 1/2 replicas ready" in err
+
+
+def test_up_fails_fast_when_one_replicas_warm_up_failed(
+    server, fake_docker, tmp_path, monkeypatch
+) -> None:
+    _Handler.answer = (200, _two("warmup_failed: logprobs"))
+    code, _, err = run_up(tmp_path, monkeypatch, server)
+    assert code == 1
+    assert "warm-up failed: 127.0.0.1:8001 warmup_failed: logprobs" in err
+
+
 def test_up_refuses_to_start_without_the_secret_files(tmp_path, capsys) -> None:
     profile = tmp_path / "tpu.env"
     profile.write_text(f"ENGINE_PLATFORM=tpu\nENGINE_HF_TOKEN_FILE={tmp_path / 'hf'}\n"
