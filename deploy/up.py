@@ -1,4 +1,4 @@
-"""``make up``: start the Compose stack and wait until the gateway's /health is 200, every replica ready.
+"""``make up``: start the Compose stack; wait until /health is 200 and every replica is ready.
 
     python3 -m deploy.up --profile-file env/cpu.env [--timeout S] -- docker compose -p ... -f ...
 
