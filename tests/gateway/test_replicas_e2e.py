@@ -202,7 +202,7 @@ def test_a_replica_killed_under_load_fails_over_and_rejoins_only_when_warm(
     assert served(pair)[name2] > before
 
 
-@pytest.mark.timeout(900)  # two engine starts on 2 cores; a bound against a hang, not a claim
+@pytest.mark.timeout(1500)  # up to three engine starts on 2 cores; a bound against a hang
 def test_a_rolling_restart_under_load_fails_no_request(
     pair: RunningGateway, engine2: Engine, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -241,11 +241,30 @@ def test_a_rolling_restart_under_load_fails_no_request(
                 return
             time.sleep(0.2)
 
+    hangs: list[str] = []
+
+    def start_again() -> None:
+        """Twice in ~6 CI runs (never on this machine by hand), the vLLM started right after
+        the graceful stop printed not one line in 10 minutes: no import, no banner, while the
+        same restart otherwise takes ~1 min and every kill-and-start in this suite comes up.
+        Cause not found yet. A start with none of vLLM's lines after 240 s is that hang, not a
+        slow start (a slow one has printed its banner): it is stopped, counted, and started
+        once more. A start that printed anything and still failed fails the test."""
+        size = engine2.server.log_path.stat().st_size
+        try:
+            engine2.server.start(timeout_s=240)
+        except TimeoutError:
+            new = engine2.server.log_path.read_bytes()[size:].decode(errors="replace")
+            if "(APIServer pid=" in new:
+                raise
+            hangs.append(new[-400:])
+            engine2.server.start()
+
     def restart(replica: object, index: int) -> None:
         old = next(r for r in replicas(pair) if r["name"] == name2)["engine_instance"]
         engine2.server.stop()
         threading.Thread(target=warm_when_back, args=(old,), daemon=True).start()
-        engine2.server.start()
+        start_again()
 
     workers = [threading.Thread(target=client, args=(w,), daemon=True) for w in range(2)]
     for t in workers:
@@ -267,4 +286,6 @@ def test_a_rolling_restart_under_load_fails_no_request(
     failed = [r for r in results if r != 200]
     with capsys.disabled():
         print(f"\nrolling restart under load: {len(results)} requests, {len(failed)} failed")
+        for tail in hangs:
+            print(f"restarted engine hung silently, started again; its output:\n{tail}")
     assert done == [name2] and failed == [] and len(results) > 0
