@@ -169,14 +169,14 @@ def test_two_replicas_serve_and_a_crashed_one_is_restarted_and_rewarmed(stack: S
         )
         assert len(engine1) == 1, engine1
         old = before[1]["engine_instance"]
-        killed = subprocess.run(
+        # Its exit status is not checked: the container may stop (and take this shell with it)
+        # before `docker exec` reports; the new engine instance below is what proves the crash.
+        subprocess.run(
             ["docker", "exec", "-u", "0", engine1[0], "sh", "-c", "kill -9 -1"],
             capture_output=True,
-            text=True,
             timeout=60,
             check=False,
         )
-        assert killed.returncode == 0, killed.stderr
         deadline = time.monotonic() + UP_TIMEOUT_S
         seen: list[str] = []
         while True:
