@@ -85,7 +85,6 @@ class Role:
     grace_s: float = 15.0
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
     groups: set[int] = field(default_factory=set, init=False)  # every group its tree made
-    started_at: float = field(default=0.0, init=False)
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
@@ -98,7 +97,6 @@ class Role:
             start_new_session=True,
         )
         self.groups = {self.proc.pid}
-        self.started_at = time.monotonic()
         threading.Thread(target=self._pump, args=(self.proc,), daemon=True).start()
         say(f"started {self.name} (pid {self.proc.pid}): {' '.join(self.argv[1:])}")
 
@@ -158,15 +156,29 @@ class Restartable:
     due: float | None = None  # when a pending restart happens
     restarts: int = 0
     marker: Path | None = None  # present: the exit was requested (--restart-replica)
+    started_at: float | None = None  # on the supervisor's clock, set by ``Supervisor.start``
 
 
 @dataclass
 class Supervisor:
-    """The restart policy over some roles; ``tick`` is called every ``TICK_S`` by the stack."""
+    """The restart policy over some roles; ``tick`` is called every ``TICK_S`` by the stack.
+
+    Every time the policy compares (a pending restart's due time, how long a role ran before it
+    died) comes from ``now``, and only from it: a start stamped with another clock made the
+    backoff reset whenever the machine had been up for less than the reset window (a fake clock
+    at 1,000 s minus a real monotonic clock of a few minutes). So members are started through
+    ``start``, which stamps them with ``now``.
+    """
 
     members: list[Restartable]
     now: Callable[[], float] = time.monotonic
     on_start: Callable[[Restartable], None] = lambda member: None
+
+    def start(self, member: Restartable) -> None:
+        """Start (or restart) ``member``'s role and stamp the start on the policy's clock."""
+        member.role.start()
+        member.started_at = self.now()
+        self.on_start(member)
 
     def tick(self) -> None:
         now = self.now()
@@ -177,8 +189,7 @@ class Supervisor:
                 if now >= m.due:
                     m.due = None
                     m.restarts += 1
-                    role.start()
-                    self.on_start(m)
+                    self.start(m)
                 continue
             if code is None:
                 role.remember_groups()
@@ -194,7 +205,8 @@ class Supervisor:
                 m.marker.unlink(missing_ok=True)
                 delay, why = 0.0, "restart requested"
             else:
-                if now - role.started_at >= BACKOFF_RESET_AFTER_S:
+                ran_s = None if m.started_at is None else now - m.started_at
+                if ran_s is not None and ran_s >= BACKOFF_RESET_AFTER_S:
                     m.backoff_s = BACKOFF_FIRST_S
                 delay, why = m.backoff_s, f"exited with {code}"
                 m.backoff_s = min(m.backoff_s * 2, BACKOFF_MAX_S)
@@ -245,14 +257,17 @@ class DevStack:
             warm_env = dict(shared)
             if self.engine_url:
                 warm_env["WARMUP_ENGINE_URL"] = self.engine_url.rstrip("/")
-            warm = self._python("warmup", "--plain", "--watch", env=warm_env, name="warmup")
-            members.append(Restartable(warm))
+            warm = Restartable(
+                self._python("warmup", "--plain", "--watch", env=warm_env, name="warmup")
+            )
+            engines = list(members)
+            members.append(warm)
             supervisor = Supervisor(members, on_start=self._started)
-            for role in [m.role for m in members if m.role is not warm] + [gw, warm]:
-                self.roles.append(role)
-                role.start()
-            for m in members:
-                self._started(m)
+            self.roles += [m.role for m in engines] + [gw, warm.role]  # start order; stop reversed
+            for m in engines:
+                supervisor.start(m)
+            gw.start()
+            supervisor.start(warm)
             say(f"{n} engine replica(s); waiting for {gateway_url}/health (warm-up --watch)")
             status = None
             while True:

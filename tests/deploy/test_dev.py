@@ -159,14 +159,28 @@ def wait_dead(pid: int, timeout_s: float = 10) -> bool:
 
 
 @pytest.mark.timeout(120)
+def freshly_booted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``time.monotonic`` read as on a machine that booted 5 s ago (it still advances).
+
+    CI machines are often minutes old: a policy that mixed its injected clock (1,000 s here) with
+    the real monotonic clock took every death for one after a long run there, and reset the
+    backoff (seen in a fresh-clone CI run). ``subprocess`` and ``threading`` keep their own
+    reference to the real function, so process waits are unaffected.
+    """
+    real = time.monotonic
+    booted = real() - 5.0
+    monkeypatch.setattr(time, "monotonic", lambda: real() - booted)
+
+
 def test_a_sigkilled_replica_is_restarted_with_backoff_and_the_others_untouched(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    freshly_booted(monkeypatch)
     (a, a_out), (b, b_out) = fake_engine(tmp_path, "engine-0"), fake_engine(tmp_path, "engine-1")
     clock = FakeClock()
-    sup = Supervisor([Restartable(a), Restartable(b)], now=clock)
+    sup = Supervisor([ma := Restartable(a), mb := Restartable(b)], now=clock)
     try:
-        a.start(), b.start()
+        sup.start(ma), sup.start(mb)
         a_leader, a_child = pids(a_out)
         b_leader, b_child = pids(b_out)
         sup.tick()  # remembers each tree's groups (the children lead their own)
@@ -194,6 +208,18 @@ def test_a_sigkilled_replica_is_restarted_with_backoff_and_the_others_untouched(
         sup.tick()
         assert "engine-0 exited with -9; restarting in 2 s (restart #2)" in capsys.readouterr().out
         assert wait_dead(new_child)
+
+        # after a minute of running (on the policy's clock), a death starts the backoff over
+        clock.t += 2.0
+        sup.tick()
+        third_leader, third_child = pids(a_out, old=f"{new_leader} {new_child}")
+        clock.t += 61.0
+        sup.tick()  # remembers the new tree's groups
+        os.kill(third_leader, signal.SIGKILL)
+        a.proc.wait(timeout=10)
+        sup.tick()
+        assert "engine-0 exited with -9; restarting in 1 s (restart #3)" in capsys.readouterr().out
+        assert wait_dead(third_child)
     finally:
         a.stop(), b.stop()
     assert all(wait_dead(p) for p in (b_leader, b_child, a.pid or 0)), "Ctrl-C's stop leaves none"
@@ -215,11 +241,11 @@ def test_restart_replica_signals_only_a_replica_of_the_running_stack(
 ) -> None:
     role, out = fake_engine(tmp_path, "engine-1")
     marker = tmp_path / "engine-1.restart"
-    sup = Supervisor([Restartable(role, marker=marker)], now=FakeClock())
+    sup = Supervisor([member := Restartable(role, marker=marker)], now=FakeClock())
     with pytest.raises(DevError, match="no make dev stack with replica 1 is running"):
         restart_replica(tmp_path, 1)
     try:
-        role.start()
+        sup.start(member)
         leader, child = pids(out)
         (tmp_path / "dev.pid").write_text(f"{os.getpid()}\n")  # this test is the stack
         (tmp_path / "engine-1.pid").write_text(f"{child}\n")  # not a child of the stack
