@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.cli import _api_key, _profile_defaults, build_parser, main
+from bench import fairness, overhead, replicas, synthetic, vllm_check
+from bench.cli import _api_key, _profile_defaults, build_parser, cmd_compare, cmd_sweep, main
 from bench.grid import int_list
 from tests.support.process import REPO
 
@@ -32,9 +33,24 @@ def test_int_list(text: str, values: list[int]) -> None:
 
 def test_every_subcommand_is_wired() -> None:
     parser = build_parser()
-    for argv in (["sweep"], ["compare", "a", "b"], ["gateway"], ["synthetic"], ["vllm-check"]):
-        args = parser.parse_args(argv)
-        assert callable(args.func), argv
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    wired = {
+        ("sweep",): cmd_sweep,
+        ("compare", "a", "b"): cmd_compare,
+        ("gateway",): overhead.cmd_gateway,
+        ("fairness",): fairness.run,
+        ("replicas",): replicas.cmd_replicas,
+        ("routing",): replicas.cmd_replicas,
+        ("synthetic",): synthetic.cmd_synthetic,
+        ("vllm-check",): vllm_check.cmd_vllm_check,
+    }
+    # every subcommand the parser has is listed here (a new one must be added), and each runs
+    # its own command function
+    assert sorted(sub.choices) == sorted(argv[0] for argv in wired)
+    for argv, func in wired.items():
+        assert parser.parse_args(list(argv)).func is func, argv
+    assert parser.parse_args(["routing"]).routing_only is True
+    assert parser.parse_args(["replicas"]).routing_only is False
     assert parser.parse_args(["gateway", "--concurrency", "1..8"]).concurrency == [1, 2, 4, 8]
     assert parser.parse_args(["gateway"]).concurrency == [1, 16, 64, 256, 512]
 
