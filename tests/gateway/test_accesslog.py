@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from gateway.accesslog import FLUSH_S, AccessLog
+from gateway.accesslog import AccessLog
 
 pytestmark = pytest.mark.anyio
 
@@ -25,14 +25,32 @@ def emit(log: AccessLog, **kw: object) -> None:
     log.emit(**{**args, **kw})  # type: ignore[arg-type]
 
 
+class Writes(io.StringIO):
+    """A stream that records each write and wakes a waiter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+        self.written = asyncio.Event()
+
+    def write(self, s: str) -> int:
+        self.writes.append(s)
+        self.written.set()
+        return super().write(s)
+
+
 async def test_json_lines_parse_and_are_flushed_after_a_moment() -> None:
-    out = io.StringIO()
+    out = Writes()
     log = AccessLog("json", out)
     emit(log)
+    await asyncio.sleep(0)  # the loop turns (a call_soon flush would run here): still buffered
     emit(log, status=429, completion_tokens=None, ttft_s=None)
-    assert out.getvalue() == ""  # buffered
-    await asyncio.sleep(FLUSH_S * 3)
-    first, second = (json.loads(line) for line in out.getvalue().splitlines())
+    assert out.writes == []  # buffered
+    await asyncio.wait_for(out.written.wait(), 60)  # a bound against a hang, not a speed check
+    # one write for both lines, from the timer the first line set
+    assert len(out.writes) == 1
+    text = out.writes[0]
+    first, second = (json.loads(line) for line in text.splitlines())
     assert first["key"] == 'team "a"' and first["request_id"] == "r-1"
     assert (first["status"], first["completion_tokens"], first["ttft_ms"]) == (200, 7, 4.0)
     assert first["duration_ms"] == 12.3 and first["prompt_tokens"] is None
