@@ -345,10 +345,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _pin(pid: int, cpus: set[int]) -> None:
-    with contextlib.suppress(psutil.Error, OSError):
-        proc = psutil.Process(pid)
-        for p in [proc, *proc.children(recursive=True)]:
+    """``pid`` and its descendants onto ``cpus`` (one that exits meanwhile is skipped)."""
+    proc = psutil.Process(pid)
+    for p in [proc, *proc.children(recursive=True)]:
+        with contextlib.suppress(ProcessLookupError, psutil.NoSuchProcess):
             os.sched_setaffinity(p.pid, cpus)
+
+
+def pin_plan(allowed: set[int]) -> tuple[set[int], set[int]] | None:
+    """(the gateway's CPU, everyone else's) out of the CPUs this process may run on: the last
+    allowed one for the gateway; None with a single CPU (nothing to separate)."""
+    cpus = sorted(allowed)
+    return ({cpus[-1]}, set(cpus[:-1])) if len(cpus) > 1 else None
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
@@ -371,10 +379,12 @@ def cmd_gateway(args: argparse.Namespace) -> int:
             gw_url, gw_pid = args.gateway_url, args.gateway_pid
         else:
             gw_url, gw_pid = stack.enter_context(started_gateway(up_url, args.profile, max_conc))
-        ncpu = os.cpu_count() or 1
-        if args.pin and ncpu > 1 and gw_pid:
-            _pin(gw_pid, {ncpu - 1})
-            others = set(range(ncpu - 1))
+        # The CPUs this process may use, not 0..cpu_count-1: in a cpuset (a container, taskset)
+        # the last CPU of the host may not be ours, and pinning to it would fail.
+        plan = pin_plan(os.sched_getaffinity(0)) if args.pin and gw_pid else None
+        if plan:
+            gw_cpus, others = plan
+            _pin(gw_pid, gw_cpus)
             os.sched_setaffinity(0, others)
             if up_pid:
                 _pin(up_pid, others)
@@ -392,7 +402,9 @@ def cmd_gateway(args: argparse.Namespace) -> int:
         "host": platform.node(),
         "cpus": os.cpu_count(),
         "load_avg_at_end": os.getloadavg(),
-        "pinned": bool(args.pin),
+        "pinned": (
+            {"gateway": sorted(plan[0]), "others": sorted(plan[1])} if plan else None
+        ),  # what was applied: None without --pin, a gateway PID or a second CPU
         "rounds": args.rounds,
         "ramp_s": args.ramp_s,
         "command": " ".join(["python", "-m", "bench", *sys.argv[1:]]),

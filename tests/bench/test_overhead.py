@@ -5,15 +5,19 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from array import array
 from pathlib import Path
 
+import psutil
 import pytest
 
-from bench.overhead import Side, compare_row, verdict
+from bench.overhead import Side, compare_row, pin_plan, verdict
 from bench.records import RequestRecord
+from tests.support import fakehttp
+from tests.support.fakehttp import Request
 from tests.support.process import REPO
 
 
@@ -93,5 +97,64 @@ def test_gateway_vs_direct_rows(tmp_path: Path) -> None:
     assert "| streams |" in (tmp_path / "results.md").read_text()
 
 
-def test_burst_starts(tmp_path: Path) -> None:
-    assert run_bench(tmp_path, "--ramp-s", "0")["meta"]["ramp_s"] == 0
+ALLOWED = os.sched_getaffinity(0)  # what the command inherits from this test
+GATEWAY_CPUS = {max(ALLOWED)} if len(ALLOWED) > 1 else ALLOWED
+OTHER_CPUS = ALLOWED - GATEWAY_CPUS or ALLOWED
+
+
+def test_burst_starts_pinned(tmp_path: Path) -> None:
+    meta = run_bench(tmp_path, "--ramp-s", "0", "--pin")["meta"]
+    assert meta["ramp_s"] == 0
+    # what --pin applied, None on a one-CPU machine (nothing to separate)
+    expected = {"gateway": sorted(GATEWAY_CPUS), "others": sorted(OTHER_CPUS)}
+    assert meta["pinned"] == (expected if len(ALLOWED) > 1 else None)
+
+
+def test_pin_plan_uses_the_cpus_this_process_may_run_on() -> None:
+    assert pin_plan({0, 1, 2, 3}) == ({3}, {0, 1, 2})
+    assert pin_plan({2, 5}) == ({5}, {2})  # a cpuset (container, taskset): not 0..n-1
+    assert pin_plan({7}) is None
+
+
+def test_pin_puts_the_gateway_tree_on_its_own_cpu_and_the_rest_on_the_others(
+    tmp_path: Path,
+) -> None:
+    """``--pin`` with ``--gateway-url``/``--gateway-pid``: a stand-in gateway (a process with a
+    child) and a fake URL whose ``/v1/models``, the command's first request after pinning, reads
+    every process's CPU set while the command waits for the answer, then refuses (503)."""
+    tree = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, sys, time; c = subprocess.Popen([sys.executable,"
+         " '-c', 'import time; time.sleep(600)']); print(c.pid, flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    bench: list[subprocess.Popen[str]] = []
+    seen: dict[str, set[int]] = {}
+
+    def models(req: Request) -> fakehttp.Answer:
+        assert (req.method, req.path) == ("GET", "/v1/models")
+        kids = psutil.Process(bench[0].pid).children(recursive=True)
+        (synthetic,) = [p for p in kids if "synthetic" in p.cmdline()]
+        seen.update(
+            bench=os.sched_getaffinity(bench[0].pid),
+            synthetic=os.sched_getaffinity(synthetic.pid),
+            gateway=os.sched_getaffinity(tree.pid),
+            gateway_child=os.sched_getaffinity(child),
+        )
+        return 503, {"error": {"message": "a stand-in", "type": "x", "param": None, "code": None}}
+
+    try:
+        child = int(tree.stdout.readline())  # type: ignore[union-attr]
+        with fakehttp.serve(models) as url:
+            cmd = [sys.executable, "-m", "bench", "gateway", "--pin", "--gateway-url", url,
+                   "--gateway-pid", str(tree.pid), "--out", str(tmp_path)]  # fmt: skip
+            bench.append(subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE,
+                                          stderr=subprocess.PIPE, text=True))  # fmt: skip
+            out, err = bench[0].communicate(timeout=120)
+        assert bench[0].returncode == 1 and "503 Service Unavailable" in err, out + err
+        assert seen == {
+            "bench": OTHER_CPUS, "synthetic": OTHER_CPUS,
+            "gateway": GATEWAY_CPUS, "gateway_child": GATEWAY_CPUS,
+        }  # fmt: skip
+    finally:
+        os.killpg(tree.pid, signal.SIGKILL)
+        tree.wait(timeout=30)
