@@ -367,3 +367,138 @@ def seed_comparison() -> list[dict[str, object]]:
                 }
             )
     return out
+
+
+# --- Per-chip HBM budget on TPU: weights + compiled programs + KV must fit one chip ------------
+
+# Compiled XLA programs are loaded *after* vLLM sized the KV cache from HBM x utilization, so
+# they must fit in the share vLLM leaves, HBM x (1 - utilization). Per chip, measured upstream:
+# - torchax path (MODEL_IMPL_TYPE=vllm): "~6GiB+ at load"; 0.95 of a 94.7 GiB tpu7x chip
+#   (~4.7 GiB free) still failed with RuntimeProgramAllocationFailure, 0.90 passed
+#   (tpu-inference PR #3408);
+# - JAX path (flax_nnx): "has a smaller program footprint and fits at 0.98" on tpu7x (same PR),
+#   and Google's GKE reference serves Gemma 4 26B on v6e at 0.95 (accelerated-platforms), which
+#   leaves 1.56 GiB per v6e chip: 1.5 GiB is the bound that reference proves sufficient.
+PROGRAM_HEADROOM_GIB = {"vllm": 6.0, "flax_nnx": 1.5}
+BYTES_PER_PARAM = {"bfloat16": 2.0, "float16": 2.0, "auto": 2.0, "int8": 1.0, "fp8": 1.0}
+
+
+@dataclass(frozen=True)
+class ChipBudget:
+    """One TPU chip's HBM, split the way vLLM on tpu-inference uses it (GiB)."""
+
+    profile: str
+    model: str
+    chips: int  # chips one engine shards over (TP size)
+    model_impl: str
+    hbm_gib: float
+    utilization: float
+    weights_gib: float  # this chip's shard of the weights
+    program_headroom_gib: float  # what compiled programs need outside vLLM's share
+    reserved_gib: float  # HBM x (1 - utilization): where the programs must fit
+    kv_gib: float  # HBM x utilization - weights
+    one_request_gib: float  # KV of one max-model-len request on this chip
+    kv_tokens: int | None  # the KV layout's tokens (vLLM's figure), when computable
+
+    @property
+    def problem(self) -> str | None:
+        """Why this layout cannot start, in one line; None when it fits."""
+        if self.reserved_gib < self.program_headroom_gib:
+            return (
+                f"compiled programs need ~{self.program_headroom_gib:.1f} GiB per chip outside "
+                f"vLLM's share on the {self.model_impl} path, but utilization "
+                f"{self.utilization} leaves {self.reserved_gib:.2f} GiB of {self.hbm_gib:.2f}: use "
+                f"at most {max_utilization(self.model_impl):.2f}"
+            )
+        if self.kv_gib < self.one_request_gib:
+            return (
+                f"{self.weights_gib:.2f} GiB of weights per chip leave {self.kv_gib:.2f} GiB for KV "
+                f"at utilization {self.utilization}, below the {self.one_request_gib:.2f} GiB one "
+                f"{self.model} request at max-model-len needs (vLLM refuses to start): more chips "
+                "(TP), smaller weights or a shorter max-model-len"
+            )
+        return None
+
+    def as_dict(self) -> dict[str, object]:
+        out = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
+        out["fits"] = self.problem is None
+        out["problem"] = self.problem
+        return out
+
+
+def max_utilization(model_impl: str) -> float:
+    """The highest --gpu-memory-utilization that leaves the compiled programs their headroom on
+    a v6e chip (rounded down to 0.05)."""
+    free = PROGRAM_HEADROOM_GIB.get(model_impl, PROGRAM_HEADROOM_GIB["vllm"]) * GIB
+    return int((1 - free / V6E_HBM_REPORTED_BYTES) * 20) / 20
+
+
+def weight_bytes(engine: EngineSettings, geo: KVGeometry) -> float:
+    """All weights in bytes at the profile's dtype (``--dtype``; quantized checkpoints: the
+    ``--quantization`` in ENGINE_EXTRA_ARGS)."""
+    dtype = engine.dtype or "auto"
+    if "--quantization" in (engine.extra_args or ""):
+        dtype = "int8" if "int8" in engine.extra_args or "w8a8" in engine.extra_args else "fp8"
+    return geo.params * BYTES_PER_PARAM.get(dtype, 2.0)
+
+
+def chip_budget(
+    engine: EngineSettings, runtime: EngineEnv, profile: str = ""
+) -> ChipBudget | None:
+    """The per-chip budget of a TPU profile (None off TPU or for an unknown model)."""
+    geo = geometry(engine)
+    if engine.platform != "tpu" or geo is None:
+        return None
+    tp = engine.tensor_parallel_size
+    util = engine.gpu_memory_utilization or 0.9
+    impl = runtime.model_impl_type or "flax_nnx"
+    hbm = V6E_HBM_REPORTED_BYTES
+    weights = weight_bytes(engine, geo) / tp
+    one = single_request_bytes(engine, geo)
+    lay = layout(engine, runtime, memory_gib=max(0.0, hbm * util - weights) * tp / GIB, geo=geo)
+    return ChipBudget(
+        profile=profile,
+        model=engine.model,
+        chips=tp,
+        model_impl=impl,
+        hbm_gib=hbm / GIB,
+        utilization=util,
+        weights_gib=weights / GIB,
+        program_headroom_gib=PROGRAM_HEADROOM_GIB.get(impl, PROGRAM_HEADROOM_GIB["vllm"]),
+        reserved_gib=hbm * (1 - util) / GIB,
+        kv_gib=(hbm * util - weights) / GIB,
+        one_request_gib=one / GIB,
+        kv_tokens=lay.kv_cache_tokens if lay else None,
+    )
+
+
+def single_request_bytes(engine: EngineSettings, geo: KVGeometry) -> float:
+    """KV bytes of one max-model-len request on one chip, as vLLM's layout allocates it (the
+    blocks of every group): the minimum vLLM requires before it starts."""
+    probe = layout(engine, EngineEnv(), memory_gib=1.0, geo=geo)
+    if probe is None:
+        return 0.0
+    return float(probe.blocks_per_request * probe.bytes_per_block)
+
+
+# --- Cold start: what the ready timeout must cover ----------------------------------------------
+
+# Downloading the weights into an empty HF cache: a conservative 100 MB/s from the Hub (a
+# restarted pod with the weights on its persistent volume skips it).
+DOWNLOAD_BYTES_PER_S = 100e6
+# Compiling every shape on an empty JAX cache: "cold-JAX-cache startup takes ~30min"
+# (tpu-inference PR #3408, Gemma 4 26B/31B), so 1800 s for those; smaller models compile fewer
+# and smaller programs (E2B/E4B: the project's own estimate, 900 s).
+COLD_COMPILE_S = {"gemma-4-26b": 1800, "gemma-4-31b": 1800, "gemma-4-12b": 1800}
+COLD_COMPILE_DEFAULT_S = 900
+
+
+def cold_start_s(engine: EngineSettings) -> int | None:
+    """Seconds a TPU engine needs from process start to serving on an empty HF cache and an empty
+    compile cache (download + compile); None off TPU or for an unknown model."""
+    geo = geometry(engine)
+    if engine.platform != "tpu" or geo is None:
+        return None
+    name = engine.model.lower()
+    compile_s = next((s for k, s in COLD_COMPILE_S.items() if k in name), COLD_COMPILE_DEFAULT_S)
+    return int(weight_bytes(engine, geo) / DOWNLOAD_BYTES_PER_S) + compile_s

@@ -301,7 +301,7 @@ def replica_ports(ctx: Context) -> Iterator[Finding]:
         others["OPS_PORT"] = ctx.ops.port
     if replica.pinned(e):
         for i in range(e.replicas):
-            others[f"the libtpu mesh-controller port of replica {i}"] = replica.mesh_port(i)
+            others[f"the libtpu TPU_PROCESS_PORT of replica {i}"] = replica.process_port(i)
     for what, port in others.items():
         if port in ports:
             key = "ENGINE_PORT" if e.replicas == 1 else "ENGINE_REPLICAS"
@@ -438,6 +438,42 @@ def batched_tokens_power_of_two(ctx: Context) -> Iterator[Finding]:
         yield _warning(
             "ENGINE_MAX_NUM_BATCHED_TOKENS",
             f"{n} is not a power of two; TPU token buckets double up to it, so the last bucket pads",
+        )
+
+
+@rule
+def tpu_chip_budget(ctx: Context) -> Iterator[Finding]:
+    """Weights, compiled-program headroom and one full-length request's KV must fit one chip
+    (entrypoint/capacity.py ``chip_budget``; PR #3408 for the program sizes)."""
+    budget = capacity.chip_budget(ctx.engine, ctx.runtime)
+    if budget is not None and budget.problem is not None:
+        yield _error("ENGINE_GPU_MEMORY_UTILIZATION", budget.problem)
+
+
+@rule
+def ready_timeout_covers_cold_start(ctx: Context) -> Iterator[Finding]:
+    """vLLM's ready timeout must outlast a cold start (download + compile of every shape), or a
+    new pod is killed before it ever serves and restarts forever (PR #3408: 2400 s)."""
+    need = capacity.cold_start_s(ctx.engine)
+    have = ctx.runtime.vllm_engine_ready_timeout_s
+    if need is not None and have < need:
+        yield _error(
+            "VLLM_ENGINE_READY_TIMEOUT_S",
+            f"{have} s is shorter than a cold start of {ctx.engine.model} (~{need} s: weights "
+            f"at {capacity.DOWNLOAD_BYTES_PER_S / 1e6:.0f} MB/s + compiling every shape); "
+            f"use at least {need}",
+        )
+
+
+@rule
+def tpu_block_size_set(ctx: Context) -> Iterator[Finding]:
+    """Every upstream Gemma 4 TPU command sets --block-size (256: tpu-inference CI and #2333;
+    64: Google's KV-events recipe); the automatic choice is 16 above 8192 tokens."""
+    if ctx.engine.platform == "tpu" and ctx.engine.block_size is None:
+        yield _warning(
+            "ENGINE_BLOCK_SIZE",
+            "unset: the automatic block size is 16 above 8192 tokens of context; the upstream "
+            "Gemma 4 TPU recipes set 256 (or 64)",
         )
 
 

@@ -16,24 +16,37 @@ index alone, so the entrypoint, the preflight, compose (``deploy/replicas.py``) 
   I-th group of ``ENGINE_CHIP_SETS`` when a profile pins them by hand.
 
 The libtpu variables that confine one process to some chips of a host (env/README.md,
-"Replicas", has the sources): ``TPU_VISIBLE_CHIPS`` (the chip indices; older libtpu builds read
-``TPU_VISIBLE_DEVICES``, the name in the JAX maintainers' recipe, so both are set),
-``TPU_CHIPS_PER_PROCESS_BOUNDS`` (the process's chip grid: ``1,1,1`` for one chip, ``1,2,1`` for
-two, ``1,4,1`` for four, as tpu-inference's own multi-instance launchers write it),
+"Replicas", has the sources) are the ones current tpu-inference sets for each process of its own
+multi-process data parallelism (``tpu_worker._setup_dp_chip_isolation``): ``TPU_VISIBLE_CHIPS``
+(the chip indices), ``TPU_CHIPS_PER_PROCESS_BOUNDS`` (the process's chip grid: ``1,C,1``),
 ``TPU_PROCESS_BOUNDS=1,1,1`` (every replica is a one-process world: they never talk to each
-other), a distinct ``TPU_MESH_CONTROLLER_ADDRESS``/``TPU_MESH_CONTROLLER_PORT`` (8476 + I), and
-``ALLOW_MULTIPLE_LIBTPU_LOAD=1`` (JAX's own multi-process test harness sets it so that several
-processes on one host may load libtpu).
+other), and a distinct ``TPU_PROCESS_PORT`` with ``TPU_PROCESS_ADDRESSES=localhost:<port>`` and
+``CLOUD_TPU_TASK_ID=0`` ("unique libtpu port per rank so the runtimes can coexist on a host").
+The older ``TPU_VISIBLE_DEVICES`` / ``TPU_MESH_CONTROLLER_*`` names are no longer set: no source
+for the libtpu in vllm-tpu 0.32 reads them. ``ALLOW_MULTIPLE_LIBTPU_LOAD=1`` stays (JAX's own
+multi-process test harness sets it so that several processes on one host may load libtpu).
+
+Starting them: tpu-inference's launcher for independent servers
+(``examples/external_lb/run_dp_external_lb.sh``) removes a stale ``/tmp/libtpu_lockfile`` (left
+by a process that died holding the chips: the next libtpu refuses to open them) and starts the
+ranks ``STAGGER_S`` (20 s) apart; ``prestart`` does both for replica I (a delay of I x 20 s).
 """
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from env.settings import CacheSettings, EngineSettings, OpsSettings
 
-MESH_CONTROLLER_BASE_PORT = 8476
+# TPU_PROCESS_PORT of replica I is this + I (the ports pytorch/xla's tests of these variables
+# use, 8476..8479, PR #4724; tpu-inference numbers its own ranks from BASE_JAX_PORT the same way).
+PROCESS_BASE_PORT = 8476
+# tpu-inference examples/external_lb/run_dp_external_lb.sh: STAGGER_S=20 between rank starts.
+STAGGER_S = 20.0
+LIBTPU_LOCKFILE = Path("/tmp/libtpu_lockfile")
 # TPU_CHIPS_PER_PROCESS_BOUNDS for a replica of C chips (tpu-inference examples/external_lb:
 # "1,${CHIPS_PER_RANK},1"; the JAX recipe: 1,1,1 and 1,2,1).
 CHIP_BOUNDS = {1: "1,1,1", 2: "1,2,1", 4: "1,4,1"}
@@ -168,8 +181,34 @@ def cpu_environ(
     return {"VLLM_CPU_OMP_THREADS_BIND": ",".join(str(c) for c in mine)}
 
 
-def mesh_port(index: int) -> int:
-    return MESH_CONTROLLER_BASE_PORT + index
+def process_port(index: int) -> int:
+    """Replica ``index``'s ``TPU_PROCESS_PORT`` (one libtpu runtime port per process)."""
+    return PROCESS_BASE_PORT + index
+
+
+def prestart(
+    engine: EngineSettings,
+    index: int,
+    lockfile: Path = LIBTPU_LOCKFILE,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[str]:
+    """Before replica ``index`` of a pinned TPU profile starts: remove a stale libtpu lockfile
+    and wait ``index x STAGGER_S`` so that the replicas' runtimes do not initialise at once (both
+    as tpu-inference's own launcher does). Returns what was done, one line each (for the log)."""
+    if not pinned(engine):
+        return []
+    check_index(engine, index)
+    done: list[str] = []
+    try:
+        lockfile.unlink()
+        done.append(f"removed a stale {lockfile}")
+    except FileNotFoundError:
+        pass
+    delay = index * STAGGER_S
+    if delay:
+        done.append(f"replica {index}: start staggered by {delay:.0f} s")
+        sleep(delay)
+    return done
 
 
 def tpu_environ(engine: EngineSettings, index: int) -> dict[str, str]:
@@ -184,14 +223,13 @@ def tpu_environ(engine: EngineSettings, index: int) -> dict[str, str]:
             f"{len(chips)} TPU chips per replica: only {sorted(CHIP_BOUNDS)} have a known "
             "TPU_CHIPS_PER_PROCESS_BOUNDS"
         )
-    visible = ",".join(str(c) for c in chips)
-    port = mesh_port(index)
+    port = process_port(index)
     return {
-        "TPU_VISIBLE_CHIPS": visible,
-        "TPU_VISIBLE_DEVICES": visible,
+        "TPU_VISIBLE_CHIPS": ",".join(str(c) for c in chips),
         "TPU_CHIPS_PER_PROCESS_BOUNDS": bounds,
         "TPU_PROCESS_BOUNDS": "1,1,1",
-        "TPU_MESH_CONTROLLER_ADDRESS": f"localhost:{port}",
-        "TPU_MESH_CONTROLLER_PORT": str(port),
+        "TPU_PROCESS_PORT": str(port),
+        "TPU_PROCESS_ADDRESSES": f"localhost:{port}",
+        "CLOUD_TPU_TASK_ID": "0",
         "ALLOW_MULTIPLE_LIBTPU_LOAD": "1",
     }

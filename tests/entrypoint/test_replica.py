@@ -30,21 +30,27 @@ def x4_render(index: int):
 
 
 def test_the_x4_profile_pins_each_replica_to_its_own_chip_and_port() -> None:
+    """Per process, what current tpu-inference sets so that several runtimes coexist on one host
+    (``tpu_worker._setup_dp_chip_isolation``: TPU_VISIBLE_CHIPS, bounds 1,C,1 and 1,1,1, a
+    distinct TPU_PROCESS_PORT with TPU_PROCESS_ADDRESSES=localhost:<port>, CLOUD_TPU_TASK_ID=0),
+    and none of the older names no cited source for the libtpu of vllm-tpu 0.32 reads."""
     seen_chips, seen_mesh, seen_ports = set(), set(), set()
     for i in range(4):
         r = x4_render(i)
         args = vllm_parse(r.argv[1:])
         assert args.port == 8000 + i
         assert args.tensor_parallel_size == 1
-        assert r.env["TPU_VISIBLE_CHIPS"] == str(i) == r.env["TPU_VISIBLE_DEVICES"]
+        assert r.env["TPU_VISIBLE_CHIPS"] == str(i)
         assert r.env["TPU_CHIPS_PER_PROCESS_BOUNDS"] == "1,1,1"
         assert r.env["TPU_PROCESS_BOUNDS"] == "1,1,1"
-        assert r.env["TPU_MESH_CONTROLLER_ADDRESS"] == f"localhost:{8476 + i}"
-        assert r.env["TPU_MESH_CONTROLLER_PORT"] == str(8476 + i)
+        assert r.env["TPU_PROCESS_PORT"] == str(8476 + i)
+        assert r.env["TPU_PROCESS_ADDRESSES"] == f"localhost:{8476 + i}"
+        assert r.env["CLOUD_TPU_TASK_ID"] == "0"
+        assert not {"TPU_VISIBLE_DEVICES", "TPU_MESH_CONTROLLER_ADDRESS"} & r.env.keys()
         # its own hot compile cache, the shared key (so the persistent copy is shared)
         assert r.env["VLLM_XLA_CACHE_PATH"].startswith(f"/cache/compile-hot/replica-{i}/")
         seen_chips.add(r.env["TPU_VISIBLE_CHIPS"])
-        seen_mesh.add(r.env["TPU_MESH_CONTROLLER_PORT"])
+        seen_mesh.add(r.env["TPU_PROCESS_PORT"])
         seen_ports.add(args.port)
     assert len(seen_chips) == len(seen_mesh) == len(seen_ports) == 4
     key = {Path(x4_render(i).env["VLLM_XLA_CACHE_PATH"]).parent.name for i in range(4)}
@@ -206,3 +212,20 @@ def test_cpu_replicas_get_their_own_cores_unless_the_profile_binds() -> None:
     assert replica.cpu_environ(two, "0-1", 1, cores=[0, 1, 2, 3]) == {}  # the profile's own
     one = EngineSettings(_env_file=None, platform="cpu")  # type: ignore[call-arg]
     assert replica.cpu_environ(one, None, 0) == {}  # one engine: vLLM's auto binding, as before
+
+
+def test_prestart_clears_the_libtpu_lockfile_and_staggers(tmp_path: Path) -> None:
+    """As tpu-inference's launcher (examples/external_lb/run_dp_external_lb.sh): a stale
+    /tmp/libtpu_lockfile is removed and rank I starts I x STAGGER_S (20 s) after rank 0."""
+    lock = tmp_path / "libtpu_lockfile"
+    lock.write_text("")
+    slept: list[float] = []
+    e = EngineSettings.load(X4)
+    done = replica.prestart(e, 2, lockfile=lock, sleep=slept.append)
+    assert not lock.exists() and slept == [2 * replica.STAGGER_S] == [40.0]
+    assert done == [f"removed a stale {lock}", "replica 2: start staggered by 40 s"]
+    assert replica.prestart(e, 0, lockfile=lock, sleep=slept.append) == []  # no lock, no wait
+    single = ENV_DIR / "v6e4-gemma4-26b.env"
+    lock.write_text("")
+    assert replica.prestart(EngineSettings.load(single), 0, lockfile=lock) == []
+    assert lock.exists()  # an unpinned engine owns the whole host: nothing else to clear for
