@@ -193,6 +193,8 @@ class GatewaySettings(_Slice):
     api_keys_file: Path | None = None
     internal_token_file: Path = Path(".cache/gateway/internal-token")
     metrics_public: bool = False
+    # /docs and /openapi.json (the API's description): on for cpu, off on TPU/GPU profiles.
+    docs: bool = False
     # Admission: in-flight cap per replica (0 = ENGINE_MAX_NUM_SEQS), the queue, per-key cap (0 = none).
     max_inflight: int = Field(0, ge=0)
     queue_depth: int = Field(256, ge=0)

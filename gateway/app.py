@@ -1,10 +1,14 @@
-"""The gateway application: settings -> ``GatewayConfig`` -> one ASGI callable.
+"""The gateway application: settings -> ``GatewayConfig`` -> one FastAPI application.
 
 ``create_app`` checks the configuration (keys, internal token) without an event loop and
-refuses with one clear ``ConfigError``. ``GatewayApp`` is the ASGI entry: its lifespan runs
-``components.running`` (every part built, or startup fails) and builds the route table from the
-live parts; requests are then dispatched by a dict over exact paths (no framework middleware on
-the token path), with OpenAI-shaped 404/405.
+refuses with one clear ``ConfigError``. ``GatewayApp`` is a FastAPI application: its lifespan
+is ``components.running`` (every part built, or startup fails), its routes are declared in
+``gateway/routes`` (typed parameters, dependencies for the API key and the internal token), one
+exception handler (``gateway/web.py``) renders every refusal in OpenAI's shape, and
+``/docs`` + ``/openapi.json`` describe every route where the profile allows it
+(``GATEWAY_DOCS``). The token path (a POST to a generation route) is dispatched to its raw ASGI
+handler ahead of FastAPI's middleware: see ``GatewayApp.__call__`` and gateway/README.md for
+the measurement behind that.
 
 The path of one completion request, file by file: ``app.py`` (dispatch) ->
 ``routes/openai.py`` (caller, body, ``AsgiSink``) -> ``service.py`` (``validation.py`` +
@@ -15,9 +19,16 @@ The path of one completion request, file by file: ``app.py`` (dispatch) ->
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import logging
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
 
 from env.replicas import UpstreamError
 from env.settings import EngineSettings, GatewaySettings, profile_path
@@ -25,8 +36,9 @@ from gateway import asgi
 from gateway.auth import Access, KeyStore, ensure_token_file
 from gateway.components import Components, GatewayConfig, running
 from gateway.errors import OpenAIError, internal_error
-from gateway.routes import Routes, build_routes
+from gateway.routes import build_router, generation_handlers, request_schemas
 from gateway.types import Handler, Message, Receive, Scope, Send
+from gateway.web import ORIGINAL_PATH, REQUEST_ID, render_error
 
 log = logging.getLogger("gateway")
 
@@ -54,75 +66,49 @@ def load_keys(engine: EngineSettings, settings: GatewaySettings) -> KeyStore:
     return KeyStore()
 
 
-class Router:
-    """Path -> method -> handler: exact paths first (the token path: one dict lookup), then a
-    trailing slash dropped, then the few ``/prefix/{id}`` routes. OpenAI-shaped 404 and 405
-    (with ``Allow``), and an unexpected exception in a handler becomes a logged 500 in OpenAI
-    shape (the completion routes answer their own, with the stream's framing)."""
+class GatewayApp(FastAPI):
+    """The ASGI callable: FastAPI for every route but the token path.
 
-    def __init__(self, routes: Routes) -> None:
-        self.exact = routes.exact
-        self.prefixed = routes.prefixed
-        self.guarded = routes.guarded
+    Before FastAPI sees a request, ``__call__`` does what every answer needs and the raw token
+    path must not pay for twice: a POST to one of the four generation paths goes straight to its
+    raw ASGI handler (which answers its own request id and errors, with the stream's framing);
+    anything else gets its request id, a trailing slash dropped for routing (a trailing slash is
+    the same route), ``X-Request-Id`` on the answer, and an unexpected exception logged once.
+    Serves HTTP only between lifespan startup and shutdown (503 ``starting`` before).
+    """
 
-    def match(self, path: str) -> dict[str, Handler] | None:
-        methods = self.exact.get(path)
-        if methods is None and len(path) > 1 and path.endswith("/"):
-            methods = self.exact.get(path.rstrip("/"))
-        if methods is None:
-            for prefix, prefixed in self.prefixed:
-                if path.startswith(prefix) and len(path) > len(prefix):
-                    return prefixed
-        return methods
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        methods = self.match(scope["path"])
-        handler = methods.get(scope["method"]) if methods is not None else None
-        if handler in self.guarded:  # the token path: its route owns request id and errors
-            await handler(scope, receive, send)  # type: ignore[misc]
-            return
-        rid = [(b"x-request-id", asgi.request_id(scope))]
-        if methods is None:
-            err = OpenAIError(404, f"no route {scope['path']}", code="not_found")
-            await asgi.send_error(send, err, rid)
-        elif handler is None:
-            allow = ", ".join(sorted(methods)).encode()
-            err = OpenAIError(405, f"method {scope['method']} not allowed", code="bad_method")
-            await asgi.send_error(send, err, [(b"allow", allow), *rid])
-        else:
-            await _guarded(handler, scope, receive, send, rid)
-
-
-async def _guarded(
-    handler: Handler, scope: Scope, receive: Receive, send: Send, rid: list[tuple[bytes, bytes]]
-) -> None:
-    """Run a control route with the request id on its answer and a 500 for a crash."""
-    started = False
-
-    async def send_with_id(message: Message) -> None:
-        nonlocal started
-        if message["type"] == "http.response.start":
-            started = True
-            headers = list(message.get("headers", ()))
-            if not any(k == b"x-request-id" for k, _ in headers):
-                message = {**message, "headers": headers + rid}
-        await send(message)
-
-    try:
-        await handler(scope, receive, send_with_id)
-    except Exception:
-        log.exception("unexpected error on %s (request %s)", scope["path"], rid[0][1].decode())
-        if not started:
-            await asgi.send_error(send, internal_error(rid[0][1]), rid)
-
-
-class GatewayApp:
-    """The ASGI callable. Serves HTTP only between lifespan startup and shutdown."""
-
-    def __init__(self, config: GatewayConfig) -> None:
+    def __init__(self, config: GatewayConfig, *, docs: bool = False) -> None:
+        super().__init__(
+            title="Gemma 4 gateway",
+            summary="OpenAI-compatible (and Anthropic Messages) gateway in front of vLLM",
+            version=_version(),
+            lifespan=self._lifespan,
+            docs_url="/docs" if docs else None,
+            openapi_url="/openapi.json" if docs else None,
+            redoc_url=None,
+            redirect_slashes=False,
+        )
         self.config = config
-        self.components: Components | None = None  # set for the lifespan's duration (tests read it)
-        self._router: Router | None = None
+        self.components: Components | None = None  # set for the lifespan's duration
+        self.generation: dict[str, Handler] = {}  # path -> raw handler, set at startup
+        self.raw_token_path = True  # False: generation requests go through FastAPI too
+        self.include_router(build_router())
+        for exc in (OpenAIError, HTTPException, RequestValidationError, Exception):
+            self.add_exception_handler(exc, render_error)
+
+    def openapi(self) -> dict[str, Any]:
+        """FastAPI's description, plus the generation routes' request models (``schema.py``),
+        which their endpoints do not parse (the gateway's own validation does)."""
+        if self.openapi_schema is None:
+            doc = super().openapi()
+            schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+            schemas.update(request_schemas())
+            for ops in doc["paths"].values():  # a bad parameter is a 400 in OpenAI's shape
+                for op in ops.values():
+                    op.get("responses", {}).pop("422", None)
+            for name in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(name, None)
+        return super().openapi()
 
     def begin_drain(self) -> bool:
         """SIGTERM (``gateway.drain``): take no new requests, finish the ones held."""
@@ -136,37 +122,71 @@ class GatewayApp:
         return 0 if c is None else c.admission.inflight + c.admission.queued
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        kind = scope["type"]
-        if kind == "http":
-            if self._router is None:
-                err = OpenAIError(503, "the gateway is starting", code="starting", retry_after=1)
-                await asgi.send_error(send, err)
-                return
-            await self._router(scope, receive, send)
-        elif kind == "lifespan":
-            await self._lifespan(receive, send)
-
-    async def _lifespan(self, receive: Receive, send: Send) -> None:
-        message = await receive()
-        if message["type"] != "lifespan.startup":
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
             return
+        if self.components is None:
+            err = OpenAIError(503, "the gateway is starting", code="starting", retry_after=1)
+            await asgi.send_error(send, err)
+            return
+        path = scope["path"]
+        if len(path) > 1 and path.endswith("/"):
+            scope = {**scope, "path": path.rstrip("/") or "/", ORIGINAL_PATH: path}
+        handler = self.generation.get(scope["path"]) if self.raw_token_path else None
+        if handler is not None and scope["method"] == "POST":
+            await handler(scope, receive, send)
+            return
+        await self._guarded(scope, receive, send)
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """FastAPI with the request id on the answer and one log line for a crash (the one
+        exception handler has answered it: Starlette re-raises after answering a 500)."""
+        rid = asgi.request_id(scope)
+        scope[REQUEST_ID] = rid
+        started = False
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                headers = list(message.get("headers", ()))
+                if not any(k == b"x-request-id" for k, _ in headers):
+                    message = {**message, "headers": [*headers, (b"x-request-id", rid)]}
+            await send(message)
+
         try:
-            async with contextlib.AsyncExitStack() as stack:
-                try:
-                    self.components = await stack.enter_async_context(running(self.config))
-                except Exception as exc:
-                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
-                    return
-                self._router = Router(build_routes(self.components))
-                await send({"type": "lifespan.startup.complete"})
-                while (await receive())["type"] != "lifespan.shutdown":
-                    pass
-                self._router = None
+            await super().__call__(scope, receive, send_with_id)
         except Exception:
+            log.exception("unexpected error on %s (request %s)", scope["path"], rid.decode())
+            if not started:
+                await asgi.send_error(send, internal_error(rid), [(b"x-request-id", rid)])
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        """``components.running``: every part built, or startup fails; closed in reverse. A
+        failure while closing is logged, not raised: the process is exiting either way."""
+        started = False
+        try:
+            async with running(self.config) as components:
+                self.components = components
+                self.generation = generation_handlers(components)
+                started = True
+                try:
+                    yield
+                finally:
+                    self.generation = {}
+                    self.components = None
+        except Exception:
+            if not started:
+                raise
             log.exception("gateway shutdown failed")
-        finally:
-            self.components = None
-        await send({"type": "lifespan.shutdown.complete"})
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("gemma4-serving")
+    except importlib.metadata.PackageNotFoundError:
+        return "0"
 
 
 def create_app(
@@ -189,4 +209,4 @@ def create_app(
         config = GatewayConfig.build(engine, settings, access)
     except UpstreamError as exc:
         raise ConfigError("; ".join(exc.problems)) from None
-    return GatewayApp(config)
+    return GatewayApp(config, docs=settings.docs)

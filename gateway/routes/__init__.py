@@ -1,60 +1,88 @@
-"""Route table, built from the live components: exact paths (one dict lookup on the token path)
-plus the few ``/prefix/{id}`` routes."""
+"""The routes: the four generation routes (raw ASGI handlers, built from the live parts) and
+the FastAPI routers of everything else, declared once for dispatch and the OpenAPI description.
+
+The generation routes are also declared to FastAPI, with their real request models from
+``schema.py``, so ``/openapi.json`` describes them; ``gateway.app.GatewayApp`` sends their
+requests straight to the raw handler ahead of FastAPI's middleware (the token path), and the
+FastAPI endpoint below is the same handler for a caller that reaches it another way.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Any
 
-from gateway.apis import APIS
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from gateway.apis import APIS, Api
 from gateway.components import Components
-from gateway.handshake import PATH as WARMUP_PATH
-from gateway.routes.health import Health, Metrics, livez
-from gateway.routes.internal import REPLICAS_PATH, Replicas, Warmup
-from gateway.routes.openai import CompletionsRoute, ModelRoute, Passthrough
+from gateway.routes import engine, health, internal
+from gateway.routes.openai import CompletionsRoute
 from gateway.types import Handler
+from gateway.web import Raw
+
+GENERATION_SUMMARY = {
+    "chat": "OpenAI Chat Completions",
+    "completions": "OpenAI Completions (legacy)",
+    "responses": "OpenAI Responses",
+    "messages": "Anthropic Messages",
+}
 
 
-@dataclass(frozen=True)
-class Routes:
-    exact: dict[str, dict[str, Handler]]
-    prefixed: list[tuple[str, dict[str, Handler]]]  # (prefix ending in "/", methods)
-    guarded: frozenset[Handler]  # handlers that answer their own unexpected errors
-
-
-def build_routes(c: Components) -> Routes:
+def generation_handlers(c: Components) -> dict[str, Handler]:
+    """Path -> the raw ASGI handler of each generation route."""
     limit = c.policy.max_body_bytes
-    timeout = c.config.settings.tokenize_timeout_s
-
-    def passthrough(method: str, path: str | None, route: str) -> Passthrough:
-        control = c.replicas.control
-        return Passthrough(method, path, route, control, c.access, c.metrics, limit, timeout)
-
-    generation = {
-        api.path: {
-            "POST": CompletionsRoute(api, c.completions, c.access, c.metrics, limit, c.access_log)
-        }
+    return {
+        api.path: CompletionsRoute(api, c.completions, c.access, c.metrics, limit, c.access_log)
         for api in APIS.values()
     }
-    warmup = Warmup(c.access, c.replicas, c.metrics)
-    replicas = Replicas(c.access, c.replicas, c.metrics)
-    exact: dict[str, dict[str, Handler]] = {
-        **generation,
-        "/v1/messages/count_tokens": {"POST": passthrough("POST", None, "count_tokens")},
-        "/v1/models": {"GET": passthrough("GET", "/v1/models", "models")},
-        "/tokenize": {"POST": passthrough("POST", "/tokenize", "tokenize")},
-        "/detokenize": {"POST": passthrough("POST", "/detokenize", "detokenize")},
-        "/health": {"GET": Health(c.replicas, c.metrics)},
-        "/livez": {"GET": livez},
-        "/metrics": {"GET": Metrics(c.access, c.metrics)},
-        WARMUP_PATH: {"GET": warmup.get, "POST": warmup.post},
-        REPLICAS_PATH: {"GET": replicas.list},
+
+
+def _generation_route(router: APIRouter, api: Api) -> None:
+    async def endpoint(request: Request) -> Response:
+        return Raw(request.app.generation[api.path])
+
+    endpoint.__name__ = f"generate_{api.kind}"
+    extra: dict[str, Any] = {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": _ref(api)}}},
+        },
+        "security": [{"apiKey": []}],
     }
-    prefixed: list[tuple[str, dict[str, Handler]]] = [
-        # GET /v1/responses/{id}, POST /v1/responses/{id}/cancel: the engine's stored responses
-        ("/v1/responses/", {"GET": passthrough("GET", None, "responses_get"),
-                            "POST": passthrough("POST", None, "responses_cancel")}),
-        ("/v1/models/", {"GET": ModelRoute(c.replicas.control, c.access, c.metrics, timeout)}),
-        (REPLICAS_PATH + "/", {"POST": replicas.action}),
-    ]  # fmt: skip
-    guarded = frozenset(h for methods in generation.values() for h in methods.values())
-    return Routes(exact, prefixed, guarded)
+    answers: dict[int | str, dict[str, Any]] = {
+        200: {
+            "description": "the engine's answer: JSON, or an SSE stream with `stream: true`",
+            "content": {"application/json": {}, "text/event-stream": {}},
+        },
+        "4XX": {"description": "OpenAI error JSON"},
+        "5XX": {"description": "OpenAI error JSON (a terminal SSE error event once streaming)"},
+    }
+    router.add_api_route(
+        api.path, endpoint, methods=["POST"], summary=GENERATION_SUMMARY[api.kind],
+        openapi_extra=extra, responses=answers, tags=["generation"],
+    )  # fmt: skip
+
+
+def _ref(api: Api) -> str:
+    return f"#/components/schemas/{api.schema.__name__}"
+
+
+def request_schemas() -> dict[str, Any]:
+    """The generation request models' JSON Schemas, for ``components/schemas``."""
+    out: dict[str, Any] = {}
+    for api in APIS.values():
+        doc = api.schema.model_json_schema(ref_template="#/components/schemas/{model}")
+        out.update(doc.pop("$defs", {}))
+        out[api.schema.__name__] = doc
+    return out
+
+
+def build_router() -> APIRouter:
+    router = APIRouter()
+    for api in APIS.values():
+        _generation_route(router, api)
+    router.include_router(engine.router)
+    router.include_router(health.router)
+    router.include_router(internal.router)
+    return router

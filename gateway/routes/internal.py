@@ -13,97 +13,85 @@ until its ``inflight`` is 0, then it is safe to stop), ``.../undrain`` puts it b
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, unquote
+from typing import Annotated
+from urllib.parse import unquote
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from starlette.responses import Response
 
 from gateway import handshake
-from gateway.asgi import read_body, send_error, send_json
-from gateway.auth import Access
+from gateway.asgi import read_body
 from gateway.errors import OpenAIError
 from gateway.health import StaleInstance
-from gateway.metrics import GatewayMetrics
-from gateway.replicas import ReplicaNotFound, ReplicaSet
-from gateway.types import Receive, Scope, Send
+from gateway.replicas import ReplicaNotFound
+from gateway.web import ORIGINAL_PATH, Parts, internal_token, json_answer
 
 REPLICAS_PATH = "/internal/replicas"
+ACTIONS = ("drain", "undrain")
+
+router = APIRouter(tags=["internal"], dependencies=[Depends(internal_token)])
 
 
-class _Internal:
-    def __init__(self, access: Access, replicas: ReplicaSet, metrics: GatewayMetrics) -> None:
-        self.access = access
-        self.replicas = replicas
-        self.metrics = metrics
-
-    def _check_token(self, scope: Scope) -> None:
-        if not self.access.is_internal(scope["headers"]):
-            self.metrics.reject("auth")
-            raise OpenAIError(401, "internal endpoint: bearer internal token required",
-                              code="invalid_internal_token")  # fmt: skip
-
-
-class Warmup(_Internal):
-    async def get(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            self._check_token(scope)
-            query = parse_qs((scope.get("query_string") or b"").decode("latin-1"))
-            instance = (query.get("instance") or [None])[0]
-            if instance is None:
-                snap = self.replicas.health()
-                if len(self.replicas.replicas) == 1:
-                    snap = self.replicas.replicas[0].health.snapshot()
-                await send_json(send, 200, {**snap.as_dict(), **self.replicas.describe()})
-                return
-            found = self.replicas.instance_state(instance)
-            if found is None:
-                raise OpenAIError(404, f"no replica runs engine instance {instance}",
-                                  code="unknown_engine_instance", param="instance")  # fmt: skip
-        except OpenAIError as err:
-            await send_error(send, err)
-            return
-        await send_json(send, 200, found.as_dict())
-
-    async def post(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            self._check_token(scope)
-            report = handshake.parse_report(await read_body(scope, receive, handshake.BODY_MAX))
-            try:
-                snap = self.replicas.report_warmup(
-                    report.instance, report.status, report.step, report.detail
-                )
-            except StaleInstance as exc:
-                raise OpenAIError(409, str(exc), code="stale_engine_instance",
-                                  param="engine_instance") from None  # fmt: skip
-        except OpenAIError as err:
-            await send_error(send, err)
-            return
-        await send_json(send, 200, snap.as_dict())
+@router.get(handshake.PATH, summary="Serving state (of one engine instance with ?instance=)")
+async def warmup_state(
+    c: Parts,
+    instance: Annotated[str | None, Query(description="an engine instance id")] = None,
+) -> Response:
+    if instance is None:
+        snap = c.replicas.health()
+        if len(c.replicas.replicas) == 1:
+            snap = c.replicas.replicas[0].health.snapshot()
+        return json_answer(200, {**snap.as_dict(), **c.replicas.describe()})
+    found = c.replicas.instance_state(instance)
+    if found is None:
+        raise OpenAIError(404, f"no replica runs engine instance {instance}",
+                          code="unknown_engine_instance", param="instance")  # fmt: skip
+    return json_answer(200, found.as_dict())
 
 
-class Replicas(_Internal):
-    """``GET /internal/replicas`` and ``POST /internal/replicas/{name}/drain|undrain``."""
+@router.post(handshake.PATH, summary="Report a warm-up result for an engine instance")
+async def warmup_report(request: Request, c: Parts) -> Response:
+    report = handshake.parse_report(
+        await read_body(request.scope, request.receive, handshake.BODY_MAX)
+    )
+    try:
+        snap = c.replicas.report_warmup(report.instance, report.status, report.step, report.detail)
+    except StaleInstance as exc:
+        raise OpenAIError(409, str(exc), code="stale_engine_instance",
+                          param="engine_instance") from None  # fmt: skip
+    return json_answer(200, snap.as_dict())
 
-    async def list(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            self._check_token(scope)
-        except OpenAIError as err:
-            await send_error(send, err)
-            return
-        await send_json(send, 200, self.replicas.describe())
 
-    async def action(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            self._check_token(scope)
-            rest = scope["path"][len(REPLICAS_PATH) + 1 :]
-            name, _, verb = rest.rpartition("/")
-            if verb not in ("drain", "undrain") or not name:
-                raise OpenAIError(404, f"no route {scope['path']} (POST .../{{name}}/drain or "
-                                  "undrain)", code="not_found")  # fmt: skip
-            try:
-                r = self.replicas.set_draining(unquote(name), verb == "drain")
-            except ReplicaNotFound:
-                known = ", ".join(r.name for r in self.replicas.replicas)
-                raise OpenAIError(404, f"no replica {unquote(name)!r} (replicas: {known})",
-                                  code="unknown_replica", param="name") from None  # fmt: skip
-        except OpenAIError as err:
-            await send_error(send, err)
-            return
-        await send_json(send, 200, r.as_dict())
+@router.get(REPLICAS_PATH, summary="Every replica: state, instance, drain flag, in flight")
+async def replicas_list(c: Parts) -> Response:
+    return json_answer(200, c.replicas.describe())
+
+
+@router.post(REPLICAS_PATH + "/{name:path}/{action}", summary="Drain or undrain one replica")
+async def replica_action(
+    request: Request,
+    name: Annotated[str, Path(description="the replica's name (host:port)")],
+    action: Annotated[str, Path(description="drain or undrain")],
+    c: Parts,
+) -> Response:
+    if action not in ACTIONS or not name:
+        raise _no_action(request)
+    try:
+        r = c.replicas.set_draining(unquote(name), action == "drain")
+    except ReplicaNotFound:
+        known = ", ".join(r.name for r in c.replicas.replicas)
+        raise OpenAIError(404, f"no replica {unquote(name)!r} (replicas: {known})",
+                          code="unknown_replica", param="name") from None  # fmt: skip
+    return json_answer(200, r.as_dict())
+
+
+@router.post(REPLICAS_PATH + "/{rest:path}", include_in_schema=False)
+async def replica_no_action(request: Request) -> Response:
+    """``POST /internal/replicas/x`` (no action): a 404 that says what exists."""
+    raise _no_action(request)
+
+
+def _no_action(request: Request) -> OpenAIError:
+    path = request.scope.get(ORIGINAL_PATH, request.scope["path"])
+    return OpenAIError(404, f"no route {path} (POST .../{{name}}/drain or undrain)",
+                       code="not_found")  # fmt: skip

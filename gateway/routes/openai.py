@@ -1,4 +1,4 @@
-"""``/v1/chat/completions`` and ``/v1/completions``, and the engine passthroughs: HTTP only.
+"""The four generation routes (chat, completions, responses, messages): HTTP only, raw ASGI.
 
 A completion route reads who is calling and the body, hands a ``Call`` to the completion
 service with an ``AsgiSink`` to answer into, and counts the outcome; the service does the work
@@ -14,27 +14,22 @@ import logging
 import time
 from collections.abc import Callable
 
-import httpx
-
 from gateway.accesslog import AccessLog
 from gateway.apis import Api
 from gateway.asgi import (
-    JSON,
     ClientGone,
     DisconnectGuard,
     read_body,
     request_id,
     send_bytes,
     send_error,
-    send_json,
     trace_headers,
 )
 from gateway.auth import Access
-from gateway.errors import OpenAIError, engine_message, internal_error, reshape_engine_error
+from gateway.errors import OpenAIError, internal_error
 from gateway.metrics import CLIENT_CLOSED, GatewayMetrics, rejection_reason
 from gateway.service import Call, CompletionService
 from gateway.types import Headers, Receive, Scope, Send
-from gateway.upstream import upstream_error
 
 log = logging.getLogger("gateway")
 _KEEPALIVE = {"type": "http.response.body", "body": b": queued\n\n", "more_body": True}
@@ -176,113 +171,3 @@ class CompletionsRoute:
                     completion_tokens=call.completion_tokens, queue_wait_s=call.queue_wait_s,
                     ttft_s=call.ttft_s, replica=call.replica,
                 )  # fmt: skip
-
-
-class Passthrough:
-    """Authorised passthrough for engine utility routes (``/v1/models``, ``/tokenize`` ...).
-
-    ``path=None`` forwards the request's own path and query (the ``/v1/responses/{id}``
-    routes). An engine error is re-shaped to OpenAI's error conventions."""
-
-    def __init__(
-        self,
-        method: str,
-        path: str | None,
-        route: str,
-        client: Callable[[], httpx.AsyncClient],
-        access: Access,
-        metrics: GatewayMetrics,
-        body_limit: int,
-        timeout_s: float,
-    ) -> None:
-        self.method = method
-        self.path = path
-        self.route = route
-        self.client = client
-        self.access = access
-        self.metrics = metrics
-        self.body_limit = body_limit
-        self.timeout_s = timeout_s
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        rid = request_id(scope)
-        headers = [(b"x-request-id", rid)]
-        try:
-            self.access.caller(scope["headers"])
-            body = b""
-            if self.method == "POST":
-                body = await read_body(scope, receive, self.body_limit)
-            path = self.path or _path_and_query(scope)
-            try:
-                r = await self.client().request(
-                    self.method, path, content=body or None,
-                    headers={"content-type": "application/json", "x-request-id": rid.decode()},
-                    timeout=self.timeout_s,
-                )  # fmt: skip
-            except httpx.HTTPError as exc:
-                raise upstream_error(exc) from None
-        except OpenAIError as err:
-            self.metrics.reject(rejection_reason(err))
-            self.metrics.request(self.route, err.status)
-            await send_error(send, err, headers)
-            return
-        except ClientGone:
-            return
-        ctype = r.headers.get("content-type", "application/json").encode()
-        self.metrics.request(self.route, r.status_code)
-        content = r.content
-        if r.status_code >= 400:
-            content, ctype = reshape_engine_error(r.status_code, content), JSON
-        await send_bytes(send, r.status_code, content, ctype, headers)
-
-
-def _path_and_query(scope: Scope) -> str:
-    query = scope.get("query_string") or b""
-    return scope["path"] + ("?" + query.decode("latin-1") if query else "")
-
-
-class ModelRoute:
-    """``GET /v1/models/{id}`` (``client.models.retrieve``): the engine has no such route, so
-    the answer is picked from its ``/v1/models`` list; an unknown id is a 404."""
-
-    def __init__(
-        self,
-        client: Callable[[], httpx.AsyncClient],
-        access: Access,
-        metrics: GatewayMetrics,
-        timeout_s: float,
-    ) -> None:
-        self.client = client
-        self.access = access
-        self.metrics = metrics
-        self.timeout_s = timeout_s
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = [(b"x-request-id", request_id(scope))]
-        model_id = scope["path"][len("/v1/models/") :].rstrip("/")
-        try:
-            self.access.caller(scope["headers"])
-            try:
-                r = await self.client().get("/v1/models", timeout=self.timeout_s)
-                models = r.json().get("data", []) if r.status_code == 200 else None
-            except (httpx.HTTPError, ValueError) as exc:
-                raise (
-                    upstream_error(exc)
-                    if isinstance(exc, httpx.HTTPError)
-                    else OpenAIError(
-                        502, "bad /v1/models answer from the engine", code="engine_error"
-                    )
-                ) from None
-            if models is None:
-                raise OpenAIError(r.status_code, engine_message(r.content), code="engine_error")
-            found = next((m for m in models if m.get("id") == model_id), None)
-            if found is None:
-                raise OpenAIError(404, f"the model '{model_id}' does not exist on this server",
-                                  code="model_not_found", param="model")  # fmt: skip
-        except OpenAIError as err:
-            self.metrics.reject(rejection_reason(err))
-            self.metrics.request("models", err.status)
-            await send_error(send, err, headers)
-            return
-        self.metrics.request("models", 200)
-        await send_json(send, 200, found, headers)
