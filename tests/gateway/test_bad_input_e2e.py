@@ -19,47 +19,64 @@ pytestmark = pytest.mark.engine
 PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
 
 
-def assert_openai_error(r: httpx.Response) -> dict[str, Any]:
-    assert 400 <= r.status_code < 500, (r.status_code, r.text)
+def openai_error(r: httpx.Response) -> tuple[int, str | None, str | None]:
+    """(status, code, param) of an OpenAI error answer; its shape checked on the way."""
+    assert r.headers["content-type"] == "application/json", (r.status_code, r.text)
     err = r.json()["error"]
     assert set(err) == {"message", "type", "param", "code"}
-    assert err["message"]
-    return err
+    assert err["message"] and err["type"] == "invalid_request_error", err
+    return r.status_code, err["code"], err["param"]
 
 
 def test_corpus(gateway: RunningGateway) -> None:
     failures = []
     with httpx.Client(base_url=gateway.url, timeout=30) as client:
-        for name, kind, body, (status, code, param) in BAD:
+        for name, kind, body, expected in BAD:
             raw = body if isinstance(body, bytes) else json.dumps(body).encode()
             r = client.post(PATHS[kind], content=raw, headers={"content-type": "application/json"})
             try:
-                err = assert_openai_error(r)
-                assert (r.status_code, err["code"], err["param"]) == (status, code, param)
+                assert openai_error(r) == expected
             except (AssertionError, ValueError, KeyError) as exc:
                 failures.append(f"{name}: {r.status_code} {r.text[:200]} ({exc})")
     assert failures == []
 
 
+TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+BIG = b'{"model": "gemma-4-tiny", "prompt": "' + b"x" * (17 * 1024 * 1024) + b'"}'
+# (name, method, path, body, extra headers, (status, code, param)); a body that is not bytes is
+# sent as JSON.
+HTTP_CASES: list[tuple[str, str, str, Any, dict[str, str], tuple[int, str, str | None]]] = [
+    ("get on a POST route", "GET", "/v1/chat/completions", None, {}, (405, "bad_method", None)),
+    ("put on a GET route", "PUT", "/v1/models", None, {}, (405, "bad_method", None)),
+    ("unknown path", "GET", "/v1/nope", None, {}, (404, "not_found", None)),
+    ("empty body", "POST", "/v1/chat/completions", b"", {}, (400, "invalid_json", None)),
+    ("too large", "POST", "/v1/completions", BIG, {}, (413, "request_too_large", None)),
+    # the body is what counts: a form body under text/plain is not JSON
+    ("form body as text/plain", "POST", "/v1/chat/completions", b"model=x",
+     {"content-type": "text/plain"}, (400, "invalid_json", None)),
+    ("unsupported content-encoding", "POST", "/v1/chat/completions", b"{}",
+     {"content-encoding": "br"}, (415, "unsupported_encoding", None)),
+    # a chat message the engine's template rejects: the engine's 4xx from /tokenize, a 400
+    ("template rejects the message", "POST", "/v1/chat/completions",
+     {"model": "gemma-4-tiny", "tools": TOOLS, "max_tokens": 4,
+      "messages": [{"role": "user", "content": [{"type": "mystery", "x": 1}]}]},
+     {}, (400, "invalid_prompt", "messages")),
+]  # fmt: skip
+
+
 def test_http_level_cases(gateway: RunningGateway) -> None:
-    with httpx.Client(base_url=gateway.url, timeout=30) as client:
-        assert assert_openai_error(client.get("/v1/chat/completions"))["code"] == "bad_method"
-        assert client.get("/v1/chat/completions").headers["allow"] == "POST"
-        assert assert_openai_error(client.get("/v1/nope"))["code"] == "not_found"
-        assert assert_openai_error(client.post("/v1/chat/completions"))["code"] == "invalid_json"
-        big = b'{"model": "gemma-4-tiny", "prompt": "' + b"x" * (17 * 1024 * 1024) + b'"}'
-        r = client.post("/v1/completions", content=big)
-        assert r.status_code == 413 and assert_openai_error(r)["code"] == "request_too_large"
-        r = client.post(
-            "/v1/chat/completions", content=b"model=x", headers={"content-type": "text/plain"}
-        )
-        assert_openai_error(r)
-        # A chat message the engine's template rejects is still a 4xx (from /tokenize).
-        tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
-        r = client.post(
-            "/v1/chat/completions",
-            json={"model": "gemma-4-tiny", "tools": tools, "max_tokens": 4,
-                  "messages": [{"role": "user", "content": [{"type": "mystery", "x": 1}]}]},
-        )  # fmt: skip
-        assert 400 <= r.status_code < 500, r.text
-        assert assert_openai_error(r)["param"] == "messages"
+    failures = []
+    with httpx.Client(base_url=gateway.url, timeout=60) as client:
+        for name, method, path, body, headers, expected in HTTP_CASES:
+            if body is not None and not isinstance(body, bytes):
+                body = json.dumps(body).encode()
+                headers = {"content-type": "application/json", **headers}
+            r = client.request(method, path, content=body, headers=headers)
+            try:
+                assert openai_error(r) == expected
+                if expected[1] == "bad_method":
+                    allowed = "POST" if path != "/v1/models" else "GET"
+                    assert r.headers["allow"] == allowed, r.headers
+            except (AssertionError, ValueError, KeyError) as exc:
+                failures.append(f"{name}: {r.status_code} {r.text[:200]} ({exc})")
+    assert failures == []
