@@ -12,7 +12,8 @@ cache seed  fill the hot dir from the persistent copy (serve does this itself)
 model       build the tiny Gemma 4 for the embedded CPU engine (idempotent)
 capacity    the KV-cache capacity model for the profile (tokens, max concurrency at max-model-len,
             the figures vLLM logs at start); TPU profiles also print the seed blog's 12B v6e-4
-            layout next to the model's readings of it
+            layout next to the model's readings of it; --all: the per-chip HBM budget
+            (weights, compiled-program headroom, KV) of every TPU profile
 """
 
 from __future__ import annotations
@@ -27,7 +28,14 @@ from pathlib import Path
 from entrypoint import cache, capacity, preflight, replica, tinymodel
 from entrypoint.process import run_group, stop_grace_s
 from entrypoint.render import render
-from env.settings import CacheSettings, EngineEnv, EngineSettings, OpsSettings, profile_path
+from env.settings import (
+    ENV_DIR,
+    CacheSettings,
+    EngineEnv,
+    EngineSettings,
+    OpsSettings,
+    profile_path,
+)
 
 
 def _vllm_executable() -> str:
@@ -83,6 +91,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         _prepare_cpu(engine, cache_settings)
     if not _print_findings(preflight.run(args.profile)):
         return 1
+    for line in replica.prestart(engine, args.replica):  # stale libtpu lock, staggered start
+        print(f"entrypoint: {line}", file=sys.stderr, flush=True)
     runtime = EngineEnv.load(args.profile)
     seeded = cache.seed(cache.CacheLayout.for_settings(mine, cache_settings))
     print(seeded, file=sys.stderr)
@@ -140,13 +150,53 @@ def capacity_report(profile: str | None, memory_gib: float | None = None) -> dic
             if capacity.geometry(engine) is None
             else "memory unknown on this platform: pass --memory-gib"
         )
+    budget = capacity.chip_budget(engine, runtime, profile_path(profile).stem)
+    if budget is not None:
+        out["chip_budget"] = budget.as_dict()
     if engine.platform == "tpu":
         out["seed_12b_v6e4_reported"] = capacity.SEED_12B_V6E4
         out["seed_12b_v6e4_model"] = capacity.seed_comparison()
     return out
 
 
+def chip_budgets() -> list[capacity.ChipBudget]:
+    """The per-chip budget of every TPU profile in env/ (``capacity --all``)."""
+    out = []
+    for path in sorted(ENV_DIR.glob("*.env")):
+        budget = capacity.chip_budget(EngineSettings.load(path), EngineEnv.load(path), path.stem)
+        if budget is not None:
+            out.append(budget)
+    return out
+
+
+def budget_table(budgets: list[capacity.ChipBudget]) -> str:
+    """Markdown: one row per TPU profile, GiB per chip (the table in env/README.md)."""
+    rows = [
+        "| profile | chips | path | util | weights | programs need | left for programs "
+        "| KV | KV tokens | fits |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for b in budgets:
+        rows.append(
+            f"| `{b.profile}` | {b.chips} | {b.model_impl} | {b.utilization:.2f} | "
+            f"{b.weights_gib:.2f} | {b.program_headroom_gib:.2f} | {b.reserved_gib:.2f} | "
+            f"{b.kv_gib:.2f} | {b.kv_tokens or 0:,} | {'yes' if b.problem is None else 'NO'} |"
+        )
+    return "\n".join(rows)
+
+
 def cmd_capacity(args: argparse.Namespace) -> int:
+    if args.all:
+        budgets = chip_budgets()
+        if args.json:
+            print(json.dumps([b.as_dict() for b in budgets], indent=1))
+        else:
+            print(f"per v6e chip (GiB of {capacity.V6E_HBM_REPORTED_BYTES / capacity.GIB:.2f}):")
+            print(budget_table(budgets))
+            for b in budgets:
+                if b.problem:
+                    print(f"{b.profile}: {b.problem}")
+        return 1 if any(b.problem for b in budgets) else 0
     report = capacity_report(args.profile, args.memory_gib)
     if args.json:
         print(json.dumps(report, indent=1))
@@ -164,6 +214,15 @@ def cmd_capacity(args: argparse.Namespace) -> int:
         )
     else:
         print(f"  no estimate: {report['why_no_estimate']}")
+    chip = report.get("chip_budget")
+    if isinstance(chip, dict):
+        print(
+            f"  per chip: {chip['hbm_gib']} GiB HBM x {chip['utilization']}: weights "
+            f"{chip['weights_gib']} GiB, KV {chip['kv_gib']} GiB; compiled programs need "
+            f"~{chip['program_headroom_gib']} GiB, {chip['reserved_gib']} GiB left for them"
+        )
+        if chip["problem"]:
+            print(f"  DOES NOT FIT: {chip['problem']}")
     if "seed_12b_v6e4_model" in report:
         seed = capacity.SEED_12B_V6E4
         print(
@@ -242,6 +301,12 @@ def parser() -> argparse.ArgumentParser:
         "the TPU HBM estimate; required on GPU)",
     )
     cap.add_argument("--json", action="store_true", help="machine-readable output")
+    cap.add_argument(
+        "--all",
+        action="store_true",
+        help="the per-chip HBM budget (weights, compiled-program headroom, KV) of every TPU "
+        "profile in env/; exit 1 if one cannot fit",
+    )
     return p
 
 

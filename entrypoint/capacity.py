@@ -442,9 +442,7 @@ def weight_bytes(engine: EngineSettings, geo: KVGeometry) -> float:
     return geo.params * BYTES_PER_PARAM.get(dtype, 2.0)
 
 
-def chip_budget(
-    engine: EngineSettings, runtime: EngineEnv, profile: str = ""
-) -> ChipBudget | None:
+def chip_budget(engine: EngineSettings, runtime: EngineEnv, profile: str = "") -> ChipBudget | None:
     """The per-chip budget of a TPU profile (None off TPU or for an unknown model)."""
     geo = geometry(engine)
     if engine.platform != "tpu" or geo is None:

@@ -164,20 +164,30 @@ def engine_patch(overlay: spec.Overlay, p: spec.PodPlan) -> dict[str, Any]:
     }
     pod: dict[str, Any] = {
         "terminationGracePeriodSeconds": p.engine_grace_s,
-        "initContainers": [{"name": "warmup", "env": _env(warmup_env)}],
+        # prepare-volume (base) listed first: a strategic merge orders the list as the patch
+        # does, and it must run before the sidecar starts.
+        "initContainers": [{"name": "prepare-volume"}, {"name": "warmup", "env": _env(warmup_env)}],
         "containers": [container],
         "volumes": [
             {
                 "name": "compile-hot",
                 "emptyDir": {"medium": "Memory", "sizeLimit": p.compile_hot_size},
             },
-            {"name": "hf-cache", "emptyDir": {"sizeLimit": p.hf_cache_size}},
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": p.shm_size}},
         ],
     }
+    # The engine's user: the CPU image's own non-root user; root in the upstream TPU/GPU images,
+    # whose chips' device nodes (from the device plugin) are root's. The base drops every
+    # capability and forbids privilege and escalation on every platform.
+    container["securityContext"] = (
+        {"runAsUser": 10001, "runAsGroup": 10001, "runAsNonRoot": True}
+        if p.platform == "cpu"
+        else {"runAsUser": 0, "runAsGroup": 0}
+    )
     if overlay.pull_policy:
         container["imagePullPolicy"] = overlay.pull_policy
-        pod["initContainers"][0]["imagePullPolicy"] = overlay.pull_policy
+        for init in pod["initContainers"]:
+            init["imagePullPolicy"] = overlay.pull_policy
     if p.platform == "tpu":
         container["resources"]["requests"]["google.com/tpu"] = str(p.chips)
         container["resources"]["limits"]["google.com/tpu"] = str(p.chips)
@@ -323,13 +333,15 @@ def overlay_files(overlay: spec.Overlay) -> dict[str, str]:
         files["hpa-patch.yaml"] = _yaml(hpa_patch(overlay, p), overlay.profile)
         patches.append({"path": "hpa-patch.yaml"})
     if p.platform == "cpu":
-        # A local cluster has no ReadWriteMany class; one engine pod needs none.
+        # A local cluster has no ReadWriteMany class (nor GKE's standard-rwx); one engine pod
+        # needs none: ReadWriteOnce on the cluster's default class (null removes the base's).
         files["pvc-patch.yaml"] = _yaml(
             {
                 "apiVersion": "v1",
                 "kind": "PersistentVolumeClaim",
                 "metadata": {"name": "gemma4-compile-cache"},
                 "spec": {
+                    "storageClassName": None,
                     "accessModes": ["ReadWriteOnce"],
                     "resources": {"requests": {"storage": "10Gi"}},
                 },

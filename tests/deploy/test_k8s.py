@@ -332,3 +332,257 @@ def test_references_resolve_within_the_namespace(overlay: str) -> None:
                     v["persistentVolumeClaim"]["claimName"],
                 ) in have
     assert {o["metadata"].get("namespace") for o in objs if o["kind"] != "Namespace"} == {"gemma4"}
+
+
+# --- Issue 26: what the first real GKE deployment would hit ------------------------------------
+
+# GKE's Filestore CSI StorageClasses, the ones that provision ReadWriteMany (GKE docs, "Access
+# Filestore instances with the Filestore CSI driver"). GKE's default class is Persistent Disk
+# (standard-rwo), which cannot: an RWX claim without one of these stays Pending.
+GKE_RWX_CLASSES = frozenset(
+    {"standard-rwx", "premium-rwx", "enterprise-rwx", "enterprise-multishare-rwx", "zonal-rwx"}
+)
+
+
+def rwx_problems(objs: tuple[dict, ...] | list[dict]) -> list[str]:
+    """Every ReadWriteMany claim that GKE could not provision, one line each."""
+    return [
+        f"PersistentVolumeClaim/{o['metadata']['name']}: ReadWriteMany with class "
+        f"{o['spec'].get('storageClassName')!r}"
+        for o in objs
+        if o["kind"] == "PersistentVolumeClaim"
+        and "ReadWriteMany" in o["spec"]["accessModes"]
+        and o["spec"].get("storageClassName") not in GKE_RWX_CLASSES
+    ]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_rwx_claims_name_an_rwx_capable_class(overlay: str) -> None:
+    objs = rendered(overlay)
+    assert rwx_problems(objs) == []
+    planted = copy.deepcopy(list(objs))
+    for o in planted:
+        if o["kind"] == "PersistentVolumeClaim":
+            o["spec"]["accessModes"] = ["ReadWriteMany"]
+            o["spec"].pop("storageClassName", None)  # the default class: Persistent Disk
+    assert rwx_problems(planted), "the check can fail"
+
+
+def _volume_of_mount(pod: dict, c: dict, path: str) -> tuple[dict, dict]:
+    m = next(m for m in c["volumeMounts"] if m["mountPath"] == path)
+    return m, next(v for v in pod["volumes"] if v["name"] == m["name"])
+
+
+def _kubelet_applies_fsgroup(volume: dict, claims: dict[str, dict]) -> bool:
+    """Kubernetes applies fsGroup to emptyDir, secret, configMap and ReadWriteOnce volumes, not
+    to ReadWriteMany CSI volumes (Filestore CSI driver docs/kubernetes/fsgroup.md, #786)."""
+    if "persistentVolumeClaim" in volume:
+        claim = claims[volume["persistentVolumeClaim"]["claimName"]]
+        return "ReadWriteMany" not in claim["spec"]["accessModes"]
+    return "csi" not in volume
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_sidecar_can_write_the_shared_compile_cache(overlay: str, tmp_path: Path) -> None:
+    """The warm-up sidecar (non-root) writes the compile cache back. Where the kubelet does not
+    apply fsGroup, a root init container that runs before it must hand it the directory; its
+    command is run here for real (as root) against a stand-in for the volume."""
+    objs = rendered(overlay)
+    claims = {o["metadata"]["name"]: o for o in objs if o["kind"] == "PersistentVolumeClaim"}
+    pod = _pod(overlay, "gemma4-engine")
+    warmup = container(pod, "warmup")
+    uid = warmup["securityContext"]["runAsUser"]
+    assert uid != 0
+    mount, volume = _volume_of_mount(pod, warmup, env_of(warmup)["CACHE_PERSIST_DIR"])
+    assert not mount.get("readOnly")
+    if _kubelet_applies_fsgroup(volume, claims):
+        return
+    order = [c["name"] for c in pod["initContainers"]]
+    preparers = [
+        c
+        for c in pod["initContainers"][: order.index("warmup")]
+        if c.get("restartPolicy") != "Always"  # a plain init container: done before the sidecar
+        and c.get("securityContext", {}).get("runAsUser") == 0
+        and any(m["name"] == mount["name"] for m in c.get("volumeMounts", []))
+    ]
+    assert preparers, f"{overlay}: nothing makes {volume['name']} writable for uid {uid}"
+    prep = preparers[0]
+    caps = set(prep["securityContext"]["capabilities"].get("add", []))
+    assert "CHOWN" in caps and "ALL" in prep["securityContext"]["capabilities"]["drop"]
+    if os.geteuid() != 0:
+        pytest.skip("running the init container's command needs root (CHOWN)")
+    root = next(m for m in prep["volumeMounts"] if m["name"] == mount["name"])["mountPath"]
+    script = " ".join(prep["command"][2:]).replace(root, str(tmp_path))
+    subprocess.run([*prep["command"][:2], script], check=True, timeout=30)
+    made = tmp_path / mount.get("subPath", "")
+    assert made.is_dir() and made.stat().st_uid == uid, made
+    assert made.stat().st_mode & 0o2070 == 0o2070  # group-writable, setgid: group 10001 stays
+
+
+@pytest.mark.parametrize("overlay", ACCELERATED)
+def test_startup_budget_covers_a_cold_start_and_weights_outlive_the_pod(overlay: str) -> None:
+    """A new pod downloads the weights and compiles every shape before /health answers: the
+    startup probe must outlast that (PR #3408: ~30 min cold compile, 2400 s upstream), and the
+    weights must sit where a replacement pod finds them (not an emptyDir, which dies with it)."""
+    from entrypoint import capacity
+
+    pod = _pod(overlay, "gemma4-engine")
+    engine_c = container(pod, "engine")
+    profile = REPO / "env" / f"{spec.OVERLAYS[overlay].profile}.env"
+    engine = EngineSettings.load(profile)
+    start = engine_c["startupProbe"]
+    budget = start["periodSeconds"] * start["failureThreshold"]
+    ready = int(env_of(engine_c)["VLLM_ENGINE_READY_TIMEOUT_S"])
+    cold = capacity.cold_start_s(engine)
+    if cold is not None:
+        assert ready >= cold, (ready, cold)
+    assert budget >= ready
+    _, hf = _volume_of_mount(pod, engine_c, env_of(engine_c)["CACHE_HF_DIR"])
+    assert not {"emptyDir", "ephemeral"} & hf.keys(), hf
+    assert {"persistentVolumeClaim", "csi"} & hf.keys(), hf
+
+
+# NetworkPolicy semantics (kubernetes.io/docs/concepts/services-networking/network-policies):
+# a pod selected by a policy with Ingress admits a connection iff some rule admits it; a rule
+# without `from` admits every source, without `ports` every port; peers are ORed; podSelector
+# alone = pods of the policy's namespace, namespaceSelector alone = every pod of the matching
+# namespaces, both = matching pods in matching namespaces; ipBlock = addresses in cidr minus
+# except. Named ports resolve against the destination pod's container ports.
+
+
+def _selects(selector: dict, labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def _peer_admits(peer: dict, src: dict, policy_ns: str) -> bool:
+    import ipaddress
+
+    if "ipBlock" in peer:
+        ip = ipaddress.ip_address(src["ip"])
+        block = peer["ipBlock"]
+        return ip in ipaddress.ip_network(block["cidr"]) and not any(
+            ip in ipaddress.ip_network(e) for e in block.get("except", [])
+        )
+    if src.get("namespace") is None:  # an address outside the cluster's pods
+        return False
+    if "namespaceSelector" in peer:
+        ns_ok = _selects(peer["namespaceSelector"], src["namespace_labels"])
+    else:
+        ns_ok = src["namespace"] == policy_ns
+    pod_ok = _selects(peer["podSelector"], src["labels"]) if "podSelector" in peer else True
+    return ns_ok and pod_ok
+
+
+def admitted(
+    objs: tuple[dict, ...], dst_labels: dict, dst_ports: dict, src: dict, port: int
+) -> bool:
+    policies = [
+        o
+        for o in objs
+        if o["kind"] == "NetworkPolicy"
+        and "Ingress" in o["spec"]["policyTypes"]
+        and _selects(o["spec"]["podSelector"], dst_labels)
+    ]
+    if not policies:
+        return True
+    for pol in policies:
+        for rule in pol["spec"].get("ingress", []):
+            ports = [dst_ports.get(p["port"], p["port"]) for p in rule.get("ports", [])]
+            if ports and port not in ports:
+                continue
+            peers = rule.get("from")
+            if not peers or any(_peer_admits(p, src, pol["metadata"]["namespace"]) for p in peers):
+                return True
+    return False
+
+
+def _src(ip: str, ns: str | None = "gemma4", **labels: str) -> dict:
+    return {"ip": ip, "namespace": ns, "namespace_labels": {"kubernetes.io/metadata.name": ns},
+            "labels": labels}  # fmt: skip
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_engine_network_policy_admits_only_the_listed_peers(overlay: str) -> None:
+    objs = rendered(overlay)
+    dep = one(objs, "Deployment", "gemma4-engine")["spec"]["template"]
+    labels = dep["metadata"]["labels"]
+    ports = {p["name"]: p["containerPort"] for c in [*dep["spec"]["initContainers"],
+             *dep["spec"]["containers"]] for p in c.get("ports", [])}  # fmt: skip
+    http, warm = ports["http"], ports["warmup"]
+    gw = _src(
+        "10.8.0.7", **{"app.kubernetes.io/name": "gemma4", "app.kubernetes.io/component": "gateway"}
+    )
+    gmp = _src("10.8.1.2", "gmp-system", app="collector")
+    epp = _src("10.8.0.9", app="gemma4-epp")
+    proxy = _src("10.129.0.17", None)  # an Envoy of the region's proxy-only subnet
+    pool = "inference-pool" in spec.OVERLAYS[overlay].components
+    allowed = {(id(gw), http), (id(gw), warm), (id(gmp), http)}
+    if pool:
+        allowed |= {(id(epp), http), (id(proxy), http)}
+    others = [
+        _src("10.0.0.5", None),  # any VM of the VPC
+        _src("10.8.0.11", app="debug"),  # another pod of the namespace
+        _src("10.8.2.3", "default", app="gemma4-epp"),  # an "EPP" of another namespace
+        _src("10.8.0.12", **{"app.kubernetes.io/name": "gemma4", "app.kubernetes.io/component": "engine"}),
+    ]  # fmt: skip
+    for src in [gw, gmp, epp, proxy, *others]:
+        for port in (http, warm):
+            want = (id(src), port) in allowed
+            assert admitted(objs, labels, ports, src, port) == want, (src, port)
+    # The check can fail: the patch as it was (an ingress rule with no `from`) admits anyone.
+    if pool:
+        opened = copy.deepcopy(list(objs))
+        for o in opened:
+            if o["kind"] == "NetworkPolicy":
+                o["spec"]["ingress"].append({"ports": [{"port": "http"}]})
+        assert admitted(tuple(opened), labels, ports, others[0], http)
+
+
+# Pod Security Standards, baseline (kubernetes.io/docs/concepts/security/pod-security-standards):
+# capabilities beyond this set are forbidden, as are privileged, host namespaces and hostPath.
+PSS_BASELINE_CAPS = frozenset({"AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL",
+    "MKNOD", "NET_BIND_SERVICE", "SETFCAP", "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT"})  # fmt: skip
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_engine_pod_is_hardened(overlay: str) -> None:
+    pod = _pod(overlay, "gemma4-engine")
+    assert not {"hostNetwork", "hostPID", "hostIPC"} & pod.keys()
+    assert not [v for v in pod["volumes"] if "hostPath" in v]
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    for c in [*pod["initContainers"], *pod["containers"]]:
+        sec = c.get("securityContext", {})
+        assert sec.get("privileged") is not True, c["name"]
+        assert sec.get("allowPrivilegeEscalation") is False, c["name"]
+        assert "ALL" in sec.get("capabilities", {}).get("drop", []), c["name"]
+        assert set(sec["capabilities"].get("add", [])) <= PSS_BASELINE_CAPS, c["name"]
+        assert not [p for p in c.get("ports", []) if "hostPort" in p]
+    engine_sec = container(pod, "engine")["securityContext"]
+    if spec.OVERLAYS[overlay].profile == "cpu":
+        assert engine_sec["runAsNonRoot"] is True and engine_sec["runAsUser"] != 0
+    assert container(pod, "warmup")["securityContext"]["runAsNonRoot"] is True
+
+
+def test_gcs_fuse_component_replaces_filestore(tmp_path: Path) -> None:
+    """The GCS FUSE alternative, rendered over a TPU overlay and validated like the overlays:
+    no claim left, the shared volume is the gcsfuse CSI volume (annotation for the sidecar
+    injector), no chown init container (FUSE cannot chown; ownership by mount options)."""
+    base = generate.OVERLAY_DIR / "gke-v6e4-gemma4-26b"
+    comp = generate.K8S_DIR / "components" / "gcs-fuse-cache"
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(base, tmp_path)],
+        "components": [os.path.relpath(comp, tmp_path)],
+    }))  # fmt: skip
+    stream = validate.build(tmp_path)
+    assert validate.check_stream(stream, validate.crd_schemas()) == []
+    objs = tuple(validate.objects(stream))
+    assert not [o for o in objs if o["kind"] == "PersistentVolumeClaim"]
+    tmpl = one(objs, "Deployment", "gemma4-engine")["spec"]["template"]
+    assert tmpl["metadata"]["annotations"]["gke-gcsfuse/volumes"] == "true"
+    pod = tmpl["spec"]
+    assert [c["name"] for c in pod["initContainers"]] == ["warmup"]
+    vol = next(v for v in pod["volumes"] if v["name"] == "compile-persist")
+    assert vol["csi"]["driver"] == "gcsfuse.csi.storage.gke.io"
+    assert "uid=10001" in vol["csi"]["volumeAttributes"]["mountOptions"]
+    assert "persistentVolumeClaim" not in vol

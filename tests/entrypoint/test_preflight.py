@@ -252,9 +252,9 @@ def test_chunked_mm_input_needs_2496_batched_tokens(tpu_profile) -> None:
 
 def test_tpu_memory_utilization(tpu_profile) -> None:
     # Both the 0.95 ceiling and the per-chip budget (no room for the compiled programs) refuse it.
-    assert set(keys(check(tpu_profile(ENGINE_GPU_MEMORY_UTILIZATION="0.98"), tpu_profile.chips))) == {
-        "ENGINE_GPU_MEMORY_UTILIZATION"
-    }
+    assert set(
+        keys(check(tpu_profile(ENGINE_GPU_MEMORY_UTILIZATION="0.98"), tpu_profile.chips))
+    ) == {"ENGINE_GPU_MEMORY_UTILIZATION"}
     assert keys(check(tpu_profile(ENGINE_GPU_MEMORY_UTILIZATION="0.95"), tpu_profile.chips)) == []
 
 

@@ -229,3 +229,12 @@ def test_prestart_clears_the_libtpu_lockfile_and_staggers(tmp_path: Path) -> Non
     lock.write_text("")
     assert replica.prestart(EngineSettings.load(single), 0, lockfile=lock) == []
     assert lock.exists()  # an unpinned engine owns the whole host: nothing else to clear for
+
+
+def test_compose_tpu_engine_keeps_no_lockfile_across_restarts() -> None:
+    """Docker mounts a fresh tmpfs at each container start: a crashed engine's
+    /tmp/libtpu_lockfile cannot survive into its restart (docker-compose.tpu.yml)."""
+    import yaml
+
+    compose = yaml.safe_load((ENV_DIR.parent / "docker-compose.tpu.yml").read_text())
+    assert "/tmp" in compose["services"]["engine"]["tmpfs"]
