@@ -246,7 +246,11 @@ class Sidecar:
         if outcome.status == "passed" and w.cache_save:
             ok, msg = await asyncio.to_thread(cache_save, self.profile, self.replica_index)
             # ``msg`` is the save's own account ("...: saved N bytes to P" or "nothing saved").
-            self.reporter.log(msg if ok else f"WARNING: compile cache not saved: {msg}")
+            # A failed save means every later cold start compiles from scratch (10-30+ min on
+            # TPU): it goes into the report an operator and the ops server read, not only a log.
+            outcome.report["cache_save"] = {"ok": ok, "message": msg}
+            write_report(outcome.report, self.report_path)
+            self.reporter.log(msg if ok else f"ERROR: compile cache NOT saved: {msg}")
         return outcome
 
     # -- handshake ----------------------------------------------------------------------------

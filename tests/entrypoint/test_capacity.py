@@ -179,3 +179,30 @@ def test_model_matches_what_the_real_engine_logs(engine: Engine) -> None:
     assert lay is not None and lay.max_model_len == int(max_len.replace(",", ""))
     assert lay.kv_cache_tokens == pytest.approx(int(tokens.replace(",", "")), rel=0.05)
     assert lay.max_concurrency == pytest.approx(float(conc), rel=0.05)
+
+
+def test_a_layout_that_cannot_fit_one_chip_is_refused_in_one_line(tmp_path) -> None:
+    """Gemma 4 12B on the torchax path at 0.90 (the old profile): 3.12 GiB left outside vLLM's
+    share, but its compiled programs need ~6 GiB (tpu-inference PR #3408: 0.95 with 4.7 GiB free
+    failed): one error line. The shipped 0.80 fits; every TPU profile fits (`capacity --all`)."""
+    from entrypoint import capacity, preflight
+
+    src = (ENV_DIR / "v6e1-gemma4-12b.env").read_text()
+    bad = tmp_path / "v6e1-bad.env"
+    bad.write_text(
+        src.replace("ENGINE_GPU_MEMORY_UTILIZATION=0.80", "ENGINE_GPU_MEMORY_UTILIZATION=0.90")
+    )
+    lines = [str(f) for f in preflight.run(bad) if f.key == "ENGINE_GPU_MEMORY_UTILIZATION"]
+    assert lines == [
+        "ERROR ENGINE_GPU_MEMORY_UTILIZATION: compiled programs need ~6.0 GiB per chip outside "
+        "vLLM's share on the vllm path, but utilization 0.9 leaves 3.12 GiB of 31.25: use at "
+        "most 0.80"
+    ]
+    b = capacity.chip_budget(EngineSettings.load(ENV_DIR / "v6e1-gemma4-12b.env"),
+                             EngineEnv.load(ENV_DIR / "v6e1-gemma4-12b.env"))  # fmt: skip
+    assert b is not None and b.problem is None
+    assert b.weights_gib + b.reserved_gib + b.kv_gib == pytest.approx(b.hbm_gib)
+    from entrypoint.__main__ import chip_budgets
+
+    assert [x.profile for x in chip_budgets() if x.problem] == []
+    assert {x.profile for x in chip_budgets()} >= {"v6e4-gemma4-31b", "v6e1-gemma4-12b"}
