@@ -48,14 +48,22 @@ def test_responses_api_same_shape_both_ways(gateway: RunningGateway, engine: Eng
 
 
 def test_responses_stream_same_events_both_ways(gateway: RunningGateway, engine: Engine) -> None:
-    kinds = {}
+    """Greedy, so both ways generate the same text: the same events in the same order (one
+    delta per token included), the same text."""
+    seen = {}
     for name, client in clients(gateway, engine).items():
-        with client.responses.stream(model=MODEL, input="Say hi", max_output_tokens=4) as s:
-            events = [e.type for e in s]
+        with client.responses.stream(
+            model=MODEL, input="Say hi", max_output_tokens=4, temperature=0
+        ) as s:
+            events = list(s)
             final = s.get_final_response()
-        assert events[-1] == "response.completed" and final.usage.output_tokens == 4
-        kinds[name] = sorted(set(events))
-    assert kinds["gateway"] == kinds["engine"]
+        types = [e.type for e in events]
+        assert types[0] == "response.created" and types[-1] == "response.completed", types
+        assert final.usage.output_tokens == 4
+        assert [e.sequence_number for e in events] == list(range(len(events)))
+        deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+        seen[name] = (types, deltas, final.output_text)
+    assert seen["gateway"] == seen["engine"]
 
 
 def test_messages_api_same_shape_both_ways(gateway: RunningGateway, engine: Engine) -> None:

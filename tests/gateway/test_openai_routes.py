@@ -22,10 +22,13 @@ def client(gateway: RunningGateway) -> openai.OpenAI:
 
 def test_chat_non_stream(client: openai.OpenAI) -> None:
     r = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": "Hello"}], max_tokens=8
+        model=MODEL,
+        messages=[{"role": "user", "content": "Hello"}],
+        max_tokens=8,
+        extra_body={"ignore_eos": True},
     )
     assert r.choices[0].message.role == "assistant"
-    assert 1 <= r.usage.completion_tokens <= 8
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 8
 
 
 def test_chat_stream_with_usage(client: openai.OpenAI) -> None:
@@ -44,10 +47,22 @@ def test_chat_stream_with_usage(client: openai.OpenAI) -> None:
 
 
 def test_completions_stream_and_non_stream(client: openai.OpenAI) -> None:
-    r = client.completions.create(model=MODEL, prompt="The sky is", max_tokens=6)
-    assert r.choices[0].text is not None and r.usage.completion_tokens <= 6
-    pieces = list(client.completions.create(model=MODEL, prompt="Once", max_tokens=6, stream=True))
-    assert pieces and all(p.choices for p in pieces)
+    """Greedy and past EOS: both ways generate exactly 6 tokens, and the stream's pieces put
+    together are the non-streamed text (the relay drops and adds nothing)."""
+    greedy = {"model": MODEL, "prompt": "Once", "max_tokens": 6, "temperature": 0,
+              "extra_body": {"ignore_eos": True}}  # fmt: skip
+    r = client.completions.create(**greedy)
+    assert r.object == "text_completion" and len(r.choices) == 1
+    assert r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 6
+    pieces = list(
+        client.completions.create(**greedy, stream=True, stream_options={"include_usage": True})
+    )
+    assert all(p.object == "text_completion" and p.id == pieces[0].id for p in pieces)
+    text = [p.choices[0] for p in pieces if p.choices]
+    assert "".join(c.text for c in text) == r.choices[0].text
+    assert [c.finish_reason for c in text][-1] == "length"
+    assert all(c.finish_reason is None for c in text[:-1])
+    assert pieces[-1].choices == [] and pieces[-1].usage.completion_tokens == 6
 
 
 def test_tools_request(client: openai.OpenAI) -> None:
