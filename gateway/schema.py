@@ -95,8 +95,13 @@ class ContentPart(_Open):
         return self
 
 
+# OpenAI's roles. vLLM accepts any string and its chat template decides; a typo'd role then
+# reaches the engine and is answered 200. OpenAI answers 400 naming the supported values.
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+
+
 class Message(_Open):
-    role: str
+    role: Role
     content: str | list[ContentPart] | None = None
     tool_calls: list[dict[str, Any]] | None = None
 

@@ -27,6 +27,7 @@ TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "ob
 
 STRICT = "strict JSON types: vLLM's lax pydantic coerces this value, OpenAI's API and we refuse it"
 RENDER = "vLLM accepts it here and fails it later while rendering the prompt; we refuse it first"
+ROLE = "a role outside OpenAI's set is a 400 here (as in OpenAI's API); vLLM accepts any string"
 MODEL_REQUIRED = "'model' is required here (as in OpenAI's API); vLLM defaults to its only model"
 
 
@@ -50,6 +51,8 @@ TABLE: list[tuple[str, Kind, dict[str, Any], str | None]] = [
     ("stream_options without stream", "chat", c(stream_options={"include_usage": True}), None),
     ("unknown extra field", "chat", c(some_vendor_field={"a": 1}), None),
     ("any role string", "chat", {"model": M, "messages": [{"role": "robot", "content": "x"}]},
+     ROLE),
+    ("developer role", "chat", {"model": M, "messages": [{"role": "developer", "content": "x"}]},
      None),
     ("user without content", "chat", {"model": M, "messages": [{"role": "user"}]}, None),
     ("temperature 2", "chat", c(temperature=2), None),

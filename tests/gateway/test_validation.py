@@ -248,6 +248,7 @@ BAD: list[tuple[str, Kind, Any, tuple[int, str, str | None]]] = [
     ("messages empty", "chat", {"model": M, "messages": []}, (400, 'invalid_value', 'messages')),
     ("message not an object", "chat", {"model": M, "messages": ["hi"]}, (400, 'invalid_type', 'messages[0]')),
     ("role missing", "chat", {"model": M, "messages": [{"content": "hi"}]}, (400, 'missing_field', 'messages[0].role')),
+    ("role outside OpenAI's set", "chat", {"model": M, "messages": [{"role": "user", "content": "a"}, {"role": "robot", "content": "x"}]}, (400, 'invalid_value', 'messages[1].role')),
     ("content wrong type", "chat", {"model": M, "messages": [{"role": "user", "content": 5}]}, (400, 'invalid_type', 'messages[0].content')),
     ("part not object", "chat", {"model": M, "messages": [{"role": "user", "content": ["x"]}]}, (400, 'invalid_type', 'messages[0].content[0]')),
     ("part text wrong", "chat",
@@ -305,6 +306,13 @@ def test_bad_input_is_refused_naming_the_parameter(
     assert payload["type"] == ("invalid_request_error")
     if err.param:  # the message names what to fix
         assert f"'{err.param}'" in err.message or err.param in err.message
+
+
+def test_every_openai_role_is_accepted_and_the_refusal_names_them() -> None:
+    for role in ("system", "developer", "user", "assistant", "tool", "function"):
+        parse("chat", json.dumps(chat(messages=[{"role": role, "content": "x"}])).encode(), CPU)
+    err = refused({"model": M, "messages": [{"role": "robot", "content": "x"}]}, "chat")
+    assert "'developer'" in err.message and "'function'" in err.message and "robot" in err.message
 
 
 def test_deeply_nested_json_is_a_400_not_a_crash() -> None:
