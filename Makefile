@@ -183,7 +183,10 @@ stack-warmup: replicas-override ## the warm-up inside the running compose stack 
 	$(COMPOSE) run --rm --no-deps warmup python -m warmup --plain
 
 dev: install ## engine(s) + gateway (127.0.0.1:8080) + warm-up --watch as local processes (REPLICAS=N); Ctrl-C stops all
-	$(PY) -m deploy.dev --profile $(PROFILE) $(if $(REPLICAS),--replicas $(REPLICAS))
+	$(PY) -m deploy.dev --profile $(PROFILE) $(if $(REPLICAS),--replicas $(REPLICAS)) $(if $(DEV_RUN_DIR),--run-dir $(DEV_RUN_DIR))
+
+# make dev's pid files (default .cache/dev): a second make dev stack, or a test's, names its own
+DEV_RUN_DIR ?=
 
 # Drain and rolling restart (deploy/rolling.py, docs/deploy.md) go through the gateway's internal
 # replica API with its internal token. A compose stack keeps the token in the gateway's volume:
@@ -212,7 +215,7 @@ undrain: $(PROJECT_STAMP) replicas-override ## put a drained REPLICA=host:port b
 	$(call rolling_call,undrain $(REPLICA))
 
 rolling-restart: $(PROJECT_STAMP) replicas-override ## restart the replicas one at a time (drain, restart, warm, undrain), never below GATEWAY_MIN_READY_REPLICAS
-	$(call rolling_call,restart,--restart-cmd '$(COMPOSE) restart {service}',--restart dev)
+	$(call rolling_call,restart,--restart-cmd '$(COMPOSE) restart {service}',--restart dev $(if $(DEV_RUN_DIR),--run-dir $(DEV_RUN_DIR)))
 
 # --- bench (issues 6 and 7): see bench/README.md -----------------------------------------
 BENCH_URL ?= http://127.0.0.1:8000

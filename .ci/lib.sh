@@ -59,7 +59,7 @@ ci_tests() {
   ci_phase test "$@" || make_rc=$?
   verdict=$("$py" "$here/verdict.py" "$results/junit.xml" --ci \
     --allowed-skips "$here/allowed-skips.txt" --pytest-status "$results/pytest-status" \
-    --make-status "$make_rc") || vrc=$?
+    --make-status "$make_rc" --slowest 20) || vrc=$?
   local line n=0 total
   total=$(printf '%s\n' "$verdict" | wc -l)
   while IFS= read -r line; do

@@ -3,8 +3,10 @@
 
     python3 .ci/verdict.py results/junit.xml [--allowed-skips .ci/allowed-skips.txt]
                            [--pytest-status FILE] [--make-status N] [--ci | --no-ci]
+                           [--slowest N]
 
-Prints every skipped test (allowed or not), one verdict line, and last, alone on its line,
+Prints the ``--slowest N`` tests by their JUnit ``time`` (where CI's minutes went), every skipped
+test (allowed or not), one verdict line, and last, alone on its line,
 ``N passed, N failed, N skipped`` (failed counts failures and errors). Exit status:
 
   0  tests ran and none failed (and, under CI, every skip is on the allow-list)
@@ -43,6 +45,7 @@ class Case:
     node_id: str
     outcome: str  # passed | failed | error | skipped
     message: str = ""
+    seconds: float = 0.0  # the report's ``time``: set-up, call and tear-down together
 
 
 @dataclass(frozen=True)
@@ -93,8 +96,24 @@ def read_report(path: Path) -> list[Case]:
                 message = child.get("message", "") or (child.text or "").strip()
                 if kind == "pytest.xfail":
                     message = f"xfail: {message}".rstrip(": ")
-        cases.append(Case(node_id(tc), outcome, message.splitlines()[0] if message else ""))
+        try:
+            seconds = float(tc.get("time") or 0.0)
+        except ValueError:
+            seconds = 0.0
+        cases.append(
+            Case(node_id(tc), outcome, message.splitlines()[0] if message else "", seconds)
+        )
     return cases
+
+
+def slowest(cases: list[Case], n: int) -> list[str]:
+    """The ``n`` longest tests, longest first, one line each (``  123.4 s  node id``)."""
+    if n <= 0 or not cases:
+        return []
+    top = sorted(cases, key=lambda c: c.seconds, reverse=True)[:n]
+    total = sum(c.seconds for c in cases)
+    head = f"slowest {len(top)} of {len(cases)} tests ({total:.0f} s in all tests):"
+    return [head, *(f"  {c.seconds:7.1f} s  {c.node_id}" for c in top)]
 
 
 def read_allowed(path: Path | None) -> tuple[list[Allowed], list[str]]:
@@ -127,6 +146,7 @@ def decide(
     pytest_status: int | None = None,
     make_status: int | None = None,
     allow_problems: list[str] | None = None,
+    show_slowest: int = 0,
 ) -> Verdict:
     try:
         cases = read_report(report)
@@ -136,6 +156,7 @@ def decide(
     failed = [c for c in cases if c.outcome in ("failed", "error")]
     skipped = [c for c in cases if c.outcome == "skipped"]
     v = Verdict(OK, "", len(cases) - len(failed) - len(skipped), len(failed), len(skipped))
+    v.lines += slowest(cases, show_slowest)
     unexpected = []
     for c in skipped:
         entry = allowed_by(c, allowed)
@@ -191,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     ci = p.add_mutually_exclusive_group()
     ci.add_argument("--ci", dest="ci", action="store_true", default=None)
     ci.add_argument("--no-ci", dest="ci", action="store_false")
+    p.add_argument("--slowest", type=int, default=0, metavar="N", help="list the N longest tests")
     args = p.parse_args(argv)
     on_ci = bool(os.environ.get("CI", "").strip()) if args.ci is None else args.ci
     allowed, problems = read_allowed(args.allowed_skips)
@@ -201,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         pytest_status=_int_from_file(args.pytest_status),
         make_status=args.make_status,
         allow_problems=problems,
+        show_slowest=args.slowest,
     )
     print(verdict.render(), flush=True)
     return verdict.code

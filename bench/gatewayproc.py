@@ -25,10 +25,11 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
-from entrypoint.process import descendants, groups_of
+from entrypoint.process import descendants, group_members, groups_of
 from env.settings import DEFAULT_PROFILE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,6 +40,13 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _listening(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:``port``."""
+    with socket.socket() as s:
+        s.settimeout(1.0)
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 @dataclass
@@ -57,16 +65,23 @@ class ServerProcess:
             raise RuntimeError("not started")
         return self.proc.pid
 
-    def start(self, timeout_s: float = 600.0) -> ServerProcess:
+    def start(self, timeout_s: float = 600.0, silent_s: float = 120.0) -> ServerProcess:
         """Start and wait until ``ready_url`` answers 200; an outer bound, generous because a
-        vLLM CPU engine compiles for minutes on a loaded 2-core machine."""
+        vLLM CPU engine compiles for minutes on a loaded 2-core machine.
+
+        A start whose log has not grown for ``silent_s`` is diagnosed while it still runs
+        (``entrypoint.procdiag``: two samples of its tree 10 s apart, the host's pressure, the
+        Python stacks), into ``<log>.silent.txt`` and stderr; a start that times out is
+        diagnosed before it is stopped. Slow or stuck then shows in the evidence."""
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             list(self.argv), env={**os.environ, **self.env}, cwd=REPO,
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )  # fmt: skip
         log.close()
         deadline = time.monotonic() + timeout_s
+        size, grew_at, diagnosed = self._log_size(), time.monotonic(), False
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(
@@ -77,9 +92,34 @@ class ServerProcess:
                     return self
             except httpx.HTTPError:
                 pass
+            if (now_size := self._log_size()) != size:
+                size, grew_at = now_size, time.monotonic()
+            elif not diagnosed and time.monotonic() - grew_at >= silent_s:
+                diagnosed = True
+                self.diagnose(f"no output for {silent_s:.0f} s")
             time.sleep(0.5)
+        report = self.diagnose(f"not ready after {timeout_s:.0f} s")
         self.stop()
-        raise TimeoutError(f"{self.ready_url} not ready after {timeout_s}s:\n{self.log_tail()}")
+        raise TimeoutError(
+            f"{self.ready_url} not ready after {timeout_s}s:\n{self.log_tail()}\n{report}"
+        )
+
+    def _log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return -1
+
+    def diagnose(self, why: str) -> str:
+        """Write and print what the running tree is doing (see ``start``); returns the text."""
+        from entrypoint.procdiag import report
+
+        text = f"{' '.join(self.argv[:5])}: {why}\n{report(self.pid)}\n"
+        out = self.log_path.with_name(self.log_path.name + ".silent.txt")
+        with contextlib.suppress(OSError), out.open("a") as fh:
+            fh.write(text)
+        print(text, file=sys.stderr, flush=True)
+        return text
 
     def stop(self, grace_s: float = 15.0) -> int | None:
         """SIGTERM the group, then SIGKILL after ``grace_s``. Returns the exit code.
@@ -103,7 +143,28 @@ class ServerProcess:
         for pgid in {self.proc.pid, *groups}:  # children that outlived the leader
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
+        self._assert_gone({self.proc.pid, *groups})
         return self.proc.returncode
+
+    def _assert_gone(self, groups: set[int], timeout_s: float = 10.0) -> None:
+        """After a stop: no live member in any of the server's groups, no listener on its port.
+
+        SIGKILLed members are gone once the kernel has torn them down (a few ms, longer for a
+        large RSS): a bounded wait, then a loud failure naming what is left. A later start on
+        the same port must never meet the previous instance."""
+        port = urlsplit(self.ready_url).port
+        deadline = time.monotonic() + timeout_s
+        while True:
+            members = {g: left for g in groups if (left := group_members(g))}
+            listening = port is not None and _listening(port)
+            if not members and not listening:
+                return
+            if time.monotonic() >= deadline:
+                raise RuntimeError(
+                    f"{self.argv[:4]} stopped, but after {timeout_s:g} s its groups still have "
+                    f"members {members} and port {port} listening={listening}"
+                )
+            time.sleep(0.05)
 
     def log_tail(self, lines: int = 40) -> str:
         try:

@@ -249,3 +249,24 @@ def test_ci_phase_keeps_the_callers_errexit_setting() -> None:
     )
     r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
     assert r.stdout.split() == ["rc=4", "errexit-off", "errexit-on"], r.stdout + r.stderr
+
+
+def test_slowest_tests_are_listed_longest_first(tmp_path: Path) -> None:
+    report = tmp_path / "timed.xml"
+    cases = [("fast", "0.250"), ("slowest", "93.500"), ("middle", "12.000"), ("broken", "x")]
+    report.write_text(
+        '<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest">'
+        + "".join(
+            f'<testcase classname="tests.test_t" name="test_{n}" file="tests/test_t.py" time="{t}"/>'
+            for n, t in cases
+        )
+        + "</testsuite></testsuites>"
+    )
+    out = run_cli(report, "--slowest", "2", "--no-ci").stdout.splitlines()
+    assert out[:3] == [
+        "slowest 2 of 4 tests (106 s in all tests):",
+        "     93.5 s  tests/test_t.py::test_slowest",
+        "     12.0 s  tests/test_t.py::test_middle",
+    ]
+    assert out[-1] == "4 passed, 0 failed, 0 skipped"
+    assert not any("slowest" in line for line in run_cli(report, "--no-ci").stdout.splitlines())

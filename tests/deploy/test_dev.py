@@ -11,9 +11,12 @@ the foreground process group.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,7 +25,7 @@ import pytest
 
 from deploy.dev import DevError, Restartable, Role, Stopped, Supervisor, restart_replica
 from entrypoint.process import descendants
-from tests.support.process import ServerProcess, consecutive_free_ports, free_port
+from tests.support.process import REPO, ServerProcess, consecutive_free_ports, free_port
 from tests.support.stack import chat_once
 
 READY_S = 420  # engine start (40-150 s on 2 shared cores) + warm-up
@@ -53,6 +56,30 @@ def _dev(tmp_path: Path, gateway_port: int, *args: str, **env: str) -> ServerPro
     )
 
 
+def _roles(dev_pid: int) -> dict[str, int]:
+    """The roles dev runs now, from the process table: ``python -m <role>`` children -> pid."""
+    roles: dict[str, int] = {}
+    for pid in descendants(dev_pid):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"-m" in argv[:-1] and _ppid(pid) == dev_pid:
+            roles[argv[argv.index(b"-m") + 1].decode()] = pid
+    return roles
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _warmup_report(tmp_path: Path) -> dict:  # type: ignore[type-arg]
+    return json.loads((tmp_path / "report.json").read_text())
+
+
 def _ctrl_c_stops_everything(dev: ServerProcess, gateway_port: int) -> str:
     """Ctrl-C the ready stack; assert a clean exit and no surviving role process. Returns log."""
     # The one-shot warm-up may already have exited (it reports "passed", which turns /health
@@ -80,14 +107,19 @@ def test_make_dev_starts_its_engine_and_ctrl_c_stops_all(tiny_model: None, tmp_p
     try:
         dev.start(timeout_s=READY_S)
         chat_once(f"http://127.0.0.1:{gateway_port}")
-        # The engine and its vLLM children (API server, EngineCore) are among the descendants.
-        assert len(descendants(dev.pid)) >= 4
+        # dev runs the three roles itself; the engine's vLLM children (API server, EngineCore)
+        # are among its descendants
+        roles = _roles(dev.pid)
+        assert set(roles) == {"entrypoint", "gateway", "warmup"}, roles
+        assert len(descendants(roles["entrypoint"])) >= 2
+        # the warm-up that turned /health green is dev's, and it warmed dev's own engine
+        report = _warmup_report(tmp_path)
+        assert report["outcome"] == "passed", report.get("error")
+        assert report["engine"]["url"].rstrip("/") == f"http://127.0.0.1:{engine_port}"
 
-        log = _ctrl_c_stops_everything(dev, gateway_port)
+        _ctrl_c_stops_everything(dev, gateway_port)
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"http://127.0.0.1:{engine_port}/health", timeout=3)
-        # The gateway's 200 already proves the warm-up passed; dev started it itself.
-        assert "started warmup" in log
     finally:
         dev.stop()
 
@@ -99,9 +131,13 @@ def test_dev_with_engine_url_leaves_the_engine_alone(engine, tmp_path: Path) -> 
     dev = _dev(tmp_path, gateway_port, "--engine-url", engine.url)
     try:
         dev.start(timeout_s=200)
-        log = _ctrl_c_stops_everything(dev, gateway_port)
-        assert "started gateway" in log and "started warmup" in log
-        assert "started engine" not in log
+        # a gateway and a warm-up, no engine of its own; the warm-up warmed the external one
+        roles = _roles(dev.pid)
+        assert set(roles) == {"gateway", "warmup"}, roles
+        report = _warmup_report(tmp_path)
+        assert report["outcome"] == "passed", report.get("error")
+        assert report["engine"]["url"].rstrip("/") == engine.url
+        _ctrl_c_stops_everything(dev, gateway_port)
         assert httpx.get(f"{engine.url}/health", timeout=5).status_code == 200, (
             "an external engine must be left alone"
         )
@@ -274,17 +310,56 @@ def _replicas(gateway: str) -> dict[str, dict]:
 
 
 def _wait(what, timeout_s: float, dev: ServerProcess):  # type: ignore[no-untyped-def]
+    """Poll ``what`` until truthy; a gateway that does not answer in time is "not yet"."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if got := what():
-            return got
+        try:
+            if got := what():
+                return got
+        except httpx.HTTPError:
+            pass
         time.sleep(0.5)
     raise AssertionError(f"never happened\n{dev.log_tail()}")
 
 
+def _make_rolling_restart(tmp_path: Path, gateway_port: int, run_dir: Path, gateway: str):  # type: ignore[no-untyped-def]
+    """``make rolling-restart`` against the running make dev stack, under a light load (one
+    client, a chat every 0.5 s): returns (the make run, every request's status)."""
+    results: list[int | str] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        with httpx.Client(timeout=120) as c:
+            i = 0
+            while not stop.is_set():
+                body = {"model": "gemma-4-tiny", "max_tokens": 8,
+                        "messages": [{"role": "user", "content": f"rolling {i}"}]}  # fmt: skip
+                try:
+                    results.append(c.post(f"{gateway}/v1/chat/completions", json=body).status_code)
+                except httpx.HTTPError as exc:
+                    results.append(type(exc).__name__)
+                i += 1
+                stop.wait(0.5)
+
+    load = threading.Thread(target=client, daemon=True)
+    load.start()
+    try:
+        roll = subprocess.run(
+            ["make", "--no-print-directory", "rolling-restart", "PROFILE=cpu",
+             f"DEV_RUN_DIR={run_dir}"],
+            cwd=REPO, capture_output=True, text=True, timeout=2 * READY_S,
+            env={**os.environ, "GATEWAY_PORT": str(gateway_port),
+                 "GATEWAY_INTERNAL_TOKEN_FILE": str(tmp_path / "internal-token")},
+        )  # fmt: skip
+    finally:
+        stop.set()
+        load.join(timeout=130)
+    return roll, results
+
+
 @pytest.mark.engine
 @pytest.mark.slow
-@pytest.mark.timeout(2 * READY_S + 180)
+@pytest.mark.timeout(4 * READY_S + 180)
 def test_make_dev_replicas_restarts_a_killed_replica_and_ctrl_c_stops_all(
     tiny_model: None, tmp_path: Path
 ) -> None:
@@ -325,6 +400,28 @@ def test_make_dev_replicas_restarts_a_killed_replica_and_ctrl_c_stops_all(
         assert int((run_dir / "engine-1.pid").read_text()) != pid1
         log = dev.log_path.read_text(errors="replace")
         assert "engine-1 exited with -9; restarting in 1 s (restart #1)" in log
+        seen |= set(descendants(dev.pid))
+
+        # make rolling-restart itself on this stack (deploy.rolling --restart dev): each replica
+        # drained, stopped gracefully and started at once by dev's policy, re-warmed by the real
+        # --watch warm-up, undrained; the load meanwhile fails nothing
+        instances = {n: r["engine_instance"] for n, r in _replicas(gateway).items()}
+        engine_pids = {i: int((run_dir / f"engine-{i}.pid").read_text()) for i in (0, 1)}
+        roll, results = _make_rolling_restart(tmp_path, gateway_port, run_dir, gateway)
+        assert roll.returncode == 0, f"{roll.stdout}\n{roll.stderr}\n{dev.log_tail()}"
+        assert "done: 2 replica(s) restarted" in roll.stdout, roll.stdout
+        now = _replicas(gateway)
+        for name in names:
+            assert now[name]["state"] == "ready", now
+            assert now[name]["engine_instance"] not in (None, instances[name]), (instances, now)
+        for i in (0, 1):
+            assert int((run_dir / f"engine-{i}.pid").read_text()) != engine_pids[i]
+            assert not _alive(engine_pids[i]), f"replica {i}'s old entrypoint still runs"
+        log = dev.log_path.read_text(errors="replace")
+        assert "engine-0 restart requested; restarting in 0 s" in log
+        assert "engine-1 restart requested; restarting in 0 s" in log
+        failed = [r for r in results if r != 200]
+        assert results and failed == [], (len(results), failed[:5])
         seen |= set(descendants(dev.pid))
 
         os.killpg(dev.pid, signal.SIGINT)
