@@ -26,6 +26,7 @@ from tests.gateway.conftest import engine_metric
 from tests.support.engine import Engine, start_engine
 from tests.support.gateway import RunningGateway, run_gateway
 from tests.support.sse import error_events
+from tests.support.wait import wait_until, wait_until_async
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 MODEL = "gemma-4-tiny"
@@ -164,15 +165,27 @@ def test_a_replica_killed_under_load_fails_over_and_rejoins_only_when_warm(
     async def scenario() -> None:
         stop = asyncio.Event()
         task = asyncio.create_task(load(stop))
-        deadline = time.monotonic() + 120
-        while served(pair).get(name2, 0) < 8 or len(outcomes) < 8:  # load on both replicas
-            assert time.monotonic() < deadline and not task.done()
-            await asyncio.sleep(0.2)
+
+        async def load_running() -> None:
+            if task.done():  # the load stopped: its own error, not a wait that runs out
+                await task
+                raise AssertionError("the load ended early")
+
+        async def on_both() -> bool:
+            await load_running()
+            # off the loop: a slow /internal/replicas answer must not stall the load
+            counts = await asyncio.to_thread(served, pair)
+            return counts.get(name2, 0) >= 8 and len(outcomes) >= 8
+
+        await wait_until_async(on_both, "load on both replicas", 120)
         await asyncio.to_thread(kill_hard, engine2)
         killed_at = len(outcomes)
-        while len(outcomes) < killed_at + 32:  # keep the load up after the kill
-            assert time.monotonic() < deadline + 120 and not task.done()
-            await asyncio.sleep(0.2)
+
+        async def after_kill() -> bool:  # keep the load up after the kill
+            await load_running()
+            return len(outcomes) >= killed_at + 32
+
+        await wait_until_async(after_kill, "32 more requests after the kill", 240)
         stop.set()
         await task
 
@@ -187,11 +200,10 @@ def test_a_replica_killed_under_load_fails_over_and_rejoins_only_when_warm(
     state = {str(r["name"]): r for r in replicas(pair)}
     assert state[name2]["state"] == "engine_down"
     engine2.server.start()  # a new process: a new instance, not yet warmed
-    deadline = time.monotonic() + 60
-    while state[name2]["state"] != "warming_up":
-        assert time.monotonic() < deadline, state[name2]
-        time.sleep(0.2)
-        state = {str(r["name"]): r for r in replicas(pair)}
+    wait_until(
+        lambda: next(r for r in replicas(pair) if r["name"] == name2)["state"] == "warming_up",
+        f"{name2} seen again, warming up", 60,
+    )  # fmt: skip
     before = served(pair)[name2]
     for i in range(6):
         chat(pair, [{"role": "user", "content": f"after the restart {i}"}])

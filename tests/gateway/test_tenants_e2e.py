@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Iterator
 
@@ -13,6 +14,7 @@ from gateway.auth import hash_key
 from tests.gateway.conftest import SMALL, engine_metric
 from tests.support.engine import Engine
 from tests.support.gateway import RunningGateway, mark_warm, run_gateway
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.engine
 MODEL = "gemma-4-tiny"
@@ -58,18 +60,36 @@ def post(gw: RunningGateway, key: str, payload: dict[str, object]) -> httpx.Resp
 def test_sixth_request_in_a_minute_is_refused_with_the_window_retry_after(
     gw: RunningGateway,
 ) -> None:
+    """5 per minute is GCRA with a burst of 5 and one unit back every 12 s. The requests go one
+    after another through the engine, and a slow machine's burst can outlast 12 s: so every
+    bound is computed from the time measured since just before the first request (an upper
+    bound on the time between the gateway's first charge and any later one), and is exact
+    (the sixth request refused, remaining 4, 3, 2, 1, 0) when the burst took under 12 s.
+
+    With T = 12 s and the bucket full at the first charge c0: after the i-th charge (from 0)
+    its ``tat`` is at most ``(i + 1) T`` ahead of the charge and at least ``c0 + (i + 1) T``,
+    so remaining = floor((60 - (tat - now)) / T) is within [4 - i, 4 - i + floor(d / T)],
+    d = now - c0; the refusal's wait tat + T - 60 - now is at most T and at least
+    (served - 4) T - d.
+    """
+    t = 60 / 5
     first = time.monotonic()
-    for i in range(5):
+    seen: list[tuple[int, float]] = []  # (remaining, time since `first` when answered)
+    while True:
         r = post(gw, RPM5, body(1, False))
-        assert r.status_code == 200, r.text
+        elapsed = time.monotonic() - first
+        if r.status_code != 200:
+            break
         assert r.headers["x-ratelimit-limit-requests"] == "5"
-        assert r.headers["x-ratelimit-remaining-requests"] == str(4 - i)
-    r = post(gw, RPM5, body(1, False))
-    elapsed = time.monotonic() - first
-    assert r.status_code == 429 and r.json()["error"]["code"] == "rpm_limit"
-    # 5 per minute: the first unit comes back 12 s after the burst started.
+        seen.append((int(r.headers["x-ratelimit-remaining-requests"]), elapsed))
+        assert len(seen) <= 5 + elapsed // t, f"more than the burst and its refills: {seen}"
+    assert r.status_code == 429 and r.json()["error"]["code"] == "rpm_limit", r.text
+    served = len(seen)
+    assert 5 <= served <= 5 + elapsed // t, (served, elapsed)
+    for i, (remaining, at) in enumerate(seen):
+        assert max(0, 4 - i) <= remaining <= min(4, 4 - i + at // t), (i, seen)
     retry = int(r.headers["retry-after"])
-    assert max(1, 12 - elapsed - 1) <= retry <= 12
+    assert max(1, math.ceil((served - 4) * t - elapsed)) <= retry <= t, (retry, elapsed)
     assert r.headers["x-ratelimit-remaining-requests"] == "0"
 
 
@@ -125,10 +145,11 @@ def test_a_disconnect_settles_what_was_generated(gw: RunningGateway, engine: Eng
             seen += line.startswith("data: {")
             if seen >= 6:
                 break  # the client goes away after a few tokens
-    deadline = time.monotonic() + 60
-    while (settled := gw.metric('gateway_key_tokens_total{key="tpm-big",kind="completion"}',
-                                0.0) - before) == 0 and time.monotonic() < deadline:  # fmt: skip
-        time.sleep(0.2)
+    settled = wait_until(
+        lambda: gw.metric('gateway_key_tokens_total{key="tpm-big",kind="completion"}', 0.0)
+        - before,
+        "the disconnected stream's tokens settled", 60,
+    )  # fmt: skip
     generated = engine_metric(engine.url, "vllm:generation_tokens_total") - generated_before
     # what was streamed to the client (the role chunk excluded), not max_tokens; the engine may
     # have produced a few more before its abort that nobody received
