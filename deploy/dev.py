@@ -21,6 +21,11 @@ everything with its exit status rather than looping. ``--restart-replica I`` (wh
 ``make rolling-restart`` uses on a dev stack, through ``deploy.rolling``) sends SIGTERM to that
 replica's process group: it drains and exits, and the policy starts it again at once.
 
+An engine start that prints nothing for two minutes and does not serve yet is diagnosed once, while
+it still runs (``entrypoint.procdiag``: its process tree sampled twice, CPU growth, kernel wait
+channel, host pressure, Python stacks), its lines prefixed ``!``: slow and stuck look alike from
+outside, not in that report.
+
 Every role runs in its own session (process group). The supervisor remembers, while a role
 lives, every process group its children made (the entrypoint runs vLLM as a group leader), so a
 role killed with SIGKILL leaves nothing behind either: its remembered groups are killed before
@@ -54,6 +59,7 @@ BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 30.0
 BACKOFF_RESET_AFTER_S = 60.0  # a role that ran this long before dying starts the backoff over
 TICK_S = 0.5
+SILENT_S = 120.0  # an engine start that printed nothing this long is diagnosed (procdiag)
 
 
 class DevError(Exception):
@@ -85,6 +91,9 @@ class Role:
     grace_s: float = 15.0
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
     groups: set[int] = field(default_factory=set, init=False)  # every group its tree made
+    lines: int = field(
+        default=0, init=False
+    )  # output lines so far (the supervisor's silence check)
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
@@ -104,6 +113,7 @@ class Role:
         assert proc.stdout is not None
         for raw in proc.stdout:
             line = raw.decode("utf-8", "replace").rstrip()
+            self.lines += 1
             print(f"{self.name:>8} | {line}", flush=True)
 
     @property
@@ -157,6 +167,10 @@ class Restartable:
     restarts: int = 0
     marker: Path | None = None  # present: the exit was requested (--restart-replica)
     started_at: float | None = None  # on the supervisor's clock, set by ``Supervisor.start``
+    serving: bool = False  # answered /health since its last start
+    lines_seen: int = 0  # the role's output count when the supervisor last saw it grow
+    quiet_since: float | None = None
+    diagnosed: bool = False  # this start's silence was already diagnosed
 
 
 @dataclass
@@ -173,12 +187,30 @@ class Supervisor:
     members: list[Restartable]
     now: Callable[[], float] = time.monotonic
     on_start: Callable[[Restartable], None] = lambda member: None
+    diagnose: Callable[[Restartable, float], None] = field(default=lambda m, quiet_s: None)
 
     def start(self, member: Restartable) -> None:
         """Start (or restart) ``member``'s role and stamp the start on the policy's clock."""
         member.role.start()
-        member.started_at = self.now()
+        member.started_at = member.quiet_since = self.now()
+        member.serving, member.diagnosed = False, False
+        member.lines_seen = member.role.lines
         self.on_start(member)
+
+    def _watch_start(self, m: Restartable, now: float) -> None:
+        """An engine not yet serving since its start: note it serving, or note its silence.
+
+        A start that printed nothing for ``SILENT_S`` is diagnosed once (``diagnose``: what its
+        tree is doing, slow or stuck), while it still runs: a hang then explains itself."""
+        if m.health_url is None or m.serving:
+            return
+        if healthy(m.health_url):
+            m.serving = m.was_healthy = True
+        elif m.role.lines != m.lines_seen:
+            m.lines_seen, m.quiet_since = m.role.lines, now
+        elif not m.diagnosed and m.quiet_since is not None and now - m.quiet_since >= SILENT_S:
+            m.diagnosed = True
+            self.diagnose(m, now - m.quiet_since)
 
     def tick(self) -> None:
         now = self.now()
@@ -193,8 +225,7 @@ class Supervisor:
                 continue
             if code is None:
                 role.remember_groups()
-                if not m.was_healthy and m.health_url and healthy(m.health_url):
-                    m.was_healthy = True
+                self._watch_start(m, now)
                 continue
             if m.health_url and not m.was_healthy:
                 raise Stopped(f"{role.name} exited with {code} before it ever served /health")
@@ -262,7 +293,7 @@ class DevStack:
             )
             engines = list(members)
             members.append(warm)
-            supervisor = Supervisor(members, on_start=self._started)
+            supervisor = Supervisor(members, on_start=self._started, diagnose=diagnose_silence)
             self.roles += [m.role for m in engines] + [gw, warm.role]  # start order; stop reversed
             for m in engines:
                 supervisor.start(m)
@@ -306,6 +337,23 @@ class DevStack:
             return
         index = 0 if name == "engine" else int(name.rsplit("-", 1)[1])
         self._pidfile(index).write_text(f"{pid}\n")
+
+
+def diagnose_silence(member: Restartable, quiet_s: float) -> None:
+    """Print what a silent engine start is doing (two samples 10 s apart), off the tick loop."""
+    role = member.role
+    pid = role.pid
+    if pid is None:
+        return
+
+    def run() -> None:
+        from entrypoint.procdiag import report
+
+        say(f"{role.name} printed nothing for {quiet_s:.0f} s and does not serve yet: diagnosing")
+        for line in report(pid).splitlines():
+            print(f"{role.name:>8} ! {line}", flush=True)
+
+    threading.Thread(target=run, daemon=True).start()
 
 
 def gateway_status(url: str) -> str | None:

@@ -272,6 +272,42 @@ def test_an_engine_that_never_served_stops_the_stack(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(60)
+def test_a_start_silent_for_two_minutes_is_diagnosed_once_and_a_chatty_one_never(
+    tmp_path: Path,
+) -> None:
+    """A start that prints nothing and does not serve is diagnosed while it runs, once; one that
+    keeps printing (a slow start) is not. Time is the policy's clock alone."""
+    silent = Role("engine-0", [sys.executable, "-c", "import time; time.sleep(60)"], {})
+    chatty = Role(
+        "engine-1",
+        [sys.executable, "-c", "import time\nwhile True: print('loading', flush=True); time.sleep(0.02)"],
+        {},
+    )  # fmt: skip
+    nowhere = f"http://127.0.0.1:{free_port()}/health"  # never serves
+    diagnosed: list[tuple[str, float]] = []
+    clock = FakeClock()
+    members = [Restartable(silent, health_url=nowhere), Restartable(chatty, health_url=nowhere)]
+    sup = Supervisor(members, now=clock, diagnose=lambda m, q: diagnosed.append((m.role.name, q)))
+    try:
+        for m in members:
+            sup.start(m)
+        for step in (60.0, 59.0, 2.0, 200.0):
+            lines = chatty.lines
+            deadline = time.monotonic() + 10
+            while chatty.lines == lines:  # the chatty one printed since the last tick
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            clock.t += step
+            sup.tick()
+            if step == 59.0:
+                assert diagnosed == [], "not before two minutes of silence"
+        assert diagnosed == [("engine-0", 121.0)]
+        assert silent.lines == 0 and chatty.lines > 0
+    finally:
+        silent.stop(), chatty.stop()
+
+
+@pytest.mark.timeout(60)
 def test_restart_replica_signals_only_a_replica_of_the_running_stack(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
