@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from gateway.errors import OpenAIError
+from gateway.errors import RateLimited, rate_limited, request_limits
 from gateway.fairqueue import DEFAULT_SCHED, Entry, FairQueue, Sched
 from gateway.headroom import KeyShares
 
@@ -41,17 +41,13 @@ _DRAIN_SAMPLES = 256
 _DRAIN_WINDOW_S = 60.0
 
 
-class Rejected(OpenAIError):
-    """429 from admission; ``code`` is the reason (queue_full, wait_timeout, per_key_limit)."""
+# The 429 from admission; ``code`` is the reason (queue_full, wait_timeout, per_key_limit).
+Rejected = RateLimited
 
 
-def _rejected(code: str, message: str, retry_after: int, limit: int) -> Rejected:
-    headers = {
-        "x-ratelimit-limit-requests": str(limit),
-        "x-ratelimit-remaining-requests": "0",
-        "x-ratelimit-reset-requests": f"{retry_after}s",
-    }
-    return Rejected(429, message, code=code, retry_after=retry_after, headers=headers)
+def _rejected(code: str, message: str, retry_after: int, limit: int) -> RateLimited:
+    limits = request_limits(limit, 0, retry_after)
+    return rate_limited(message, code, retry_after=retry_after, limits=limits)
 
 
 @dataclass(eq=False)
@@ -155,11 +151,8 @@ class Admission:
         """``x-ratelimit-*-requests`` from the admission state (limit: the in-flight cap)."""
         free = max(0, self.max_inflight - self._inflight - self.queued)
         reset = 0 if free else self.retry_after(0)
-        return [
-            (b"x-ratelimit-limit-requests", str(self.max_inflight).encode()),
-            (b"x-ratelimit-remaining-requests", str(free).encode()),
-            (b"x-ratelimit-reset-requests", f"{reset}s".encode()),
-        ]
+        limits = request_limits(self.max_inflight, free, reset)
+        return [(k.encode(), v.encode()) for k, v in limits.items()]
 
     def retry_after(self, ahead: int) -> int:
         """Seconds until ``ahead`` more requests have drained at the observed rate (>= 1 s);

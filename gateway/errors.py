@@ -7,7 +7,9 @@ the shape they expect: ``{"error": {"message", "type", "param", "code"}}``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 # OpenAI's ``type`` values for each status class (the SDK maps on status, humans read ``type``).
@@ -61,11 +63,45 @@ class OpenAIError(Exception):
         """The terminal SSE event for an error that happens after the stream has started."""
         return b"data: " + self.body() + b"\n\ndata: [DONE]\n\n"
 
+    def with_headers(self, extra: Mapping[str, str]) -> OpenAIError:
+        """A copy with more headers (an error is never changed after it is raised)."""
+        return dataclasses.replace(self, headers={**self.headers, **extra})
+
     def header_list(self) -> list[tuple[bytes, bytes]]:
         out = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
         if self.retry_after is not None:
             out.append((b"retry-after", str(self.retry_after).encode()))
         return out
+
+
+class RateLimited(OpenAIError):
+    """The 429, whoever refuses (admission: cap, queue, per-key concurrency; tenancy: rpm/tpm).
+
+    Built by ``rate_limited`` only: ``Retry-After`` when waiting helps, and the
+    ``x-ratelimit-*`` headers that explain the refusal, given as one dict (``limits``)."""
+
+
+def rate_limited(
+    message: str, code: str, *, retry_after: int | None, limits: Mapping[str, str]
+) -> RateLimited:
+    return RateLimited(429, message, code=code, retry_after=retry_after, headers=dict(limits))
+
+
+def request_limits(limit: int, remaining: int, reset_s: int) -> dict[str, str]:
+    """``x-ratelimit-*-requests`` (OpenAI's names; the reset as ``"<n>s"``)."""
+    return {
+        "x-ratelimit-limit-requests": str(limit),
+        "x-ratelimit-remaining-requests": str(remaining),
+        "x-ratelimit-reset-requests": f"{reset_s}s",
+    }
+
+
+ENGINE_DOWN_RETRY_S = 5
+
+
+def engine_down(message: str = "the engine is not reachable") -> OpenAIError:
+    """The 503 for "no engine answers": health, routing, the passthroughs, token counting."""
+    return OpenAIError(503, message, code="engine_down", retry_after=ENGINE_DOWN_RETRY_S)
 
 
 def bad_request(message: str, param: str | None = None, code: str = "invalid_value") -> OpenAIError:

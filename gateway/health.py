@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from gateway.errors import OpenAIError
+from gateway.errors import OpenAIError, engine_down
 
 State = Literal["engine_down", "warming_up", "warmup_failed", "ready", "draining"]
 # ``draining`` is the gateway's own (SIGTERM: finishing what it has, taking nothing new); the
@@ -142,9 +142,7 @@ class HealthTracker:
 def unavailable(snap: Snapshot) -> OpenAIError:
     """The 503 for a request that arrives while the engine cannot serve (and its Retry-After)."""
     if snap.state == "engine_down":
-        return OpenAIError(
-            503, "the engine is not reachable; retry later", code="engine_down", retry_after=5
-        )
+        return engine_down("the engine is not reachable; retry later")
     if snap.state == "draining":
         return OpenAIError(
             503, "the gateway is shutting down; retry (another gateway replica will answer)",

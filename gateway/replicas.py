@@ -37,7 +37,7 @@ import httpx
 from env.replicas import Upstream, dns_target, static_upstreams
 from env.settings import EngineSettings, GatewaySettings
 from gateway.admission import Admission
-from gateway.errors import OpenAIError
+from gateway.errors import engine_down
 from gateway.health import HealthTracker, ReportStatus, Snapshot, StaleInstance, State
 from gateway.metrics import ReplicaStats
 from gateway.monitor import EngineMonitor
@@ -305,8 +305,7 @@ class ReplicaSet:
         """An httpx client to a routable replica (in turn), else to the first one."""
         routable = [r for r in self.replicas if r.routable] or self.replicas
         if not routable:
-            raise OpenAIError(503, "no engine replica is known yet; retry later",
-                              code="engine_down", retry_after=5)  # fmt: skip
+            raise engine_down("no engine replica is known yet; retry later")
         self._next_control = (self._next_control + 1) % len(routable)
         return routable[self._next_control].control
 

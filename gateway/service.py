@@ -167,8 +167,10 @@ class CompletionService:
         try:
             return await self._run(call, sink, tenant)
         except OpenAIError as err:
-            self.tenancy.rejected(tenant, err)  # per-key count, the key's windows on the 429
-            raise
+            answer = self.tenancy.rejected(tenant, err)  # per-key count, the key's windows
+            if answer is err:
+                raise
+            raise answer from err
 
     async def _run(self, call: Call, sink: Sink, tenant: Tenant) -> int:
         final = await self.prepare(call, tenant)

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from gateway.errors import OpenAIError
+from gateway.errors import OpenAIError, rate_limited
 from gateway.metrics import GatewayMetrics, rejection_reason
 from gateway.policy import Policy
 from gateway.ratelimit import Charge, LimitStore, MemoryStore, Verdict, Window
@@ -183,18 +183,18 @@ class Tenancy:
         headers = _header_dict(verdict.windows, charges)
         for w, c in zip(verdict.windows, charges, strict=True):
             if w.too_large:
-                return OpenAIError(
-                    429, f"the request needs {tokens} tokens (prompt + max_tokens) and this key "
-                    f"allows {c.limit} per minute: lower max_tokens", code="request_exceeds_tpm",
-                    headers=headers,
+                return rate_limited(
+                    f"the request needs {tokens} tokens (prompt + max_tokens) and this key "
+                    f"allows {c.limit} per minute: lower max_tokens", "request_exceeds_tpm",
+                    retry_after=None, limits=headers,
                 )  # fmt: skip
         retry = max(1, math.ceil(verdict.retry_after_s))
         worst = max(zip(verdict.windows, charges, strict=True), key=lambda wc: wc[0].retry_after_s)
         what = "requests" if worst[1].bucket.endswith("/requests") else "tokens"
-        return OpenAIError(
-            429, f"rate limit reached for this API key: {worst[1].limit} {what} per minute; "
-            f"retry in {retry} s", code="rpm_limit" if what == "requests" else "tpm_limit",
-            retry_after=retry, headers=headers,
+        return rate_limited(
+            f"rate limit reached for this API key: {worst[1].limit} {what} per minute; "
+            f"retry in {retry} s", "rpm_limit" if what == "requests" else "tpm_limit",
+            retry_after=retry, limits=headers,
         )  # fmt: skip
 
     def headers(self, res: Reservation, admission: AdmissionHeaders) -> list[tuple[bytes, bytes]]:
@@ -244,11 +244,13 @@ class Tenancy:
         if res.token_charge is not None:
             self.store.adjust(res.token_charge, used - res.tokens, now)
 
-    def rejected(self, tenant: Tenant, err: OpenAIError) -> None:
-        """A refusal of this key's request: counted, and its windows on the answer."""
+    def rejected(self, tenant: Tenant, err: OpenAIError) -> OpenAIError:
+        """A refusal of this key's request: counted; returns the refusal to answer with (a
+        copy carrying the key's windows, for a limited key refused by someone else)."""
         self.metrics.key_reject(tenant.label, rejection_reason(err))
         if tenant.limited and err.code not in _OWN_CODES:
-            err.headers = {**err.headers, **self.peek_headers(tenant)}
+            return err.with_headers(self.peek_headers(tenant))
+        return err
 
 
 def _header_dict(windows: tuple[Window, ...], charges: list[Charge]) -> dict[str, str]:

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 
 from gateway.errors import OpenAIError, engine_message
+from gateway.upstream import upstream_error
 from gateway.validation import Parsed
 
 # Chat request fields that change the rendered prompt, forwarded to /tokenize.
@@ -71,15 +72,8 @@ class TokenCounter:
                 r = await self.client().post(
                     "/tokenize", content=content, headers=headers, timeout=self.timeout_s
                 )
-        except httpx.TimeoutException:
-            raise OpenAIError(
-                503, "the engine did not count the prompt in time", code="tokenize_timeout",
-                retry_after=5,
-            ) from None  # fmt: skip
-        except httpx.HTTPError:
-            raise OpenAIError(
-                503, "the engine is not reachable", code="engine_down", retry_after=5
-            ) from None
+        except httpx.HTTPError as exc:
+            raise upstream_error(exc, counting=True) from None
         if r.status_code == 200:
             try:
                 return int(r.json()["count"])

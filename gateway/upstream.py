@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 
 from gateway.apis import OPENAI_STREAM, StreamFormat
-from gateway.errors import OpenAIError
+from gateway.errors import OpenAIError, engine_down
 from gateway.wire import EngineResponse
 
 # The usage and the end are read once from the stream's tail: the last pieces, so that an event
@@ -48,10 +48,21 @@ def make_client(
     )
 
 
-def upstream_error(exc: httpx.HTTPError, *, streaming: bool = False) -> OpenAIError:
-    """An httpx failure as the OpenAI error the client gets (status, code, Retry-After)."""
+def upstream_error(
+    exc: httpx.HTTPError, *, streaming: bool = False, counting: bool = False
+) -> OpenAIError:
+    """An httpx failure as the OpenAI error the client gets (status, code, Retry-After).
+
+    ``counting``: the prompt's token count (``tokens.py``), which comes before admission: any
+    failure there is a 503 to retry (a slow count is ``tokenize_timeout``, the rest
+    ``engine_down``), never a 502/504 for a request that has not been sent yet."""
+    if counting:
+        if isinstance(exc, httpx.TimeoutException):
+            return OpenAIError(503, "the engine did not count the prompt in time",
+                               code="tokenize_timeout", retry_after=5)  # fmt: skip
+        return engine_down()
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
-        return OpenAIError(503, "the engine is not reachable", code="engine_down", retry_after=5)
+        return engine_down()
     if isinstance(exc, httpx.PoolTimeout):
         return OpenAIError(
             503, "no upstream connection available", code="upstream_pool", retry_after=1
