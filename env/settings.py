@@ -232,6 +232,12 @@ class GatewaySettings(_Slice):
     stream_idle_timeout_s: float = Field(120.0, gt=0)
     request_timeout_s: float = Field(600.0, gt=0)
     tokenize_timeout_s: float = Field(10.0, gt=0)
+    # Shared state for several gateways (gateway/state/): a Redis URL, or a file holding one
+    # (with a password); empty: everything in this process. When it fails: local shares or 503.
+    state_url: str = ""
+    state_failure: Literal["local", "closed"] = "local"
+    state_lease_ttl_s: float = Field(10.0, gt=0)
+    state_timeout_s: float = Field(0.25, gt=0)
 
     @property
     def url(self) -> str:

@@ -37,6 +37,7 @@ from gateway.auth import Access, KeyStore, ensure_token_file
 from gateway.components import Components, GatewayConfig, running
 from gateway.errors import OpenAIError, internal_error
 from gateway.routes import build_router, generation_handlers, request_schemas
+from gateway.state.url import StateUrlError
 from gateway.types import Handler, Message, Receive, Scope, Send
 from gateway.web import ORIGINAL_PATH, REQUEST_ID, render_error
 
@@ -209,4 +210,6 @@ def create_app(
         config = GatewayConfig.build(engine, settings, access)
     except UpstreamError as exc:
         raise ConfigError("; ".join(exc.problems)) from None
+    except StateUrlError as exc:
+        raise ConfigError(str(exc)) from None
     return GatewayApp(config, docs=settings.docs)

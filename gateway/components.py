@@ -15,8 +15,9 @@ import math
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from env.replicas import Upstream
 from env.settings import EngineSettings, GatewaySettings
@@ -32,8 +33,14 @@ from gateway.replicas import ReplicaOptions, ReplicaSet, build_upstreams
 from gateway.routing import build_scheduler
 from gateway.saturation import SaturationPolicy
 from gateway.service import CompletionService, Timeouts
+from gateway.state.admission import FleetAdmission
 from gateway.tenancy import Tenancy
 from gateway.tokens import TokenCounter
+
+if TYPE_CHECKING:
+    from gateway.state.leases import Leases
+    from gateway.state.limits import RedisLimitStore
+    from gateway.state.store import SharedState
 
 log = logging.getLogger("gateway")
 
@@ -47,12 +54,19 @@ class GatewayConfig:
     access: Access
     upstreams: list[Upstream]  # the fixed replicas (empty with a DNS upstream)
     dns: tuple[str, str, int] | None = None  # GATEWAY_UPSTREAM_DNS: (scheme, host, port)
+    state_url: str | None = None  # GATEWAY_STATE_URL resolved (a file read): shared state
 
     @classmethod
     def build(cls, engine: EngineSettings, settings: GatewaySettings, access: Access) -> Self:
-        """Raises ``env.replicas.UpstreamError`` (one line per problem) for bad upstreams."""
+        """Raises ``env.replicas.UpstreamError`` (one line per problem) for bad upstreams,
+        ``gateway.state.url.StateUrlError`` for a bad ``GATEWAY_STATE_URL``."""
         upstreams, dns = build_upstreams(engine, settings)
-        return cls(engine, settings, access, upstreams, dns)
+        state_url = None
+        if settings.state_url.strip():
+            from gateway.state.url import resolve  # Redis only when configured
+
+            state_url = resolve(settings.state_url)
+        return cls(engine, settings, access, upstreams, dns, state_url)
 
     @property
     def upstream_url(self) -> str:
@@ -80,6 +94,7 @@ class Components:
     metrics: GatewayMetrics
     completions: CompletionService
     access_log: AccessLog
+    state: SharedState | None = None  # GATEWAY_STATE_URL: the fleet's shared state
 
 
 @asynccontextmanager
@@ -87,7 +102,8 @@ async def running(config: GatewayConfig) -> AsyncIterator[Components]:
     s = config.settings
     policy = Policy.from_settings(config.engine, s)
     metrics = GatewayMetrics()
-    admission = Admission(
+    state = _shared_state(config)
+    admission = (Admission if state is None else partial(FleetAdmission, shared=state[1]))(
         config.max_inflight,
         s.queue_depth,
         s.queue_timeout_s,
@@ -96,8 +112,13 @@ async def running(config: GatewayConfig) -> AsyncIterator[Components]:
         fair=s.scheduling == "fair",
         shares=KeyShares(tenants=lambda: config.access.keys.tenants),
     )
-    tenancy = Tenancy(config.access.keys, MemoryStore(), metrics, s.tpm_cached_tokens)
+    store = MemoryStore() if state is None else state[2]
+    tenancy = Tenancy(config.access.keys, store, metrics, s.tpm_cached_tokens)
     async with AsyncExitStack() as stack:
+        if state is not None:  # joined first, left last (its leases given back at exit)
+            await state[0].start()
+            stack.push_async_callback(state[0].stop)
+            _state_gauges(metrics, state[0])
         access_log = AccessLog(s.log_format)
         stack.callback(access_log.flush)  # the last lines, after everything else stopped
         replicas = ReplicaSet(
@@ -146,8 +167,33 @@ async def running(config: GatewayConfig) -> AsyncIterator[Components]:
             "open" if config.access.keys.open else f"{len(config.access.keys.entries)} keys",
         )  # fmt: skip
         yield Components(
-            config, policy, config.access, replicas, admission, metrics, completions, access_log
-        )
+            config, policy, config.access, replicas, admission, metrics, completions, access_log,
+            None if state is None else state[0],
+        )  # fmt: skip
+
+
+def _shared_state(config: GatewayConfig) -> tuple[SharedState, Leases, RedisLimitStore] | None:
+    """The fleet's shared state when ``GATEWAY_STATE_URL`` is set (imports Redis only then)."""
+    if config.state_url is None:
+        return None
+    from gateway.state.leases import Leases
+    from gateway.state.limits import RedisLimitStore
+    from gateway.state.store import SharedState
+
+    s = config.settings
+    state = SharedState(config.state_url, s.state_failure, s.state_lease_ttl_s, s.state_timeout_s)
+    return state, Leases(state), RedisLimitStore(state)
+
+
+def _state_gauges(m: GatewayMetrics, state: SharedState) -> None:
+    m.gauge("gateway_state_fallback",
+            "1 while the shared state (GATEWAY_STATE_URL) is unavailable and this gateway "
+            "enforces its local share (or refuses, GATEWAY_STATE_FAILURE=closed)",
+            lambda: float(state.fallback))  # fmt: skip
+    m.gauge("gateway_state_gateways", "Live gateways in the last membership seen",
+            lambda: float(state.gateways))  # fmt: skip
+    m.gauge("gateway_state_round_trips", "Round trips to the shared state since start",
+            lambda: float(state.round_trips))  # fmt: skip
 
 
 def _on_health(metrics: GatewayMetrics, snap: Snapshot) -> None:

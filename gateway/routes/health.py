@@ -17,6 +17,8 @@ router = APIRouter(tags=["operations"])
 async def health(c: Parts) -> Response:
     snap = c.replicas.health()
     body = {"status": snap.status_text, **snap.as_dict(), **c.replicas.describe()}
+    if c.state is not None:  # GATEWAY_STATE_URL: shared, or the fallback and its reason
+        body["shared_state"] = c.state.describe()
     if snap.ready:
         c.metrics.request("health", 200)
         return json_answer(200, body)

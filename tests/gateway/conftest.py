@@ -16,6 +16,7 @@ import pytest
 from gateway.promtext import metric_sum
 from tests.support.engine import Engine
 from tests.support.gateway import RunningGateway, mark_warm, run_gateway
+from tests.support.redis import RedisServer
 
 SMALL = {
     "GATEWAY_MAX_INFLIGHT": "4",
@@ -36,3 +37,13 @@ def engine_metric(engine_url: str, name: str, **labels: str) -> float:
     """Sum of a metric's samples on the engine's /metrics (optionally filtered by labels)."""
     text = httpx.get(f"{engine_url}/metrics", timeout=30).text
     return metric_sum(text, name, **labels) or 0.0
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server for the session (tests that stop it start it again)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,75 @@
+"""``FleetAdmission``: the admission of one process, then the fleet's (``GATEWAY_STATE_URL``).
+
+Why a subclass rather than a hook in ``gateway.admission``: that module is the one-process
+admission (cap, queue, fair order, headroom), unchanged and on the request path's size budget;
+with shared state a slot is granted here first (this process's queue and fair order as
+always), then one lease from ``SharedSlots`` (the key's concurrency and the in-flight cap across
+every gateway), within what is left of the request's queue wait. Released in reverse order on
+every exit path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any, Protocol
+
+from gateway.admission import Admission, Slot, Ticket
+from gateway.fairqueue import DEFAULT_SCHED, Sched
+
+OnWait = Callable[[], Awaitable[None]] | None
+
+
+class SharedSlots(Protocol):
+    """The fleet's slots (``gateway.state.leases.Leases``): raises the 429 (or a 503)."""
+
+    async def acquire(
+        self, key: str, limit: int, cap: int, on_wait: OnWait, tick_s: float, timeout_s: float
+    ) -> Any: ...
+
+    def release(self, lease: Any) -> None: ...
+
+
+class FleetAdmission(Admission):
+    def __init__(self, *args: Any, shared: SharedSlots, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.shared = shared
+
+    def slot(
+        self,
+        key: str,
+        on_wait: OnWait = None,
+        wait_tick_s: float = 0.0,
+        sched: Sched = DEFAULT_SCHED,
+    ) -> Slot:
+        return FleetSlot(self, key, on_wait, wait_tick_s, sched)
+
+
+class FleetSlot(Slot):
+    __slots__ = ("_lease",)
+
+    async def __aenter__(self) -> Ticket:
+        ticket = await super().__aenter__()
+        adm: FleetAdmission = self._admission  # type: ignore[assignment]
+        sched = self._sched
+        left = max(0.0, adm._timeout(sched) - ticket.queued_s)
+        try:
+            self._lease = await adm.shared.acquire(
+                self._key, sched.max_concurrency or adm.per_key_limit, adm.max_inflight,
+                self._on_wait, self._tick, left,
+            )  # fmt: skip
+        except BaseException:
+            adm.release(ticket)
+            raise
+        return ticket
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        lease = getattr(self, "_lease", None)
+        if lease is not None:
+            self._admission.shared.release(lease)  # type: ignore[attr-defined]
+        await super().__aexit__(exc_type, exc, tb)

@@ -1,0 +1,157 @@
+"""``Leases``: per-key concurrency and the in-flight cap for the whole fleet (``SharedSlots``,
+consumed by ``gateway.state.admission.FleetAdmission``).
+
+Why leases: a counter that a gateway increments and later decrements leaks forever when that
+gateway dies between the two (SIGKILL, OOM, node loss). A lease is a member of a sorted set
+whose score is its expiry on the server's clock; the holder renews all of its leases every
+``ttl / 3`` s (``SharedState``'s heartbeat) and removes each when its request ends. A dead
+gateway stops renewing, and every acquire drops expired members first, so its slots come back
+within the TTL without anyone noticing it died. A store restarted empty is refilled by the next
+renewal (it re-creates the leases the live gateways still hold).
+
+One acquire is one script: the key's set (when the key has a concurrency limit) and the cap's
+set, checked and joined together. A key at its limit is refused at once (429 ``per_key_limit``,
+as in one process); a full cap waits here (polling, with the caller's keep-alives) until a slot
+frees anywhere or the queue timeout passes (429 ``wait_timeout``). The order in which waiting
+requests of *different* gateways get freed slots is not fair fleet-wide (issue 23, later).
+
+Store unavailable: ``local`` counts this gateway's own leases against its share of each limit
+(``limit // live gateways``); they are renewed into the store once it answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from gateway.errors import RateLimited, rate_limited, request_limits
+from gateway.state.link import share
+from gateway.state.scripts import ACQUIRE
+from gateway.state.store import PREFIX, SharedState, StateDown
+
+KEY_SET = PREFIX + "lease:key:"
+CAP_SET = PREFIX + "lease:inflight"
+_POLL_S = (0.02, 0.05, 0.1, 0.2)  # a full cap is re-tried after these, then every 0.2 s
+# A key at its limit is checked again after these before the 429: a client that sends its next
+# request through another gateway the moment its last answer ended must not be refused because
+# that answer's release (queued in its gateway's outbox) lands a millisecond later.
+_RECHECK_S = (0.005, 0.02)
+
+
+@dataclass(eq=False)
+class Lease:
+    member: str
+    key: str
+    key_set: str | None  # None: the key has no concurrency limit
+    released: bool = False
+
+
+class Leases:
+    def __init__(self, state: SharedState) -> None:
+        self.state = state
+        state.leases = self
+        self._held: dict[str, Lease] = {}
+        self._seq = itertools.count(1)
+        self._freed = asyncio.Event()
+
+    def held(self) -> list[tuple[str, str]]:
+        """Every (lease set, member) this gateway holds (what the heartbeat renews)."""
+        out = []
+        for lease in self._held.values():
+            out.append((CAP_SET, lease.member))
+            if lease.key_set is not None:
+                out.append((lease.key_set, lease.member))
+        return out
+
+    def count(self, key: str | None = None) -> int:
+        if key is None:
+            return len(self._held)
+        return sum(1 for lease in self._held.values() if lease.key == key)
+
+    async def acquire(
+        self,
+        key: str,
+        key_limit: int,
+        cap: int,
+        on_wait: Callable[[], Awaitable[None]] | None = None,
+        tick_s: float = 0.0,
+        timeout_s: float = 30.0,
+    ) -> Lease:
+        """A lease on one of ``cap`` fleet-wide slots (and one of the key's ``key_limit``, if
+        > 0), waiting up to ``timeout_s`` for the cap; raises the 429 (or the ``closed`` 503)."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        deadline = start + timeout_s
+        next_tick = start + tick_s if on_wait is not None and tick_s > 0 else math.inf
+        polls = iter(_POLL_S)
+        member = f"{self.state.id}:{next(self._seq)}"
+        key_set = KEY_SET + key if key_limit > 0 else None
+        recheck = iter(_RECHECK_S)
+        while True:
+            verdict = await self._try(member, key, key_set, key_limit, cap)
+            if verdict == 0:
+                lease = Lease(member, key, key_set)
+                self._held[member] = lease
+                return lease
+            if verdict == 1 and (pause := next(recheck, None)) is not None:
+                await asyncio.sleep(pause)  # a release on its way from another gateway
+                continue
+            if verdict == 1:
+                raise _refused(
+                    "per_key_limit",
+                    f"too many concurrent requests for this API key (limit {key_limit}, "
+                    "across all gateways)", key_limit,
+                )  # fmt: skip
+            now = loop.time()
+            if now >= deadline:
+                raise _refused(
+                    "wait_timeout",
+                    f"request waited {timeout_s:g} s for one of the {cap} in-flight slots "
+                    "shared by all gateways", cap,
+                )  # fmt: skip
+            if now >= next_tick and on_wait is not None:
+                next_tick = now + tick_s
+                await on_wait()
+            pause = min(next(polls, _POLL_S[-1]), max(0.0, deadline - loop.time()))
+            self._freed.clear()
+            # A local release wakes at once; a remote one is seen at the next poll.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._freed.wait(), pause)
+
+    async def _try(
+        self, member: str, key: str, key_set: str | None, key_limit: int, cap: int
+    ) -> int:
+        """0 granted, 1 key at its limit, 2 cap full: from the store, else from the shares."""
+        try:
+            reply = await self.state.script(
+                ACQUIRE, [key_set or KEY_SET, CAP_SET],
+                ["", self.state.ttl_s, member, key_limit if key_set else 0, cap],
+            )  # fmt: skip
+            return int(reply[0])
+        except StateDown:
+            self.state.local_or_refuse()
+        n = self.state.gateways
+        if key_set is not None and self.count(key) >= share(key_limit, n):
+            return 1
+        if cap > 0 and self.count() >= share(cap, n):
+            return 2
+        return 0
+
+    def release(self, lease: Lease) -> None:
+        """Give the slot back (idempotent): at once here, through the outbox in the store."""
+        if lease.released:
+            return
+        lease.released = True
+        self._held.pop(lease.member, None)
+        self._freed.set()
+        self.state.send(("ZREM", CAP_SET, lease.member))
+        if lease.key_set is not None:
+            self.state.send(("ZREM", lease.key_set, lease.member))
+
+
+def _refused(code: str, message: str, limit: int) -> RateLimited:
+    return rate_limited(message, code, retry_after=1, limits=request_limits(limit, 0, 1))

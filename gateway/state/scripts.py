@@ -1,0 +1,176 @@
+"""The Lua scripts: every change to shared state is one atomic script on the server.
+
+Why Lua: a charge reads and writes several buckets (rpm and tpm together, all or nothing) and a
+lease checks a count and adds to it; done as separate commands, two gateways interleave between
+the read and the write and both admit. A script runs alone on the server, so the check and the
+change are one step for the whole fleet.
+
+Time is the server's (``TIME``), so gateways whose clocks differ still agree; a test passes its
+own ``now`` as the first argument instead (an empty string means "the server's clock"). Times
+are seconds since ``EPOCH`` (not 1970) so that a double keeps sub-microsecond resolution, and
+numbers travel as ``%.17g`` strings (Redis truncates a Lua number reply to an integer).
+
+The GCRA maths is ``gateway.ratelimit`` line for line (``gcra``, ``window``, ``adjusted``), with
+one difference: the slack on "exactly at the limit" is 1 us (the server clock's resolution)
+rather than 1 ns; ``tests/gateway/test_state_limits.py`` checks both give the same verdicts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+EPOCH = 1_700_000_000  # subtracted from the server clock (2023-11-14)
+
+
+@dataclass(frozen=True)
+class Script:
+    name: str
+    source: str
+
+    @property
+    def sha(self) -> str:
+        return hashlib.sha1(self.source.encode()).hexdigest()
+
+
+_NOW = f"""
+local now
+if ARGV[1] ~= '' then
+  now = tonumber(ARGV[1])
+else
+  local t = redis.call('TIME')
+  now = (tonumber(t[1]) - {EPOCH}) + tonumber(t[2]) / 1000000
+end
+local EPS = 1e-6
+local function num(x) return string.format('%.17g', x) end
+"""
+
+# KEYS: one bucket per charge. ARGV: now, then limit, cost, period per charge.
+# Reply: allowed (1/0), now, then per charge: tat, remaining, reset_s, retry_after_s, too_large.
+CHARGE = Script(
+    "charge",
+    _NOW
+    + """
+local n = #KEYS
+local allowed = true
+local results = {}
+for i = 1, n do
+  local limit = tonumber(ARGV[3 * i - 1])
+  local cost = tonumber(ARGV[3 * i])
+  local period = tonumber(ARGV[3 * i + 1])
+  local v = redis.call('GET', KEYS[i])
+  local tat = v and tonumber(v) or now
+  local t_unit = period / limit
+  local new = math.max(tat, now) + cost * t_unit
+  local r = {limit = limit, period = period, t_unit = t_unit}
+  if new - now <= period + EPS then
+    r.tat = new; r.retry = 0; r.too_large = 0
+  else
+    allowed = false
+    r.tat = tat
+    if cost > limit then r.retry = 'inf'; r.too_large = 1
+    else r.retry = new - period - now; r.too_large = 0 end
+  end
+  results[i] = r
+end
+local out = {allowed and 1 or 0, num(now)}
+for i = 1, n do
+  local r = results[i]
+  local shown = r.tat  -- as ratelimit.MemoryStore: a charge allowed alone shows its window
+  local used = math.max(0, shown - now)
+  local remaining = math.floor((r.period - used) / r.t_unit + EPS)
+  remaining = math.max(0, math.min(r.limit, remaining))
+  local retry = r.retry
+  if retry ~= 'inf' then retry = num(retry) end
+  table.insert(out, num(shown))
+  table.insert(out, remaining)
+  table.insert(out, num(used))
+  table.insert(out, retry)
+  table.insert(out, r.too_large)
+  if allowed then
+    local ttl_ms = math.ceil((r.tat - now) * 1000) + 1000
+    redis.call('SET', KEYS[i], num(r.tat), 'PX', ttl_ms)
+  end
+end
+return out
+""",
+)
+
+# KEYS: the bucket. ARGV: now, delta, limit, period. A refund never goes below "full".
+ADJUST = Script(
+    "adjust",
+    _NOW
+    + """
+local delta = tonumber(ARGV[2])
+local limit = tonumber(ARGV[3])
+local period = tonumber(ARGV[4])
+local v = redis.call('GET', KEYS[1])
+local tat = v and tonumber(v) or now
+local step = delta * period / limit
+local new
+if delta < 0 then new = math.max(now, tat + step) else new = math.max(tat, now) + step end
+if new <= now then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], num(new), 'PX', math.ceil((new - now) * 1000) + 1000)
+end
+return num(new)
+""",
+)
+
+# KEYS: the key's lease set, the in-flight cap's lease set.
+# ARGV: now, ttl_s, member, key_limit (0: none), cap (0: none).
+# Reply: {0: granted | 1: key at its limit | 2: cap full, holders of the refusing set, now}.
+ACQUIRE = Script(
+    "acquire",
+    _NOW
+    + """
+local ttl = tonumber(ARGV[2])
+local member = ARGV[3]
+local key_limit = tonumber(ARGV[4])
+local cap = tonumber(ARGV[5])
+local ttl_ms = math.ceil(ttl * 2000)
+if key_limit > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', num(now))
+  local held = redis.call('ZCARD', KEYS[1])
+  if held >= key_limit then return {1, held, num(now)} end
+end
+if cap > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', num(now))
+  local held = redis.call('ZCARD', KEYS[2])
+  if held >= cap then return {2, held, num(now)} end
+end
+if key_limit > 0 then
+  redis.call('ZADD', KEYS[1], num(now + ttl), member)
+  redis.call('PEXPIRE', KEYS[1], ttl_ms)
+end
+if cap > 0 then
+  redis.call('ZADD', KEYS[2], num(now + ttl), member)
+  redis.call('PEXPIRE', KEYS[2], ttl_ms)
+end
+return {0, 0, num(now)}
+""",
+)
+
+# KEYS: the members set, then one lease set per held lease. ARGV: now, ttl_s, gateway id, then
+# the member in each lease set. Renews (or, after the store restarted empty, re-creates) this
+# gateway's membership and leases; reply: the live gateways.
+RENEW = Script(
+    "renew",
+    _NOW
+    + """
+local ttl = tonumber(ARGV[2])
+local ttl_ms = math.ceil(ttl * 2000)
+local exp = num(now + ttl)
+redis.call('ZADD', KEYS[1], exp, ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', num(now))
+redis.call('PEXPIRE', KEYS[1], ttl_ms)
+for i = 2, #KEYS do
+  redis.call('ZADD', KEYS[i], exp, ARGV[i + 2])
+  redis.call('PEXPIRE', KEYS[i], ttl_ms)
+end
+return redis.call('ZCARD', KEYS[1])
+""",
+)
+
+ALL = (CHARGE, ADJUST, ACQUIRE, RENEW)

@@ -1,0 +1,234 @@
+"""The connection to the shared store: scripts in one round trip, an ordered outbox, a heartbeat.
+
+Why an outbox: what must not block or fail a request (a tpm settlement, a lease release) is
+queued and sent by one task, batched into one pipeline per wake-up (a request's release and its
+settlement leave together: one round trip), in order with the lease renewals, so a renewal
+can never re-create a lease released just before it. The same task renews every lease this
+gateway holds and its membership every ``ttl / 3`` s: one script, whose answer is the number of
+live gateways (for the fallback shares) and whose failure or success drives ``Link``.
+
+The request path calls ``script`` (admission: a charge, a lease): one round trip, bounded by
+``GATEWAY_STATE_TIMEOUT_S``, no retries (a retry is the fallback's job). While the link is down
+the request path does not touch the network at all; only the heartbeat probes.
+
+Every round trip is counted (``round_trips``, the ``gateway_state_round_trips_total`` metric).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisError
+
+from gateway.state.link import Link, Policy
+from gateway.state.scripts import ALL, RENEW, Script
+from gateway.state.url import redact
+
+log = logging.getLogger("gateway.state")
+
+PREFIX = "gw:"
+MEMBERS = PREFIX + "members"
+
+Command = tuple[Any, ...]  # ("ZREM", key, member) or (Script, keys, args)
+
+
+class StateDown(Exception):
+    """The store is not usable now (the link is in fallback, or this call just failed)."""
+
+
+class HeldLeases:
+    """What the heartbeat renews: ``(lease set, member)`` pairs (``leases.Leases``)."""
+
+    def held(self) -> list[tuple[str, str]]:
+        return []
+
+
+class SharedState:
+    def __init__(
+        self,
+        url: str,
+        policy: Policy = "local",
+        lease_ttl_s: float = 10.0,
+        timeout_s: float = 0.25,
+        gateway_id: str | None = None,
+    ) -> None:
+        self.url = url
+        self.ttl_s = lease_ttl_s
+        self.timeout_s = timeout_s
+        self.id = gateway_id or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self.link = Link(redact(url), policy, lease_ttl_s / 3)
+        self.round_trips = 0
+        self.leases: HeldLeases = HeldLeases()
+        self._redis = aioredis.Redis.from_url(
+            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0), health_check_interval=0, decode_responses=True,
+        )  # fmt: skip
+        self._outbox: list[Command] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    # -- state ---------------------------------------------------------------------------------
+
+    @property
+    def fallback(self) -> bool:
+        return self.link.fallback
+
+    @property
+    def gateways(self) -> int:
+        return self.link.gateways
+
+    def local_or_refuse(self) -> None:
+        """The store is down: return to use the local fallback, or raise the ``closed`` 503."""
+        if self.link.policy == "closed":
+            raise self.link.refusal()
+
+    def describe(self) -> dict[str, object]:
+        return {**self.link.describe(), "gateway_id": self.id, "round_trips": self.round_trips}
+
+    # -- the request path ----------------------------------------------------------------------
+
+    async def script(self, script: Script, keys: Sequence[str], args: Sequence[object]) -> Any:
+        """Run ``script`` now (one round trip); ``StateDown`` if the store cannot answer."""
+        if self.link.fallback:
+            raise StateDown(self.link.reason)
+        try:
+            return await self._eval(script, keys, args)
+        except (TimeoutError, RedisError, OSError) as exc:
+            self.link.failed(_why(exc))
+            raise StateDown(_why(exc)) from None
+
+    async def _eval(self, script: Script, keys: Sequence[str], args: Sequence[object]) -> Any:
+        self.round_trips += 1
+        try:
+            return await self._redis.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:  # a new or restarted server: load every script once, again
+            await self._load()
+            self.round_trips += 1
+            return await self._redis.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    async def _load(self) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        for script in ALL:
+            pipe.execute_command("SCRIPT", "LOAD", script.source)
+        self.round_trips += 1
+        await pipe.execute()
+
+    # -- the outbox ----------------------------------------------------------------------------
+
+    def send(self, command: Command) -> None:
+        """Queue a write that must not block a request; dropped while the link is down (a lost
+        release expires with its TTL; a lost settlement is a refund not given)."""
+        if self.link.fallback or self._closing:
+            return
+        self._outbox.append(command)
+        self._wake.set()
+
+    async def _flush(self, commands: list[Command]) -> list[Any]:
+        pipe = self._redis.pipeline(transaction=False)
+        for cmd in commands:
+            if isinstance(cmd[0], Script):
+                script, keys, args = cmd
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            else:
+                pipe.execute_command(*cmd)
+        self.round_trips += 1
+        results = await pipe.execute(raise_on_error=False)
+        redo = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if redo:  # a restarted server: the scripts once, then what they refused
+            await self._load()
+            again = await self._flush([commands[i] for i in redo])
+            for i, r in zip(redo, again, strict=True):
+                results[i] = r
+        for r in results:
+            if isinstance(r, Exception):
+                raise r
+        return list(results)
+
+    def _renewal(self) -> Command:
+        held = self.leases.held()
+        keys = [MEMBERS, *(k for k, _ in held)]
+        args: list[object] = ["", self.ttl_s, self.id, *(m for _, m in held)]
+        return (RENEW, keys, args)
+
+    async def beat(self) -> int:
+        """Renew membership and leases now, with whatever is queued; the live gateways."""
+        commands, self._outbox = [*self._outbox, self._renewal()], []
+        self._wake.clear()
+        try:
+            results = await self._flush(commands)
+        except (TimeoutError, RedisError, OSError) as exc:
+            self.link.failed(_why(exc))
+            raise StateDown(_why(exc)) from None
+        gateways = int(results[-1])
+        self.link.recovered(gateways)
+        return gateways
+
+    async def _run(self) -> None:
+        interval = self.ttl_s / 3
+        loop = asyncio.get_running_loop()
+        next_beat = loop.time() + interval  # ``start`` just beat
+        while True:
+            timeout = max(0.0, next_beat - loop.time())
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            if loop.time() >= next_beat or self.link.fallback:
+                next_beat = loop.time() + interval
+                with contextlib.suppress(StateDown):
+                    await self.beat()
+                if self.link.fallback:  # probe again after the interval, not at once
+                    self._outbox.clear()
+                    await asyncio.sleep(max(0.0, next_beat - loop.time()))
+                continue
+            commands, self._outbox = self._outbox, []
+            self._wake.clear()
+            if not commands:
+                continue
+            try:
+                await self._flush(commands)
+            except (TimeoutError, RedisError, OSError) as exc:
+                self.link.failed(_why(exc))
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Join the fleet (one heartbeat); unreachable or refused: one line, and the policy."""
+        try:
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                await self._load()  # the request path's first script then needs no second trip
+            await self.beat()
+            log.info("shared state %s: %d gateway(s) live, leases renewed every %gs (TTL %gs)",
+                     self.link.where, self.gateways, self.ttl_s / 3, self.ttl_s)  # fmt: skip
+        except StateDown:
+            pass  # Link.failed logged the one line
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="shared-state")
+
+    async def stop(self) -> None:
+        """Leave: flush what is queued, give back every lease and the membership (best effort:
+        whatever is not given back expires with its TTL)."""
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if not self.link.fallback:
+            commands = [*self._outbox, ("ZREM", MEMBERS, self.id)]
+            commands += [("ZREM", k, m) for k, m in self.leases.held()]
+            with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
+                await self._flush(commands)
+        await self._redis.aclose()
+
+
+def _why(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"[:200]

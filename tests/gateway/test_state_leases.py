@@ -1,0 +1,170 @@
+"""Fleet-wide concurrency leases (``gateway.state.leases``) against a real redis-server: limits
+hold across gateways, a dead holder's slots come back within the TTL, renewals keep them alive
+and rebuild a store restarted empty, and a store that is down falls back to local shares (or a
+503 under ``closed``) without failing a request."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from gateway.errors import OpenAIError
+from gateway.state.admission import FleetAdmission
+from gateway.state.leases import CAP_SET, KEY_SET, Leases
+from gateway.state.store import SharedState
+from tests.support.process import free_port
+from tests.support.redis import RedisServer
+
+pytestmark = pytest.mark.redis
+
+
+async def fresh(url: str, n: int, ttl_s: float = 1.5, **kw: object) -> list[Leases]:
+    states = [SharedState(url, lease_ttl_s=ttl_s, **kw) for _ in range(n)]  # type: ignore[arg-type]
+    await states[0]._redis.flushdb()
+    for s in states:
+        await s.start()
+    return [Leases(s) for s in states]
+
+
+async def close(fleet: list[Leases]) -> None:
+    for lz in fleet:
+        await lz.state.stop()
+
+
+def test_a_key_limit_and_the_cap_hold_across_gateways(redis_server: RedisServer) -> None:
+    async def go() -> None:
+        fleet = await fresh(redis_server.url, 3)
+        try:
+            results = await asyncio.gather(
+                *(fleet[i % 3].acquire("k", 2, 0, timeout_s=0) for i in range(6)),
+                return_exceptions=True,
+            )
+            granted = [r for r in results if not isinstance(r, BaseException)]
+            refused = [r for r in results if isinstance(r, OpenAIError)]
+            assert len(granted) == 2 and len(refused) == 4
+            assert {r.code for r in refused} == {"per_key_limit"} and refused[0].status == 429
+            assert await fleet[0].state._redis.zcard(KEY_SET + "k") == 2
+            # The cap: 3 slots for everyone; a fourth waits until one is given back anywhere.
+            for lz, lease in zip(fleet, granted, strict=False):
+                lz.release(lease)  # type: ignore[arg-type]
+            held = [await fleet[i].acquire(f"u{i}", 0, 3) for i in range(3)]
+            waiter = asyncio.create_task(fleet[0].acquire("u9", 0, 3, timeout_s=5))
+            await asyncio.sleep(0.3)
+            assert not waiter.done()
+            t0 = time.monotonic()
+            fleet[1].release(held[1])
+            await asyncio.wait_for(waiter, 2)
+            assert time.monotonic() - t0 < 0.5
+            with pytest.raises(OpenAIError) as err:
+                await fleet[2].acquire("u8", 0, 3, timeout_s=0.2)
+            assert err.value.code == "wait_timeout"
+        finally:
+            await close(fleet)
+
+    asyncio.run(go())
+
+
+def test_a_dead_gateway_gives_its_slots_back_within_the_ttl(redis_server: RedisServer) -> None:
+    async def go() -> None:
+        fleet = await fresh(redis_server.url, 2, ttl_s=1.5)
+        try:
+            dead, alive = fleet
+            for _ in range(2):
+                await dead.acquire("k", 2, 0)
+            with pytest.raises(OpenAIError):
+                await alive.acquire("k", 2, 0)
+            # Dies without a word: no release, no renewal.
+            assert dead.state._task is not None
+            dead.state._task.cancel()
+            dead.state.link.fallback = True  # its stop() must not give anything back either
+            t0 = time.monotonic()
+            await asyncio.sleep(1.0)  # renewed ones would still be held; these still are
+            with pytest.raises(OpenAIError):
+                await alive.acquire("k", 2, 0)
+            while True:
+                try:
+                    await alive.acquire("k", 2, 0)
+                    break
+                except OpenAIError:
+                    await asyncio.sleep(0.05)
+            assert time.monotonic() - t0 <= 1.5 + 0.3
+            assert await alive.state._redis.zcard(KEY_SET + "k") == 1
+        finally:
+            await close(fleet)
+
+    asyncio.run(go())
+
+
+def test_renewals_keep_leases_and_rebuild_an_emptied_store(redis_server: RedisServer) -> None:
+    async def go() -> None:
+        fleet = await fresh(redis_server.url, 1, ttl_s=0.9)
+        lz = fleet[0]
+        try:
+            lease = await lz.acquire("k", 2, 5)
+            await asyncio.sleep(2.0)  # > 2 TTLs: alive only because it is renewed
+            r = lz.state._redis
+            assert await r.zscore(KEY_SET + "k", lease.member) is not None
+            await r.flushdb()  # the store restarted empty
+            assert await lz.state.beat() == 1
+            assert await r.zscore(CAP_SET, lease.member) is not None
+            assert await r.zscore(KEY_SET + "k", lease.member) is not None
+            lz.release(lease)
+            await asyncio.sleep(0.1)
+            assert await r.zcard(CAP_SET) == 0 and await r.zcard(KEY_SET + "k") == 0
+        finally:
+            await close(fleet)
+
+    asyncio.run(go())
+
+
+def test_a_store_that_is_down_falls_back_to_local_shares_or_refuses() -> None:
+    async def go() -> None:
+        nowhere = f"redis://127.0.0.1:{free_port()}/0"
+        local = SharedState(nowhere, "local", lease_ttl_s=3.0)
+        await local.start()  # one warning line, then the fallback
+        assert local.fallback and local.describe()["mode"] == "local"
+        local.link.gateways = 2  # the last membership it saw
+        lz = Leases(local)
+        a = await lz.acquire("k", 4, 0)
+        await lz.acquire("k", 4, 0)
+        with pytest.raises(OpenAIError) as err:
+            await lz.acquire("k", 4, 0)  # 4 // 2 gateways
+        assert err.value.code == "per_key_limit"
+        lz.release(a)
+        await lz.acquire("k", 4, 0)
+        await local.stop()
+
+        closed = SharedState(nowhere, "closed", lease_ttl_s=3.0)
+        await closed.start()
+        with pytest.raises(OpenAIError) as err:
+            await Leases(closed).acquire("k", 4, 0)
+        assert err.value.status == 503 and err.value.code == "state_unavailable"
+        assert err.value.retry_after == 1
+        await closed.stop()
+
+    asyncio.run(go())
+
+
+def test_admission_takes_a_fleet_lease_per_slot_and_gives_it_back(
+    redis_server: RedisServer,
+) -> None:
+    async def go() -> None:
+        fleet = await fresh(redis_server.url, 2)
+        try:
+            adms = [FleetAdmission(8, 8, 5.0, per_key_limit=1, shared=lz) for lz in fleet]
+            async with adms[0].slot("k"):
+                assert fleet[0].count() == 1
+                with pytest.raises(OpenAIError) as err:
+                    async with adms[1].slot("k"):
+                        pass
+                assert err.value.code == "per_key_limit"
+                assert adms[1].inflight == 0  # the local slot was given back too
+            assert fleet[0].count() == 0 and adms[0].inflight == 0
+            async with adms[1].slot("k"):
+                pass
+        finally:
+            await close(fleet)
+
+    asyncio.run(go())

@@ -1,0 +1,92 @@
+"""A real ``redis-server`` for tests: a private instance on a free loopback port, no disk.
+
+Started as a session leader (``--save '' --appendonly no``: nothing persisted, a restart comes
+back empty, which is what the failure tests need), waited for with PING and a deadline, and
+stopped by process group. ``stop()`` then ``start()`` again reuses the port, so gateways
+configured with its URL see "Redis went away and came back empty". Under CI a missing
+``redis-server`` fails the test (``.ci/install-redis.sh`` installs it); elsewhere it skips.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.support.process import free_port
+
+
+def redis_server_binary() -> str:
+    path = shutil.which("redis-server")
+    if path is None:
+        message = "redis-server not on PATH (Debian: apt-get install redis-server)"
+        if os.environ.get("CI", "").strip():
+            pytest.fail(message + "; .ci/install-redis.sh installs it", pytrace=False)
+        pytest.skip(message)
+    return path
+
+
+@dataclass
+class RedisServer:
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout_s: float = 10.0) -> RedisServer:
+        argv = [
+            redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+            "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
+        ]  # fmt: skip
+        log = (self.workdir / "redis.log").open("ab")
+        self.proc = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+        log.close()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited {self.proc.returncode}: {self.log()}")
+            if self.ping():
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise TimeoutError(f"redis-server on {self.port} not answering PING: {self.log()}")
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """SIGKILL the group (no persistence: nothing to flush) and wait for it to be gone."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+        self.proc = None
+        deadline = time.monotonic() + 10
+        while self.ping() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def log(self) -> str:
+        try:
+            return (self.workdir / "redis.log").read_text(errors="replace")[-2000:]
+        except OSError:
+            return "(no log)"
