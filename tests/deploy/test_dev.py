@@ -16,7 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -25,8 +24,10 @@ import pytest
 
 from deploy.dev import DevError, Restartable, Role, Stopped, Supervisor, restart_replica
 from entrypoint.process import descendants
+from tests.support.load import steady_chats
 from tests.support.process import REPO, ServerProcess, consecutive_free_ports, free_port
 from tests.support.stack import chat_once
+from tests.support.wait import wait_until
 
 READY_S = 420  # engine start (40-150 s on 2 shared cores) + warm-up
 
@@ -345,41 +346,18 @@ def _replicas(gateway: str) -> dict[str, dict]:
     return {r["name"]: r for r in body.get("replicas") or []}
 
 
-def _wait(what, timeout_s: float, dev: ServerProcess):  # type: ignore[no-untyped-def]
-    """Poll ``what`` until truthy; a gateway that does not answer in time is "not yet"."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if got := what():
-                return got
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"never happened\n{dev.log_tail()}")
+def _wait(what, why: str, timeout_s: float, dev: ServerProcess):  # type: ignore[no-untyped-def]
+    """``wait_until`` (a gateway that does not answer in time is "not yet"), with dev's log."""
+    try:
+        return wait_until(what, why, timeout_s, interval_s=0.5)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{dev.log_tail()}") from None
 
 
 def _make_rolling_restart(tmp_path: Path, gateway_port: int, run_dir: Path, gateway: str):  # type: ignore[no-untyped-def]
     """``make rolling-restart`` against the running make dev stack, under a light load (one
     client, a chat every 0.5 s): returns (the make run, every request's status)."""
-    results: list[int | str] = []
-    stop = threading.Event()
-
-    def client() -> None:
-        with httpx.Client(timeout=120) as c:
-            i = 0
-            while not stop.is_set():
-                body = {"model": "gemma-4-tiny", "max_tokens": 8,
-                        "messages": [{"role": "user", "content": f"rolling {i}"}]}  # fmt: skip
-                try:
-                    results.append(c.post(f"{gateway}/v1/chat/completions", json=body).status_code)
-                except httpx.HTTPError as exc:
-                    results.append(type(exc).__name__)
-                i += 1
-                stop.wait(0.5)
-
-    load = threading.Thread(target=client, daemon=True)
-    load.start()
-    try:
+    with steady_chats(gateway, clients=1, tag="rolling") as results:
         roll = subprocess.run(
             ["make", "--no-print-directory", "rolling-restart", "PROFILE=cpu",
              f"DEV_RUN_DIR={run_dir}"],
@@ -387,10 +365,7 @@ def _make_rolling_restart(tmp_path: Path, gateway_port: int, run_dir: Path, gate
             env={**os.environ, "GATEWAY_PORT": str(gateway_port),
                  "GATEWAY_INTERNAL_TOKEN_FILE": str(tmp_path / "internal-token")},
         )  # fmt: skip
-    finally:
-        stop.set()
-        load.join(timeout=130)
-    return roll, results
+    return roll, list(results)
 
 
 @pytest.mark.engine
@@ -413,7 +388,12 @@ def test_make_dev_replicas_restarts_a_killed_replica_and_ctrl_c_stops_all(
     try:
         dev.start(timeout_s=READY_S)
         both = lambda: all(r["state"] == "ready" for r in _replicas(gateway).values())  # noqa: E731
-        _wait(lambda: set(_replicas(gateway)) == set(names) and both(), READY_S, dev)
+        _wait(
+            lambda: set(_replicas(gateway)) == set(names) and both(),
+            "both replicas ready",
+            READY_S,
+            dev,
+        )
         seen |= set(descendants(dev.pid))
         pid0 = int((run_dir / "engine-0.pid").read_text())
         pid1 = int((run_dir / "engine-1.pid").read_text())
@@ -429,7 +409,7 @@ def test_make_dev_replicas_restarts_a_killed_replica_and_ctrl_c_stops_all(
             r = _replicas(gateway)[names[1]]
             return r["state"] == "ready" and r["engine_instance"] != old1
 
-        _wait(back, READY_S, dev)
+        _wait(back, "replica 1 ready with a new instance", READY_S, dev)
         assert set(codes) == {200}, "replica 0 kept the gateway serving"
         assert not [p for p in tree1 if _alive(p)], "the killed replica's vLLM was not left behind"
         assert int((run_dir / "engine-0.pid").read_text()) == pid0 and _alive(pid0)
