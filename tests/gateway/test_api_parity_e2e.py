@@ -21,6 +21,7 @@ from tests.support.gateway import RunningGateway
 
 pytestmark = pytest.mark.engine
 MODEL = "gemma-4-tiny"
+DELTA = "response.output_text.delta"
 
 
 def clients(gateway: RunningGateway, engine: Engine) -> dict[str, openai.OpenAI]:
@@ -48,8 +49,10 @@ def test_responses_api_same_shape_both_ways(gateway: RunningGateway, engine: Eng
 
 
 def test_responses_stream_same_events_both_ways(gateway: RunningGateway, engine: Engine) -> None:
-    """Greedy, so both ways generate the same text: the same events in the same order (one
-    delta per token included), the same text."""
+    """Greedy, so both ways generate the same text: the same events in the same order and
+    number, the same text. Only the number of text deltas may differ: vLLM merges tokens the
+    API server has not sent yet into one delta (a busy machine: 2 deltas one way, 3 the other
+    for the same 4 tokens), so a run of deltas counts as one event, holding 1 to 4 of them."""
     seen = {}
     for name, client in clients(gateway, engine).items():
         with client.responses.stream(
@@ -58,11 +61,17 @@ def test_responses_stream_same_events_both_ways(gateway: RunningGateway, engine:
             events = list(s)
             final = s.get_final_response()
         types = [e.type for e in events]
-        assert types[0] == "response.created" and types[-1] == "response.completed", types
         assert final.usage.output_tokens == 4
         assert [e.sequence_number for e in events] == list(range(len(events)))
-        deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
-        seen[name] = (types, deltas, final.output_text)
+        deltas = [e.delta for e in events if e.type == DELTA]
+        assert 1 <= len(deltas) <= 4, types
+        runs = [t for i, t in enumerate(types) if not (t == DELTA and i and types[i - 1] == DELTA)]
+        seen[name] = (runs, "".join(deltas), final.output_text)
+    assert seen["gateway"][0] == [
+        "response.created", "response.in_progress", "response.output_item.added",
+        "response.content_part.added", DELTA, "response.output_text.done",
+        "response.content_part.done", "response.output_item.done", "response.completed",
+    ]  # fmt: skip
     assert seen["gateway"] == seen["engine"]
 
 
