@@ -148,10 +148,10 @@ docker-base: ## build the local base image (debootstrap; for machines without a 
 	deploy/base-image.sh $(BASE_IMAGE_LOCAL)
 
 # Stamps live outside the wheelhouse: its content is part of the image layers' cache keys.
-$(WHEELS).stamp-full: $(LOCK) pyproject.toml entrypoint/cpu/vllm-alias/pyproject.toml
+$(WHEELS).stamp-full: $(LOCK) pyproject.toml entrypoint/cpu/vllm-alias/pyproject.toml deploy/wheels.sh
 	PIP="$(PY_HOST) -m pip" deploy/wheels.sh $(WHEELS)
 	touch $@ $(WHEELS).stamp-light
-$(WHEELS).stamp-light: $(LOCK) pyproject.toml
+$(WHEELS).stamp-light: $(LOCK) pyproject.toml deploy/wheels.sh
 	PIP="$(PY_HOST) -m pip" deploy/wheels.sh --light $(WHEELS)
 	touch $@
 

