@@ -42,6 +42,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# An httpx timeout or network error while waiting for a server: "not yet", not a failure.
+NOT_YET = (httpx.TimeoutException, httpx.NetworkError)
+
+
 def _listening(port: int) -> bool:
     """Whether something accepts connections on 127.0.0.1:``port``."""
     with socket.socket() as s:
@@ -221,12 +225,17 @@ class GatewayProcess(RunningServer):
 def wait_for_instance(gw: GatewayProcess, timeout_s: float = 30.0) -> str:
     """The engine instance the gateway currently sees (waits until it sees one)."""
     deadline = time.monotonic() + timeout_s
+    state: dict[str, object] | str = "no answer"
     while time.monotonic() < deadline:
-        state = gw.state()
-        if state["engine_instance"] and state["state"] != "engine_down":
-            return str(state["engine_instance"])
+        try:
+            state = gw.state()
+        except NOT_YET as exc:  # a busy gateway's slow answer is "not yet"
+            state = repr(exc)
+        else:
+            if state["engine_instance"] and state["state"] != "engine_down":
+                return str(state["engine_instance"])
         time.sleep(0.1)
-    raise TimeoutError(f"gateway never saw the engine: {gw.state()}\n{gw.log_tail()}")
+    raise TimeoutError(f"gateway never saw the engine: {state}\n{gw.log_tail()}")
 
 
 def mark_warm(gw: GatewayProcess, timeout_s: float = 30.0) -> str:
@@ -258,18 +267,25 @@ def mark_all_warm(
     ``only``), once the gateway sees each; returns {replica name: instance}."""
     deadline = time.monotonic() + timeout_s
     done: dict[str, str] = {}
+    pending: list[dict[str, object]] = []
     while True:
-        pending = [r for r in replicas(gw) if only is None or r["name"] in only]
+        try:
+            pending = [r for r in replicas(gw) if only is None or r["name"] in only]
+        except NOT_YET:  # a busy gateway's slow answer is "not yet"
+            pending = []
         for rep in pending:
             name, instance = str(rep["name"]), rep["engine_instance"]
             if rep["state"] == "ready":
                 done[name] = str(instance)
             elif instance and rep["state"] != "engine_down":
-                r = httpx.post(
-                    f"{gw.url}/internal/warmup", headers=gw.internal_headers, timeout=5,
-                    json={"engine_instance": instance, "status": "passed", "step": None,
-                          "detail": None},
-                )  # fmt: skip
+                try:
+                    r = httpx.post(
+                        f"{gw.url}/internal/warmup", headers=gw.internal_headers, timeout=5,
+                        json={"engine_instance": instance, "status": "passed", "step": None,
+                              "detail": None},
+                    )  # fmt: skip
+                except NOT_YET:
+                    continue
                 if r.status_code == 200:
                     done[name] = str(instance)
         if pending and all(str(r["name"]) in done for r in pending):

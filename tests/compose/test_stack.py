@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from tests.compose.docker import engine_problem, require
+from tests.support.load import steady_chats
 from tests.support.process import REPO, consecutive_free_ports, free_port
 from tests.support.stack import MODEL, chat_once
 from tests.support.wait import wait_until
@@ -148,8 +149,12 @@ def _replicas(stack: Stack) -> list[dict[str, object]]:
     return list(health.json()["replicas"])
 
 
-@pytest.mark.timeout(UP_TIMEOUT_S + BUILD_SLACK_S + 600)
+@pytest.mark.timeout(3 * UP_TIMEOUT_S + BUILD_SLACK_S + 600)
 def test_two_replicas_serve_and_a_crashed_one_is_restarted_and_rewarmed(stack: Stack) -> None:
+    """``make up ENGINE_REPLICAS=2``: both serve; a crashed replica is restarted by compose and
+    re-warmed by the sidecar while the other serves; then ``make rolling-restart`` itself (its
+    compose path: ``docker compose restart engine-<i>``, one replica at a time) under a light
+    load fails no request and leaves both ready with new engine instances."""
     up = stack.make("up", timeout=UP_TIMEOUT_S + BUILD_SLACK_S, ENGINE_REPLICAS="2")
     try:
         assert up.returncode == 0, f"make up failed:\n{_tail(up)}"
@@ -214,6 +219,18 @@ def test_two_replicas_serve_and_a_crashed_one_is_restarted_and_rewarmed(stack: S
         warmed = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
                      if line.startswith("vllm:request_success_total{"))  # fmt: skip
         assert warmed > 0, seen
+
+        instances = {str(r["name"]): r["engine_instance"] for r in _replicas(stack)}
+        with steady_chats(stack.url, clients=1, tag="compose rolling") as results:
+            roll = stack.make("rolling-restart", timeout=2 * UP_TIMEOUT_S, ENGINE_REPLICAS="2")
+        assert roll.returncode == 0, _tail(roll)
+        assert "done: 2 replica(s) restarted" in roll.stdout, _tail(roll)
+        now = {str(r["name"]): r for r in _replicas(stack)}
+        for name, old_instance in instances.items():
+            assert now[name]["state"] == "ready", now
+            assert now[name]["engine_instance"] not in (None, old_instance), (instances, now)
+        failed = [r for r in results if r != 200]
+        assert results and failed == [], (len(results), failed[:5])
     finally:
         down = stack.make("down", timeout=180, ENGINE_REPLICAS="2")
     assert down.returncode == 0, _tail(down)

@@ -151,9 +151,13 @@ def test_a_disconnect_settles_what_was_generated(gw: RunningGateway, engine: Eng
         "the disconnected stream's tokens settled", 60,
     )  # fmt: skip
     generated = engine_metric(engine.url, "vllm:generation_tokens_total") - generated_before
-    # what was streamed to the client (the role chunk excluded), not max_tokens; the engine may
-    # have produced a few more before its abort that nobody received
-    assert 5 <= settled <= generated < FULL, (settled, generated)
+    # what was streamed to the client (the role chunk excluded), never more than the engine
+    # generated; the engine may have produced a few more before its abort that nobody received.
+    # Whether the abort beat the end of generation is a race on a starved 2-core machine (seen
+    # once: all FULL tokens generated before the disconnect reached the engine): the charge and
+    # the refund below are the property; the abort itself is tested with the engine's running
+    # count (test_faults).
+    assert 5 <= settled <= generated <= FULL, (settled, generated)
     r = post(gw, BIG, body(1, False))
     remaining = int(r.headers["x-ratelimit-remaining-tokens"])
     assert reserved > FULL and remaining > 100000 - reserved  # the unused reservation came back

@@ -15,10 +15,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-import httpx
+from bench.gatewayproc import NOT_YET
 
 T = TypeVar("T")
-NOT_YET = (httpx.TimeoutException, httpx.NetworkError)
 
 
 def _timed_out(what: str, timeout_s: float, last: object, error: BaseException | None) -> str:
