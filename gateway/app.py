@@ -19,6 +19,7 @@ The path of one completion request, file by file: ``app.py`` (dispatch) ->
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib.metadata
 import logging
 import os
@@ -171,6 +172,11 @@ class GatewayApp(FastAPI):
             async with running(self.config) as components:
                 self.components = components
                 self.generation = generation_handlers(components)
+                # Everything built so far lives as long as the process (FastAPI's routes and
+                # models, pydantic's validators, the parts): out of the collector's sight, so a
+                # full collection under a burst does not walk them (+30% CPU per request at 256
+                # simultaneous arrivals without this; gateway/README.md, the token path).
+                gc.freeze()
                 started = True
                 try:
                     yield
