@@ -178,7 +178,8 @@ def test_max_concurrency_2_holds_at_the_engine_across_three_gateways(
         sampler.join(10)
     codes = sorted(code for code, _ in answers)
     refused = [text for code, text in answers if code == 429]
-    print(f"max_concurrency 2 over 3 gateways: {codes}, engine running max {max(running)}, "
+    print(f"max_concurrency 2 over 3 gateways: {codes}, engine running max {max(running)} "
+          f"({len(running)} samples), "
           f"streams at once max {streams.most}")  # fmt: skip
     why = transitions(fleet)
     assert set(codes) <= {200, 429} and codes.count(200) >= 2 and refused, why
