@@ -170,3 +170,17 @@ def test_a_slow_store_falls_back_within_the_timeout_and_comes_back(
             await admin.stop()
 
     asyncio.run(go())
+
+
+def test_an_unparsable_state_url_refuses_the_start_in_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from env.settings import EngineSettings, GatewaySettings
+    from gateway.app import ConfigError, create_app
+
+    settings = GatewaySettings(
+        state_url="redis://:hunter2@state:port/0", internal_token_file=tmp_path / "token"
+    )
+    with pytest.raises(ConfigError) as err:
+        create_app(engine=EngineSettings(), settings=settings)
+    message = str(err.value)
+    assert message.startswith("GATEWAY_STATE_URL=") and "\n" not in message
+    assert "hunter2" not in message
