@@ -205,5 +205,6 @@ class EngineMonitor:
             except Exception:
                 log.exception("health poll failed")
             self._poke.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poke.wait(), self.health_poll_s)
+            with contextlib.suppress(TimeoutError):  # asyncio.timeout keeps a cancel (wire.py)
+                async with asyncio.timeout(self.health_poll_s):
+                    await self._poke.wait()

@@ -262,12 +262,13 @@ class EnginePool:
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
         try:
-            _, conn = await asyncio.wait_for(
-                loop.create_connection(
+            # asyncio.timeout, not wait_for: on 3.11 wait_for returns the connection's outcome
+            # and drops a cancel that lands in the same loop turn (a refused connect at shutdown
+            # after a busy spell), and the cancelled monitor then polled on forever
+            async with asyncio.timeout(self.connect_timeout_s):
+                _, conn = await loop.create_connection(
                     lambda: _Connection(loop), self.host, self.port, ssl=self.ssl or None
-                ),
-                self.connect_timeout_s,
-            )
+                )
         except TimeoutError:
             raise httpx.ConnectTimeout(
                 f"no connection to {self.host}:{self.port} within {self.connect_timeout_s:g} s"
