@@ -220,36 +220,43 @@ def test_the_in_flight_cap_holds_for_all_gateways_together(
 def test_a_sigkilled_gateway_gives_its_leases_back_within_the_ttl(
     engine: Engine, redis_server: RedisServer, store: redis.Redis, fleet: list[RunningGateway]
 ) -> None:
+    """The doomed gateway is SIGKILLed the moment it holds both of the key's leases (the set in
+    Redis is the witness: on this loaded 2-core machine a client's probe can take longer than
+    the streams). Its leases are then orphans: any request answered 200 before they expire
+    would be a bug; one is admitted within the TTL; nothing stays held."""
     env = {**fleet[0].env}
     for k in ("GATEWAY_PORT", "GATEWAY_INTERNAL_TOKEN_FILE"):
         env.pop(k)
+    key_set = "gw:lease:key:two-at-once"
     with run_gateway(engine.url, env=env) as doomed:
         mark_warm(doomed)
         pool = ThreadPoolExecutor(2)
         streams = [pool.submit(chat, doomed, CONC2, 1900, True) for _ in range(2)]
-        wait_until(lambda: store.zcard("gw:lease:key:two-at-once") == 2, "2 leases held", 30)
-        # The key's two slots are the doomed's: others are refused. (On this shared, loaded
-        # machine a gateway can stall past its renewals now and then: the lease then lapses, as
-        # designed, and one request gets through; the check is repeated, the leases re-taken.)
-        wait_until(
-            lambda: chat(fleet[0], CONC2).status_code == 429
-            and store.zcard("gw:lease:key:two-at-once") == 2,
-            f"the doomed gateway's 2 leases refuse others\n{transitions([*fleet, doomed])}", 30,
-        )  # fmt: skip
+        wait_until(lambda: store.zcard(key_set) == 2, "2 leases held", 30, interval_s=0.01)
         os.killpg(doomed.pid, signal.SIGKILL)
         killed = time.monotonic()
         assert doomed.server.proc is not None
         doomed.server.proc.wait(timeout=10)
+        orphans = store.zrange(key_set, 0, -1, withscores=True)
+        assert len(orphans) == 2, orphans  # still held: killed before its streams ended
+        expiry = min(score for _, score in orphans)
         for f in streams:
             with contextlib.suppress(httpx.HTTPError):
                 f.result(timeout=60)
         pool.shutdown()
-        while chat(fleet[1], CONC2).status_code != 200:
+        while True:
+            r = chat(fleet[1], CONC2)
+            sec, usec = store.time()
+            answered = sec - 1_700_000_000 + usec / 1e6  # the scripts' clock (scripts.EPOCH)
+            if r.status_code == 200:
+                assert answered >= expiry, "admitted while the dead gateway's leases were valid"
+                break
+            assert r.status_code == 429 and "per_key_limit" in r.text, r.text
             assert time.monotonic() - killed < TTL_S + 2.0, "the dead gateway's leases stayed"
             time.sleep(0.1)
         freed = time.monotonic() - killed
     print(f"SIGKILLed gateway's 2 leases free after {freed:.2f} s (TTL {TTL_S} s)")
-    wait_until(lambda: store.zcard("gw:lease:key:two-at-once") == 0, "nothing stays held", 10)
+    wait_until(lambda: store.zcard(key_set) == 0, "nothing stays held", 10)
 
 
 def test_redis_down_under_load_fails_nothing_and_comes_back_shared_and_exact(
