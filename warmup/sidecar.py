@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -107,6 +108,9 @@ class Sidecar:
     replica_index: int | None = None  # a replica of this host: the cache save names it
     slot: asyncio.Semaphore | None = None  # shared by the replicas: bounds concurrent plans
     warm: WarmState = field(default_factory=WarmState)
+    # The compile-cache write-back, (profile, replica index) -> (ok, message); run in a thread.
+    # A field so that tests can hand in a save that succeeds or fails without a real cache.
+    save_cache: Callable[[str, int | None], tuple[bool, str]] = cache_save
 
     @classmethod
     def load(
@@ -244,11 +248,13 @@ class Sidecar:
         print_summary(outcome.report, self.console)
         self.reporter.log(f"report written to {self.report_path}")
         if outcome.status == "passed" and w.cache_save:
-            ok, msg = await asyncio.to_thread(cache_save, self.profile, self.replica_index)
+            ok, msg = await asyncio.to_thread(self.save_cache, self.profile, self.replica_index)
             # ``msg`` is the save's own account ("...: saved N bytes to P" or "nothing saved").
             # A failed save means every later cold start compiles from scratch (10-30+ min on
-            # TPU): it goes into the report an operator and the ops server read, not only a log.
+            # TPU): it goes into the report an operator and the ops server read, and into the
+            # status server's /metrics (ops/prometheus/rules.yml alerts on it), not only a log.
             outcome.report["cache_save"] = {"ok": ok, "message": msg}
+            self.warm.saved(ok)
             write_report(outcome.report, self.report_path)
             self.reporter.log(msg if ok else f"ERROR: compile cache NOT saved: {msg}")
         return outcome

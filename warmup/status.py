@@ -15,8 +15,16 @@ yet: waiting for the engine's readiness or for its turn). With several replicas 
 200 only if every one passed (the body lists each) and ``/ready?replica=host:port`` answers for
 one. ``GET /livez`` is 200 while the process runs.
 
+``GET /metrics`` is Prometheus text (format 0.0.4) about the compile-cache save that follows a
+passed warm-up (issue 26: a failed save must be loud, not a log line, because every later cold
+start then compiles from scratch): ``warmup_compile_cache_saved{replica}`` is 1 after a save
+that succeeded, 0 after one that failed, and absent before any save (nothing to judge yet: an
+alert on ``== 0`` must not fire for a replica still warming);
+``warmup_compile_cache_save_failures_total{replica}`` counts failed saves since the process
+started (0 from the start, so that ``increase()`` sees the first one). Written by hand: the warm-up image has no prometheus_client.
+
 The server is ``asyncio.start_server`` with a minimal HTTP/1.1 answer (``Connection: close``):
-the warm-up image has no web framework, and two read-only GETs do not need one.
+the warm-up image has no web framework, and three read-only GETs do not need one.
 """
 
 from __future__ import annotations
@@ -39,6 +47,11 @@ State = Literal["waiting", "running", "passed", "failed", "engine_down"]
 SEVERITY: tuple[State, ...] = ("failed", "engine_down", "running", "waiting")
 PROBE_TIMEOUT_S = 2.0
 HEAD_TIMEOUT_S = 5.0
+JSON_TYPE = "application/json"
+METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"  # Prometheus' text exposition format
+# The metric families /metrics serves (ops/prometheus/rules.yml alerts on the first).
+CACHE_SAVED = "warmup_compile_cache_saved"
+CACHE_SAVE_FAILURES = "warmup_compile_cache_save_failures_total"
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
            503: "Service Unavailable"}  # fmt: skip
 
@@ -56,6 +69,16 @@ class WarmState:
     step: str | None = None
     detail: str | None = None
     since: float = field(default_factory=time.time)
+    # The compile-cache save after a pass: None until one ran, then whether the latest succeeded.
+    # Not touched by ``set``: it describes the cache on disk, which outlives an engine instance.
+    cache_saved: bool | None = None
+    cache_save_failures: int = 0
+
+    def saved(self, ok: bool) -> None:
+        """Record the outcome of a compile-cache save (``/metrics`` tells it)."""
+        self.cache_saved = ok
+        if not ok:
+            self.cache_save_failures += 1
 
     def set(
         self,
@@ -92,6 +115,26 @@ async def probe_instance(url: str, timeout_s: float = PROBE_TIMEOUT_S) -> str | 
     return engine_instance(resp.text)
 
 
+def _label(value: str) -> str:
+    """A label value escaped as the text format requires (backslash, double quote, newline)."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def metrics_text(replicas: list[Tracked]) -> str:
+    """The ``/metrics`` page: the compile-cache save gauge and failure counter per replica."""
+    saved = [f"# HELP {CACHE_SAVED} 1 if the latest compile-cache save after a passed warm-up "
+             "succeeded, 0 if it failed (absent before any save)",
+             f"# TYPE {CACHE_SAVED} gauge"]  # fmt: skip
+    failures = [f"# HELP {CACHE_SAVE_FAILURES} Compile-cache saves that failed since start",
+                f"# TYPE {CACHE_SAVE_FAILURES} counter"]  # fmt: skip
+    for r in replicas:
+        label = f'{{replica="{_label(r.name)}"}}'
+        if r.warm.cache_saved is not None:
+            saved.append(f"{CACHE_SAVED}{label} {int(r.warm.cache_saved)}")
+        failures.append(f"{CACHE_SAVE_FAILURES}{label} {r.warm.cache_save_failures}")
+    return "\n".join(saved + failures) + "\n"
+
+
 def judge(warm: WarmState, current: str | None) -> State:
     """The replica's state given the engine's current instance (pure)."""
     if current is not None and warm.instance == current and warm.state != "engine_down":
@@ -100,7 +143,7 @@ def judge(warm: WarmState, current: str | None) -> State:
 
 
 class StatusServer:
-    """Answers ``/ready`` and ``/livez`` for the replicas of one sidecar."""
+    """Answers ``/ready``, ``/livez`` and ``/metrics`` for the replicas of one sidecar."""
 
     def __init__(self, replicas: list[Tracked], probe: Probe = probe_instance) -> None:
         self.replicas = replicas
@@ -139,18 +182,22 @@ class StatusServer:
         overall = "passed" if states == {"passed"} else next(s for s in SEVERITY if s in states)
         return (200 if overall == "passed" else 503), {"state": overall, "replicas": docs}
 
-    async def answer(self, method: str, target: str) -> tuple[int, dict[str, Any]]:
+    async def answer(self, method: str, target: str) -> tuple[int, dict[str, Any] | str]:
+        """(status, JSON document) for /ready and /livez; (status, text) for /metrics."""
         path, _, query = target.partition("?")
-        if path not in ("/ready", "/livez"):
-            return 404, {"error": f"no route {path}; try /ready or /livez"}
+        if path not in ("/ready", "/livez", "/metrics"):
+            return 404, {"error": f"no route {path}; try /ready, /livez or /metrics"}
         if method not in ("GET", "HEAD"):
             return 405, {"error": f"{method} not allowed; use GET"}
         if path == "/livez":
             return 200, {"status": "ok"}
+        if path == "/metrics":
+            return 200, metrics_text(self.replicas)
         return await self.ready(query)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         method = "GET"
+        doc: dict[str, Any] | str
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT_S)
             parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()
@@ -159,10 +206,11 @@ class StatusServer:
             else:
                 method = parts[0]
                 code, doc = await self.answer(method, parts[1])
-            body = json.dumps(doc).encode()
+            text = isinstance(doc, str)
+            body = doc.encode() if isinstance(doc, str) else json.dumps(doc).encode()
             lines = [
                 f"HTTP/1.1 {code} {REASONS.get(code, 'Error')}",
-                "Content-Type: application/json",
+                f"Content-Type: {METRICS_TYPE if text else JSON_TYPE}",
                 f"Content-Length: {len(body)}",
                 "Cache-Control: no-store",
                 "Connection: close",

@@ -326,6 +326,15 @@ def test_autoscaler_waits_out_a_cold_start(overlay: str) -> None:
     assert hpa["minReplicas"] == one(objs, "Deployment", "gemma4-engine")["spec"]["replicas"]
     pm = one(objs, "PodMonitoring", "gemma4-engine")["spec"]
     assert pm["endpoints"][0]["port"] == "http" and pm["endpoints"][0]["path"] == "/metrics"
+    # The warm-up sidecar's /metrics (the compile-cache save alert), a job of its own so that
+    # up{job="gemma4-engine"} stays the engine's: on the status port, which serves the route.
+    pm = one(objs, "PodMonitoring", "gemma4-warmup")["spec"]
+    pod = one(objs, "Deployment", "gemma4-engine")["spec"]["template"]
+    assert pm["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    [endpoint] = pm["endpoints"]
+    warmup = container(pod["spec"], "warmup")
+    assert port_number(warmup, endpoint["port"]) == spec.WARMUP_STATUS_PORT
+    assert endpoint["path"] == "/metrics" and '"/metrics"' in _routes("warmup/status.py")
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -530,7 +539,8 @@ def test_engine_network_policy_admits_only_the_listed_peers(overlay: str) -> Non
     epp = _src("10.8.0.9", app="gemma4-epp")
     proxy = _src("10.129.0.17", None)  # an Envoy of the region's proxy-only subnet
     pool = "inference-pool" in spec.OVERLAYS[overlay].components
-    allowed = {(id(gw), http), (id(gw), warm), (id(gmp), http)}
+    # the collectors scrape the engine's /metrics and the sidecar's (status port)
+    allowed = {(id(gw), http), (id(gw), warm), (id(gmp), http), (id(gmp), warm)}
     if pool:
         allowed |= {(id(epp), http), (id(proxy), http)}
     others = [

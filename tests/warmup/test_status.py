@@ -1,4 +1,4 @@
-"""warmup/status.py: /ready and /livez over a real loopback socket, the engine probe faked.
+"""warmup/status.py: /ready, /livez and /metrics over a real loopback socket, the probe faked.
 
 The probe is the only thing replaced (``instances``: replica URL -> its current instance, or
 absent for an engine that does not answer), so every answer goes through the server's own
@@ -15,8 +15,18 @@ from typing import Any
 import httpx
 import pytest
 
+from ops.prom import Scrape
 from tests.warmup.fakes import FakeEngine, serve
-from warmup.status import EngineDown, StatusServer, Tracked, WarmState, judge, probe_instance
+from warmup.status import (
+    CACHE_SAVE_FAILURES,
+    CACHE_SAVED,
+    EngineDown,
+    StatusServer,
+    Tracked,
+    WarmState,
+    judge,
+    probe_instance,
+)
 
 A, B = "http://127.0.0.1:8000", "http://127.0.0.1:8001"
 
@@ -145,6 +155,42 @@ def test_livez_and_bad_requests() -> None:
     assert nope.startswith(b"HTTP/1.1 404 ")
     assert garbage.startswith(b"HTTP/1.1 400 ")
     assert head.startswith(b"HTTP/1.1 200 ") and head.endswith(b"\r\n\r\n"), "HEAD: no body"
+
+
+def test_metrics_tell_each_replicas_cache_save_and_only_after_one() -> None:
+    """The gauge is absent until a save ran (an alert on 0 must not fire while warming), then
+    follows the latest save; the counter starts at 0 and keeps every failure."""
+    a, b = one(WarmState("passed", "1.0")), one(WarmState("running", "2.0"), B, 'odd"name\\')
+
+    async def go() -> list[httpx.Response]:
+        server = StatusServer([a, b], fake_probe({}))  # /metrics never asks the engine
+        port = await server.start("127.0.0.1", 0)
+        pages = []
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+                pages.append(await client.get("/metrics"))
+                a.warm.saved(False)
+                pages.append(await client.get("/metrics"))
+                a.warm.saved(True)
+                b.warm.saved(False)
+                pages.append(await client.get("/metrics"))
+        finally:
+            await server.close()
+        return pages
+
+    pages = asyncio.run(go())
+    for resp in pages:
+        assert resp.status_code == 200
+        assert resp.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    fresh, failed, later = (Scrape.parse(r.text) for r in pages)
+    assert CACHE_SAVED not in {name for name, _, _ in fresh.samples}
+    assert fresh.by_label(CACHE_SAVE_FAILURES, "replica") == {"127.0.0.1:8000": 0.0,
+                                                              'odd"name\\': 0.0}  # fmt: skip
+    assert failed.by_label(CACHE_SAVED, "replica") == {"127.0.0.1:8000": 0.0}
+    assert failed.get(CACHE_SAVE_FAILURES, replica="127.0.0.1:8000") == 1.0
+    assert later.by_label(CACHE_SAVED, "replica") == {"127.0.0.1:8000": 1.0, 'odd"name\\': 0.0}
+    assert later.by_label(CACHE_SAVE_FAILURES, "replica") == {"127.0.0.1:8000": 1.0,
+                                                              'odd"name\\': 1.0}  # fmt: skip
 
 
 def test_judge_never_calls_an_unknown_instance_passed() -> None:
