@@ -88,8 +88,10 @@ class ReplicaSet:
         dns: tuple[str, str, int] | None = None,
         dns_refresh_s: float = 5.0,
         resolver: Resolver = resolve_all,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.options = options
+        self.clock = clock  # every replica's health and the set's own ``since``: one clock
         self.admission = admission
         self.scheduler = scheduler
         self.min_ready = min_ready
@@ -100,7 +102,7 @@ class ReplicaSet:
         self.replicas: list[Replica] = []
         self._retired: list[Replica] = []
         self._listeners: list[Callable[[Snapshot], None]] = []
-        self._serving = Snapshot("engine_down", None, None, None, 0.0)
+        self._serving = Snapshot("engine_down", None, None, None, clock())  # not 1970
         self._health = self._serving
         self._next_control = 0
         self._started = False
@@ -113,7 +115,7 @@ class ReplicaSet:
 
     def _make(self, up: Upstream) -> Replica:
         o = self.options
-        health = HealthTracker()
+        health = HealthTracker(self.clock)
         pool = EnginePool(up.url, o.connect_timeout_s)
         control = make_client(up.url, CONTROL_CONNECTIONS, o.connect_timeout_s, 10.0)
         warm = _warm_status(control, up, o.warmup_status_port) if o.warmup_status_port else None
@@ -216,19 +218,21 @@ class ReplicaSet:
         """One snapshot for the set: ``ready`` when ``ok``; else the most hopeful replica's."""
         snaps = [r.health.snapshot() for r in self.replicas]
         if self.draining:
-            return Snapshot("draining", None, None, None, _since(keep, "draining"))
+            return Snapshot("draining", None, None, None, _since(keep, "draining", self.clock))
         if ok:
             ready = [s for s in snaps if s.ready]
             first = ready[0] if len(self.replicas) == 1 else None
             return Snapshot("ready", first.engine_instance if first else None, None, None,
-                            _since(keep, "ready"))  # fmt: skip
+                            _since(keep, "ready", self.clock))  # fmt: skip
         if len(snaps) == 1:
             return snaps[0]
         for state in _HOPE:
             for s in snaps:
                 if s.state == state:
-                    return replace(s, since=_since(keep, state))
-        return Snapshot("engine_down", None, None, "no replicas", _since(keep, "engine_down"))
+                    return replace(s, since=_since(keep, state, self.clock))
+        return Snapshot(
+            "engine_down", None, None, "no replicas", _since(keep, "engine_down", self.clock)
+        )
 
     def serving(self) -> Snapshot:
         """Whether new requests are taken: ``ready`` while any replica is routable."""
@@ -310,8 +314,8 @@ class ReplicaSet:
         return routable[self._next_control].control
 
 
-def _since(keep: Snapshot | None, state: State) -> float:
-    return keep.since if keep is not None and keep.state == state else time.time()
+def _since(keep: Snapshot | None, state: State, clock: Callable[[], float]) -> float:
+    return keep.since if keep is not None and keep.state == state else clock()
 
 
 def _warm_status(

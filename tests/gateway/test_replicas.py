@@ -153,3 +153,19 @@ async def test_a_replica_that_left_is_closed_only_after_its_last_request() -> No
     await rs._close_retired()
     assert leaving.control.is_closed
     await rs.stop()
+
+
+async def test_the_set_and_its_replicas_share_one_clock() -> None:
+    """``since`` of every snapshot, aggregated or per replica, comes from the injected clock
+    (a mix with the wall clock made a fake clock's times meaningless, as in deploy.dev)."""
+    now = [5000.0]
+    rs, _ = make(2, clock=lambda: now[0])
+    assert rs.health().since == 5000.0  # engine_down since the set was built
+    now[0] = 5010.0
+    up(rs, 0, "i0")
+    assert rs.replicas[0].health.snapshot().since == 5010.0
+    assert rs.health().state == "ready" and rs.health().since == 5010.0
+    now[0] = 5020.0
+    rs._changed()
+    assert rs.health().since == 5010.0  # still ready: the transition's time is kept
+    await rs.stop()
