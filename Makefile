@@ -81,13 +81,15 @@ gateway: $(PROJECT_STAMP) ## serve the OpenAI-compatible gateway for PROFILE (12
 pytest = rc=0; $(PY) -m pytest $(1) $(PYTEST_ARGS) || rc=$$?; \
 	if [ -n "$${PYTEST_STATUS_FILE:-}" ]; then echo $$rc > "$$PYTEST_STATUS_FILE"; fi; exit $$rc
 
-# pytest-xdist workers: the tests that need no engine or Docker spread over them, the rest run
-# one at a time on one worker (tests/conftest.py groups them); TEST_WORKERS=0 runs in-process.
+# pytest-xdist workers for the tests that need neither the engine nor Docker (make test-unit;
+# TEST_WORKERS=0 runs in-process). make test runs in one process: its engine and Docker tests
+# share one engine and one stack at a time, and xdist 3.8's loadgroup, which would keep them on
+# one worker, does nothing under pytest 9 (it renames item._nodeid; pytest 9 reads item._id).
 TEST_WORKERS ?= 2
-xdist = $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadgroup)
+xdist = $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS))
 
 test: install ## the whole suite, shuffled (unit + real CPU engine + compose smoke); PYTEST_ARGS=
-	$(call pytest,$(xdist))
+	$(call pytest,)
 
 test-unit: $(PROJECT_STAMP) ## fast tests, no engine, no Docker (PYTEST_ARGS="-p no:randomly": file order)
 	$(call pytest,-m "not engine and not docker" $(xdist))

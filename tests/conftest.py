@@ -94,25 +94,3 @@ def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untype
         terminalreporter.section("skips not allowed under CI (.ci/allowed-skips.txt)", red=True)
         for node_id, reason in unexpected:
             terminalreporter.line(f"SKIPPED {node_id}: {reason}")
-
-
-# --- parallel runs (pytest-xdist, ``make test`` passes -n) ----------------------------------------
-
-SERIAL_MARKERS = ("engine", "docker")
-SERIAL_FIXTURES = {"engine", "tiny_model"}
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Every test that needs the engine or Docker goes to one worker, in its shuffled order.
-
-    Under ``-n N --dist loadgroup`` the tests that need neither spread over the workers, while
-    one worker runs the rest one at a time, as a serial run does: one shared CPU engine per
-    session (~3 GB, ~40 s to start) and one compose stack at a time on a 2-core machine. A test
-    is serial by its marker or by the fixtures it uses (an unmarked test that asks for the engine
-    would otherwise start a second one on another worker). Without xdist the mark does nothing.
-    """
-    serial = pytest.mark.xdist_group("serial")
-    for item in items:
-        uses = set(getattr(item, "fixturenames", ()))
-        if any(item.get_closest_marker(m) for m in SERIAL_MARKERS) or uses & SERIAL_FIXTURES:
-            item.add_marker(serial)
