@@ -106,10 +106,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     log = replica.engine_log_path(
         OpsSettings.load(args.profile), cache_settings, engine, args.replica
     )
+    env = {**os.environ, **rendered.env}
+    cores = replica.bound_cores(env.get("VLLM_CPU_OMP_THREADS_BIND"))
+    if cores and hasattr(os, "sched_setaffinity"):  # inherited by vLLM (replica.bound_cores)
+        allowed = cores & os.sched_getaffinity(0)
+        if allowed:
+            os.sched_setaffinity(0, allowed)
+            listed = ",".join(map(str, sorted(allowed)))
+            print(f"entrypoint: vLLM confined to cores {listed}", file=sys.stderr, flush=True)
     header = f"entrypoint: {seeded}\n{command}\n"
     return run_group(
         rendered.argv,
-        {**os.environ, **rendered.env},
+        env,
         grace_s=stop_grace_s(engine.shutdown_timeout_s),
         log_path=log,
         log_header=header,

@@ -166,7 +166,8 @@ def cpu_environ(
     vLLM's CPU worker pins its OpenMP threads (``VLLM_CPU_OMP_THREADS_BIND=auto``: the host's
     cores but one, the same ones for every process that asks). Two replicas would then spin on
     the same cores: measured on 2 cores, a replica restarted next to a busy one did not finish
-    starting in 10 minutes, its worker pinned to the core the busy one's threads spin on. So,
+    starting in 10 minutes (its ``import torch`` stalled moving onto the busy core: the launcher
+    now also confines each pinned engine to its own cores, ``bound_cores``). So,
     unless the profile binds by hand (``bind``), each replica gets its own slice of the host's
     cores (``os.sched_getaffinity``), or ``nobind`` (the OS schedules) when there are fewer
     cores than replicas."""
@@ -179,6 +180,32 @@ def cpu_environ(
         return {"VLLM_CPU_OMP_THREADS_BIND": "nobind"}
     mine = cores[index * each : (index + 1) * each]
     return {"VLLM_CPU_OMP_THREADS_BIND": ",".join(str(c) for c in mine)}
+
+
+def bound_cores(bind: str | None) -> set[int] | None:
+    """The cores a ``VLLM_CPU_OMP_THREADS_BIND`` value pins the engine to, None when it pins
+    none (unset, ``auto``, ``nobind``, or not a core list). vLLM's format: comma-separated cores
+    or ``a-b`` ranges, one group per tensor-parallel rank separated by ``|``.
+
+    The launcher confines the whole engine (API server, engine core, workers) to these cores
+    before it starts vLLM. A fresh process's ``import torch`` counts physical cores through MKL
+    (``MKL_Read_ThreadENV_Count_Cores``, from ``at::init_num_threads``), which moves the thread
+    onto every core it may run on, one after the other (seen with strace). Moving onto a core
+    where another engine's pinned OpenMP worker is busy stalled in the kernel
+    (``affine_move_task``, no CPU time gained) for as long as that worker stayed busy: a replica
+    restarted next to a loaded one printed nothing for 10 minutes (caught by
+    ``entrypoint.procdiag`` in a CI run). Confined to its own cores, the probe never leaves them.
+    """
+    if not bind or bind.strip() in ("auto", "nobind"):
+        return None
+    cores: set[int] = set()
+    for group in bind.split("|"):
+        for item in group.split(","):
+            lo, sep, hi = item.strip().partition("-")
+            if not lo.isdigit() or (sep and not hi.isdigit()):
+                return None
+            cores.update(range(int(lo), int(hi if sep else lo) + 1))
+    return cores or None
 
 
 def process_port(index: int) -> int:

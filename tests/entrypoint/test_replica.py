@@ -238,3 +238,16 @@ def test_compose_tpu_engine_keeps_no_lockfile_across_restarts() -> None:
 
     compose = yaml.safe_load((ENV_DIR.parent / "docker-compose.tpu.yml").read_text())
     assert "/tmp" in compose["services"]["engine"]["tmpfs"]
+
+
+def test_bound_cores_reads_vllms_bind_format() -> None:
+    """The cores the launcher confines a pinned engine to (see ``bound_cores``: MKL's core
+    probe at ``import torch`` must not move the process onto another engine's busy core)."""
+    from entrypoint.replica import bound_cores
+
+    assert bound_cores("1") == {1}
+    assert bound_cores("0,2") == {0, 2}
+    assert bound_cores("0-3") == {0, 1, 2, 3}
+    assert bound_cores("0-1|4-5") == {0, 1, 4, 5}  # one group per tensor-parallel rank
+    for unpinned in (None, "", "auto", "nobind", " auto ", "cores", "1-x", "-1"):
+        assert bound_cores(unpinned) is None, unpinned

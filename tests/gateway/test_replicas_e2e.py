@@ -44,9 +44,21 @@ def engine2(tmp_path_factory: pytest.TempPathFactory, tiny_model: None) -> Itera
         tmp_path_factory.mktemp("engine2"), extra_env={"VLLM_CPU_OMP_THREADS_BIND": last_core}
     )
     try:
+        assert_confined(eng, {int(last_core)})
         yield eng
     finally:
         eng.stop()
+
+
+def assert_confined(eng: Engine, cores: set[int]) -> None:
+    """The launcher confined the whole engine to its bound cores (entrypoint.replica.
+    bound_cores): a fresh engine's ``import torch`` must not move onto the session engine's
+    busy core (the restart that stalled in the kernel for 10 minutes)."""
+    masks = {}
+    for pid in [eng.server.pid, *descendants(eng.server.pid)]:
+        with contextlib.suppress(ProcessLookupError):  # a helper process that just exited
+            masks[pid] = os.sched_getaffinity(pid)
+    assert masks and all(m <= cores for m in masks.values()), masks
 
 
 @pytest.fixture(scope="module")
@@ -254,6 +266,7 @@ def test_a_rolling_restart_under_load_fails_no_request(
         old = instance()
         engine2.server.stop()
         engine2.server.start()
+        assert_confined(engine2, {max(os.sched_getaffinity(0))})
         wait_until(lambda: instance() not in (None, old), f"{name2}'s new instance seen", 120)
         mark_all_warm(pair, only={name2})
 
