@@ -119,8 +119,9 @@ class Leases:
             pause = min(next(polls, _POLL_S[-1]), max(0.0, deadline - loop.time()))
             self._freed.clear()
             # A local release wakes at once; a remote one is seen at the next poll.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._freed.wait(), pause)
+            with contextlib.suppress(TimeoutError):  # asyncio.timeout keeps a cancel (wire.py)
+                async with asyncio.timeout(pause):
+                    await self._freed.wait()
 
     async def _try(
         self, member: str, key: str, key_set: str | None, key_limit: int, cap: int

@@ -180,8 +180,11 @@ class SharedState:
         next_beat = loop.time() + interval  # ``start`` just beat
         while True:
             timeout = max(0.0, next_beat - loop.time())
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            # asyncio.timeout, not wait_for: 3.11's wait_for can drop the cancel that stops this
+            # loop when the wake-up lands in the same turn, and the shutdown would wait forever
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
             if loop.time() >= next_beat or self.link.fallback:
                 next_beat = loop.time() + interval
                 with contextlib.suppress(StateDown):
