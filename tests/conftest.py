@@ -24,7 +24,7 @@ import pytest
 
 from entrypoint import tinymodel
 from env.settings import CacheSettings
-from tests.support.engine import PROFILE, Engine, start_engine
+from tests.support.engine import PROFILE, Engine, start_engine, start_engine2
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +36,17 @@ def tiny_model() -> None:
 @pytest.fixture(scope="session")
 def engine(tmp_path_factory: pytest.TempPathFactory, tiny_model: None) -> Iterator[Engine]:
     eng = start_engine(tmp_path_factory.mktemp("engine"))
+    try:
+        yield eng
+    finally:
+        eng.stop()
+
+
+@pytest.fixture(scope="session")
+def engine2(tmp_path_factory: pytest.TempPathFactory, tiny_model: None) -> Iterator[Engine]:
+    """A second engine for the session, pinned to the last core (multi-replica tests share it;
+    a test that kills or restarts it starts it again before it returns)."""
+    eng = start_engine2(tmp_path_factory.mktemp("engine2"))
     try:
         yield eng
     finally:

@@ -57,7 +57,8 @@ def test_sigterm_finishes_the_streams_in_flight_and_refuses_new_ones(engine: Eng
             }  # fmt: skip
             lines: list[str] = []
             async with client.stream("POST", f"{gw.url}/v1/chat/completions", json=body) as r:
-                assert r.status_code == 200
+                if r.status_code != 200:
+                    raise AssertionError(f"stream {i}: {r.status_code} {(await r.aread())!r}")
                 async for line in r.aiter_lines():
                     if line.startswith("data: "):
                         lines.append(line)
@@ -71,6 +72,9 @@ def test_sigterm_finishes_the_streams_in_flight_and_refuses_new_ones(engine: Eng
                     inflight, queued = await held(client, gw.url)
                     if inflight == 8 and queued >= 2:
                         break
+                    for task in tasks:  # a stream refused or broken says why, now
+                        if task.done() and task.exception() is not None:
+                            raise AssertionError(f"a stream failed: {task.exception()}")
                     assert time.monotonic() < deadline, f"never 8 up, 2 queued: {inflight, queued}"
                     await asyncio.sleep(0.05)
                 gw.server.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]

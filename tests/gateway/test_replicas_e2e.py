@@ -21,7 +21,7 @@ import pytest
 from bench.gatewayproc import mark_all_warm, replicas
 from entrypoint.process import descendants, groups_of
 from tests.gateway.conftest import engine_metric
-from tests.support.engine import Engine, start_engine
+from tests.support.engine import Engine, assert_confined, last_core
 from tests.support.gateway import RunningGateway, run_gateway
 from tests.support.load import steady_chats
 from tests.support.sse import error_events
@@ -33,32 +33,6 @@ SYSTEM = (
     "You are the on-call assistant of a platform team. Answer in one short sentence, cite the "
     "runbook section, never invent a command, and say when a human must decide. " * 5
 )  # longer than the routing key (512 characters): requests differ only after it
-
-
-@pytest.fixture(scope="module")
-def engine2(tmp_path_factory: pytest.TempPathFactory, tiny_model: None) -> Iterator[Engine]:
-    # Its own core, as `serve --replica 1` would pin it (entrypoint/replica.py, cpu_environ): the
-    # session engine's OpenMP threads spin on the host's first cores (vLLM's auto binding).
-    last_core = str(max(os.sched_getaffinity(0)))
-    eng = start_engine(
-        tmp_path_factory.mktemp("engine2"), extra_env={"VLLM_CPU_OMP_THREADS_BIND": last_core}
-    )
-    try:
-        assert_confined(eng, {int(last_core)})
-        yield eng
-    finally:
-        eng.stop()
-
-
-def assert_confined(eng: Engine, cores: set[int]) -> None:
-    """The launcher confined the whole engine to its bound cores (entrypoint.replica.
-    bound_cores): a fresh engine's ``import torch`` must not move onto the session engine's
-    busy core (the restart that stalled in the kernel for 10 minutes)."""
-    masks = {}
-    for pid in [eng.server.pid, *descendants(eng.server.pid)]:
-        with contextlib.suppress(ProcessLookupError):  # a helper process that just exited
-            masks[pid] = os.sched_getaffinity(pid)
-    assert masks and all(m <= cores for m in masks.values()), masks
 
 
 @pytest.fixture(scope="module")
@@ -266,7 +240,7 @@ def test_a_rolling_restart_under_load_fails_no_request(
         old = instance()
         engine2.server.stop()
         engine2.server.start()
-        assert_confined(engine2, {max(os.sched_getaffinity(0))})
+        assert_confined(engine2, {last_core()})
         wait_until(lambda: instance() not in (None, old), f"{name2}'s new instance seen", 120)
         mark_all_warm(pair, only={name2})
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from entrypoint.process import descendants
 from env.settings import EngineSettings
 from tests.support.process import REPO, RunningServer, ServerProcess, free_port
 
@@ -49,3 +52,33 @@ def start_engine(
     )
     server.start()
     return Engine(server=server, port=port, env=env)
+
+
+def last_core() -> int:
+    """The host's last allowed core: where a second engine is pinned, as ``serve --replica 1``
+    would pin it (entrypoint/replica.py, cpu_environ); the session engine's OpenMP threads spin
+    on the host's first cores (vLLM's auto binding)."""
+    return max(os.sched_getaffinity(0))
+
+
+def start_engine2(workdir: Path) -> Engine:
+    """A second engine on its own core (``last_core``), confined there as the launcher must."""
+    core = last_core()
+    eng = start_engine(workdir, extra_env={"VLLM_CPU_OMP_THREADS_BIND": str(core)})
+    try:
+        assert_confined(eng, {core})
+    except BaseException:
+        eng.stop()
+        raise
+    return eng
+
+
+def assert_confined(eng: Engine, cores: set[int]) -> None:
+    """The launcher confined the whole engine to its bound cores (entrypoint.replica.
+    bound_cores): a fresh engine's ``import torch`` must not move onto the session engine's
+    busy core (the restart that stalled in the kernel for 10 minutes)."""
+    masks = {}
+    for pid in [eng.server.pid, *descendants(eng.server.pid)]:
+        with contextlib.suppress(ProcessLookupError):  # a helper process that just exited
+            masks[pid] = os.sched_getaffinity(pid)
+    assert masks and all(m <= cores for m in masks.values()), masks
