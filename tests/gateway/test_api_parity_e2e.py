@@ -22,6 +22,8 @@ from tests.support.gateway import RunningGateway
 pytestmark = pytest.mark.engine
 MODEL = "gemma-4-tiny"
 DELTA = "response.output_text.delta"
+# The installed anthropic SDK has no temperature argument; the engine reads it from the body.
+GREEDY = {"temperature": 0}
 
 
 def clients(gateway: RunningGateway, engine: Engine) -> dict[str, openai.OpenAI]:
@@ -82,11 +84,17 @@ def test_messages_api_same_shape_both_ways(gateway: RunningGateway, engine: Engi
         # Greedy: sampled, the tiny model's random weights can end a turn early (a CI run got
         # 4 tokens of 5, and then the stop reasons of the two ways differ by chance).
         msg = client.messages.create(
-            model=MODEL, max_tokens=5, temperature=0, messages=[{"role": "user", "content": "hi"}]
+            model=MODEL,
+            max_tokens=5,
+            messages=[{"role": "user", "content": "hi"}],
+            extra_body=GREEDY,
         )
         assert msg.type == "message" and msg.usage.output_tokens == 5
         with client.messages.stream(
-            model=MODEL, max_tokens=3, temperature=0, messages=[{"role": "user", "content": "hi"}]
+            model=MODEL,
+            max_tokens=3,
+            messages=[{"role": "user", "content": "hi"}],
+            extra_body=GREEDY,
         ) as stream:
             final = stream.get_final_message()
         assert final.usage.output_tokens == 3
