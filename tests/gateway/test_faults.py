@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from gateway.promtext import metric_sum
-from tests.support.engine import start_engine
+from tests.support.engine import Engine, running_after
 from tests.support.gateway import RunningGateway, mark_warm, run_gateway, wait_for_instance
 from tests.support.process import ServerProcess, free_port
 from tests.support.sse import error_events
@@ -168,21 +168,21 @@ def test_synthetic_upstream_killed_mid_stream_and_recovery(tmp_path: Path) -> No
 
 @pytest.mark.engine
 @pytest.mark.slow
-def test_real_engine_killed_mid_stream_and_recovery(tmp_path: Path, tiny_model: None) -> None:
-    """The same with a second real engine (never the shared one), started only for this test."""
-    eng = start_engine(tmp_path)
-    try:
-        with run_gateway(eng.url, env={"GATEWAY_HEALTH_POLL_S": "1"}) as gw:
-            first = mark_warm(gw)
-            body = {**CHAT, "max_tokens": 1900, "ignore_eos": True}
-            # Kill at the first event: a fast engine could otherwise finish before the kill.
-            vllm = child_group(eng.pid)  # the engine itself, as in a crash (OOM kill)
-            events = stream_then_kill(gw, vllm, body, after_events=1)
-            assert_terminal_error(events)
-            wait_health_503(gw)
-            assert_new_requests_503(gw)
+def test_real_engine_killed_mid_stream_and_recovery(engine2: Engine) -> None:
+    """The same with the session's second real engine (never the first, which most tests use);
+    it serves again afterwards."""
+    with (
+        running_after(engine2) as eng,
+        run_gateway(eng.url, env={"GATEWAY_HEALTH_POLL_S": "1"}) as gw,
+    ):
+        first = mark_warm(gw)
+        body = {**CHAT, "max_tokens": 1900, "ignore_eos": True}
+        # Kill at the first event: a fast engine could otherwise finish before the kill.
+        vllm = child_group(eng.pid)  # the engine itself, as in a crash (OOM kill)
+        events = stream_then_kill(gw, vllm, body, after_events=1)
+        assert_terminal_error(events)
+        wait_health_503(gw)
+        assert_new_requests_503(gw)
 
-            eng.restart()  # same port; the gateway keeps running
-            assert_serves_again(gw, first)
-    finally:
-        eng.stop()
+        eng.restart()  # same port; the gateway keeps running
+        assert_serves_again(gw, first)

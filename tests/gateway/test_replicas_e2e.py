@@ -21,7 +21,7 @@ import pytest
 from bench.gatewayproc import mark_all_warm, replicas
 from entrypoint.process import descendants, groups_of
 from tests.gateway.conftest import engine_metric
-from tests.support.engine import Engine, assert_confined, last_core
+from tests.support.engine import Engine, assert_confined, last_core, running_after
 from tests.support.gateway import RunningGateway, run_gateway
 from tests.support.load import steady_chats
 from tests.support.sse import error_events
@@ -52,10 +52,8 @@ def engine2_restored(pair: RunningGateway, engine2: Engine) -> Iterator[Engine]:
     """For a test that kills or restarts engine2: afterwards it runs and is ready in the gateway
     again, whatever the test did or where it failed, so the module's other tests find it as the
     module fixture gave it (not in the state a failed kill left it)."""
-    yield engine2
-    proc = engine2.server.proc
-    if proc is None or proc.poll() is not None:
-        engine2.server.start()
+    with running_after(engine2):
+        yield engine2
     mark_all_warm(pair, timeout_s=120, only={f"127.0.0.1:{engine2.port}"})
 
 

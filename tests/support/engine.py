@@ -5,8 +5,11 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 from entrypoint.process import descendants
 from env.settings import EngineSettings
@@ -82,3 +85,24 @@ def assert_confined(eng: Engine, cores: set[int]) -> None:
         with contextlib.suppress(ProcessLookupError):  # a helper process that just exited
             masks[pid] = os.sched_getaffinity(pid)
     assert masks and all(m <= cores for m in masks.values()), masks
+
+
+def serving(eng: Engine) -> bool:
+    """The engine answers ``/health`` with 200 now."""
+    try:
+        return httpx.get(f"{eng.url}/health", timeout=10).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextlib.contextmanager
+def running_after(eng: Engine) -> Iterator[Engine]:
+    """For a test that kills or restarts a session engine (``engine2``): afterwards it serves
+    again, whatever the test did or where it failed, so the tests after it find it started (a
+    new instance: a gateway of theirs warms it as it would any engine)."""
+    try:
+        yield eng
+    finally:
+        if not serving(eng):
+            eng.server.stop()  # whatever is left of the group (a killed vLLM's launcher)
+            eng.server.start()

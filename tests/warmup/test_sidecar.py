@@ -26,7 +26,7 @@ import pytest
 
 from entrypoint.cache import active_key
 from env.settings import EngineEnv, EngineSettings, WarmupSettings
-from tests.support.engine import PROFILE, Engine, start_engine
+from tests.support.engine import PROFILE, Engine, running_after
 from tests.support.gateway import RunningGateway, run_gateway, wait_for_instance
 from tests.support.process import REPO
 from warmup.plan import build_plan
@@ -233,34 +233,29 @@ def test_a_failing_step_keeps_health_503_with_that_step(engine: Engine, tmp_path
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_engine_restart_returns_health_to_503_until_the_watcher_rewarms(
-    tiny_model: None, tmp_path: Path
+    engine2: Engine, tmp_path: Path
 ) -> None:
     report_path = tmp_path / "report.json"
-    workdir = tmp_path / "engine"
-    workdir.mkdir()
-    engine = start_engine(workdir)  # its own: restarting the shared engine would affect others
-    try:
-        with run_gateway(engine.url) as gw:
-            env = warmup_env(engine, gw, WARMUP_WATCH_INTERVAL_S="0.5")
-            log = (tmp_path / "watch.log").open("w")
-            watcher = subprocess.Popen(warmup_argv(report_path, "--watch"), env=env, cwd=REPO,
-                                       stdout=log, stderr=subprocess.STDOUT,
-                                       start_new_session=True)  # fmt: skip
-            try:
-                first = wait_health(gw, lambda r: r.status_code == 200, 120)
-                first = first.json()["engine_instance"]
-                with health_poller(gw.url) as samples:
-                    engine.restart()  # same port, new process: a new engine instance
-                    # Wait on the poller's own samples (not a second loop): the sequence asserted
-                    # below must contain the first 200 of the new instance.
-                    new = wait_sample(samples, lambda s: s.code == 200 and s.instance != first, 180)
-            finally:
-                os.killpg(watcher.pid, signal.SIGTERM)
-                code = watcher.wait(timeout=20)
-                log.close()
-            assert code == 0, "the watcher exits cleanly on SIGTERM"
-    finally:
-        engine.stop()
+    # The session's second engine: restarting the first would affect the tests that share it.
+    with running_after(engine2) as engine, run_gateway(engine.url) as gw:
+        env = warmup_env(engine, gw, WARMUP_WATCH_INTERVAL_S="0.5")
+        log = (tmp_path / "watch.log").open("w")
+        watcher = subprocess.Popen(warmup_argv(report_path, "--watch"), env=env, cwd=REPO,
+                                   stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)  # fmt: skip
+        try:
+            first = wait_health(gw, lambda r: r.status_code == 200, 120)
+            first = first.json()["engine_instance"]
+            with health_poller(gw.url) as samples:
+                engine.restart()  # same port, new process: a new engine instance
+                # Wait on the poller's own samples (not a second loop): the sequence asserted
+                # below must contain the first 200 of the new instance.
+                new = wait_sample(samples, lambda s: s.code == 200 and s.instance != first, 180)
+        finally:
+            os.killpg(watcher.pid, signal.SIGTERM)
+            code = watcher.wait(timeout=20)
+            log.close()
+        assert code == 0, "the watcher exits cleanly on SIGTERM"
 
     assert new != first
     statuses_new = [s for s in samples if s.instance == new]
