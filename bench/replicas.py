@@ -312,7 +312,7 @@ def routing_latency(
     replica are in flight, a random one ends, below that one ends half the time: the loads wander
     around 16 per replica as in steady serving, so the pickers compare unequal loads.
     """
-    from gateway.routing import build_scheduler
+    from gateway.routing import Request, build_scheduler
     from gateway.routing.prefix import routing_key
 
     sched = build_scheduler(policy)
@@ -326,7 +326,7 @@ def routing_latency(
         t0 = clock()
         key = routing_key("chat", body)
         t1 = clock()
-        chosen = sched.pick(key, reps)
+        chosen = sched.pick(Request.keyed(key), reps)
         t2 = clock()
         pick_ns.append(t2 - t1)
         total_ns.append(t2 - t0)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from entrypoint import replica as replicas
 from entrypoint.cache import CacheLayout
+from env import kvevents
 from env.settings import CacheSettings, EngineEnv, EngineSettings
 
 _SECRET = re.compile(r"TOKEN|SECRET|PASSWORD|API_KEY", re.IGNORECASE)
@@ -58,7 +59,7 @@ def _json(value: object) -> str:
 QUIET_ENDPOINTS = "/health,/metrics"
 
 
-def engine_args(engine: EngineSettings) -> list[str]:
+def engine_args(engine: EngineSettings, replica: int = 0) -> list[str]:
     """``vllm serve`` arguments for the engine slice, in a stable order. Unset options are left
     to vLLM's own defaults rather than repeated here."""
     args: list[str] = [
@@ -114,6 +115,10 @@ def engine_args(engine: EngineSettings) -> list[str]:
     # engine's access log is mostly those polls (vLLM's own filter, vllm/entrypoints/launchers/
     # cli_args.py; the engine's other requests are still logged).
     args += ["--disable-access-log-for-endpoints", QUIET_ENDPOINTS]
+    if engine.kv_events == "on":  # env/kvevents.py: the addresses derive from the port
+        args += kvevents.publisher_flag(
+            engine.host, engine.port, engine.kv_events_port_offset, replica
+        )
     args += shlex.split(engine.extra_args)
     return args
 
@@ -156,7 +161,7 @@ def render(
     env = engine_environ(mine, runtime, mine_cache)
     env.update(replicas.tpu_environ(engine, replica))
     env.update(replicas.cpu_environ(engine, runtime.vllm_cpu_omp_threads_bind, replica))
-    return Rendered(argv=[vllm, "serve", *engine_args(mine)], env=env)
+    return Rendered(argv=[vllm, "serve", *engine_args(mine, replica)], env=env)
 
 
 def model_path(engine: EngineSettings) -> Path | None:

@@ -93,6 +93,11 @@ class EngineSettings(_Slice):
     additional_config: dict[str, Any] | None = None
     enforce_eager: bool = False
     safetensors_load_strategy: str | None = None
+    # KV-cache events (vLLM --kv-events-config, entrypoint/kvevents.py): "on" publishes every
+    # stored/evicted block over ZMQ so the gateway's kv routing knows what each replica holds.
+    # Replica I publishes on its port + the offset, replays missed batches on port + 2 x offset.
+    kv_events: Literal["on", "off"] = "off"
+    kv_events_port_offset: int = Field(1000, ge=1, le=30000)
     extra_args: str = ""
     # Client contract, enforced by the gateway and checked against max_model_len by the preflight.
     max_prompt_tokens: int | None = Field(None, ge=1)
@@ -183,7 +188,7 @@ class GatewaySettings(_Slice):
     upstream_urls: str = ""  # comma-separated engine base URLs
     upstream_dns: str = ""  # e.g. http://engine.default.svc.cluster.local:8000
     dns_refresh_s: float = Field(5.0, gt=0)
-    routing: Literal["prefix", "least_loaded", "round_robin"] = "prefix"
+    routing: Literal["prefix", "least_loaded", "round_robin", "kv"] = "prefix"
     min_ready_replicas: int = Field(1, ge=1)
     drain_timeout_s: float = Field(30.0, gt=0)
     # >0: also pull each replica's warm-up state from its sidecar (http://<replica host>:<port>

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -38,6 +38,8 @@ from gateway.tenancy import Tenancy
 from gateway.tokens import TokenCounter
 
 if TYPE_CHECKING:
+    from gateway.kvindex import KVIndex
+    from gateway.replica import Replica
     from gateway.state.leases import Leases
     from gateway.state.limits import RedisLimitStore
     from gateway.state.store import SharedState
@@ -121,6 +123,7 @@ async def running(config: GatewayConfig) -> AsyncIterator[Components]:
             _state_gauges(metrics, state[0])
         access_log = AccessLog(s.log_format)
         stack.callback(access_log.flush)  # the last lines, after everything else stopped
+        kv_index = _kv_index(config, lambda: replicas.replicas)  # GATEWAY_ROUTING=kv
         replicas = ReplicaSet(
             config.upstreams,
             ReplicaOptions(
@@ -134,7 +137,7 @@ async def running(config: GatewayConfig) -> AsyncIterator[Components]:
                 s.warmup_status_port,
             ),
             admission,
-            build_scheduler(s.routing),
+            build_scheduler(s.routing, kv_index),
             s.min_ready_replicas,
             config.dns,
             s.dns_refresh_s,
@@ -156,6 +159,14 @@ async def running(config: GatewayConfig) -> AsyncIterator[Components]:
         replicas.subscribe(lambda snap: _on_health(metrics, snap))
         stack.push_async_callback(replicas.stop)
         await replicas.start()
+        if kv_index is not None:  # after the replicas: it subscribes to each of them
+            await kv_index.start()
+            stack.push_async_callback(kv_index.stop)
+            m = metrics
+            m.gauge("gateway_kv_index_blocks", "KV blocks the kv routing index holds, "
+                    "all replicas", lambda: float(kv_index.blocks()))  # fmt: skip
+            m.gauge("gateway_kv_index_live", "Replicas whose KV events this gateway "
+                    "follows now", lambda: float(kv_index.live_count()))  # fmt: skip
         log.info(
             "gateway up: %s, routing %s, in-flight cap %d per replica, queue %d x %gs, auth %s",
             f"replicas from DNS {config.upstream_url}" if config.dns else
@@ -170,6 +181,16 @@ async def running(config: GatewayConfig) -> AsyncIterator[Components]:
             config, policy, config.access, replicas, admission, metrics, completions, access_log,
             None if state is None else state[0],
         )  # fmt: skip
+
+
+def _kv_index(config: GatewayConfig, replicas: Callable[[], Sequence[Replica]]) -> KVIndex | None:
+    """The engines' KV-cache index for ``GATEWAY_ROUTING=kv`` (imports ZMQ only then)."""
+    if config.settings.routing != "kv":
+        return None
+    from gateway.kvindex import KVIndex, hash_algo
+
+    e = config.engine
+    return KVIndex(replicas, e.kv_events_port_offset, hash_algo(e.extra_args))
 
 
 def _shared_state(config: GatewayConfig) -> tuple[SharedState, Leases, RedisLimitStore] | None:

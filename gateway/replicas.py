@@ -42,7 +42,7 @@ from gateway.health import HealthTracker, ReportStatus, Snapshot, StaleInstance,
 from gateway.metrics import ReplicaStats
 from gateway.monitor import EngineMonitor
 from gateway.replica import Replica
-from gateway.routing import Scheduler
+from gateway.routing import Request, Scheduler
 from gateway.saturation import SaturationPolicy
 from gateway.upstream import make_client
 from gateway.wire import EnginePool
@@ -302,8 +302,13 @@ class ReplicaSet:
                 return r.health.snapshot()
         return None
 
-    def pick(self, key: bytes, exclude: tuple[Replica, ...] = ()) -> Replica | None:
-        return self.scheduler.pick(key, self.replicas, exclude)
+    def pick(self, request: Request, exclude: tuple[Replica, ...] = ()) -> Replica | None:
+        return self.scheduler.pick(request, self.replicas, exclude)
+
+    @property
+    def wants_tokens(self) -> bool:
+        """Whether the routing policy scores the prompt's token ids (``kv``)."""
+        return self.scheduler.wants_tokens
 
     def control(self) -> httpx.AsyncClient:
         """An httpx client to a routable replica (in turn), else to the first one."""

@@ -37,7 +37,7 @@ from gateway.health import Snapshot, unavailable
 from gateway.metrics import GatewayMetrics
 from gateway.policy import Policy
 from gateway.replica import Replica
-from gateway.routing.prefix import routing_key
+from gateway.routing.base import Request as RouteRequest
 from gateway.tenancy import Tenancy
 from gateway.tenants import OPEN_TENANT, Tenant
 from gateway.upstream import StreamStats, relay_sse, upstream_error
@@ -81,13 +81,22 @@ class Upstreams(Protocol):
 
     def serving(self) -> Snapshot: ...
 
-    def pick(self, key: bytes, exclude: tuple[Replica, ...] = ()) -> Replica | None: ...
+    def pick(
+        self, request: RouteRequest, exclude: tuple[Replica, ...] = ()
+    ) -> Replica | None: ...
+
+    @property
+    def wants_tokens(self) -> bool:
+        """Whether routing scores the prompt's token ids (``GATEWAY_ROUTING=kv``)."""
+        ...
 
 
 class Counter(Protocol):
     """Prompt token counting (``gateway.tokens.TokenCounter``)."""
 
     async def count(self, parsed: object, request_id: str) -> int | None: ...
+
+    async def ids(self, parsed: object, request_id: str) -> list[int] | None: ...
 
 
 @dataclass(frozen=True)
@@ -102,7 +111,7 @@ class Call:
 
     __slots__ = (
         "body", "caller", "completion_tokens", "forward", "http10", "kind", "path", "phase",
-        "prompt_tokens", "queue_wait_s", "replica", "request_id", "route_key", "started_at",
+        "prompt_tokens", "queue_wait_s", "replica", "request_id", "route", "started_at",
         "strip_usage", "ttft_s", "usage_tail",
     )  # fmt: skip
 
@@ -131,7 +140,7 @@ class Call:
         self.completion_tokens: int | None = None
         self.queue_wait_s: float | None = None
         self.ttft_s: float | None = None
-        self.route_key = b""  # the routing affinity key (the prompt's leading content)
+        self.route = RouteRequest()  # the request as routing sees it (gateway/routing)
         self.replica: str | None = None  # the replica that answered (or failed last)
         self.strip_usage = False  # the usage chunk is the gateway's, not the client's
         self.usage_tail = b""  # where the engine's usage is (token accounting)
@@ -210,11 +219,17 @@ class CompletionService:
         snap = self.upstreams.serving()
         if not snap.ready:
             raise unavailable(snap)
-        call.route_key = routing_key(parsed.kind, parsed.body)
+        call.route = RouteRequest(parsed.kind, parsed.body)
         prompt_tokens = None
+        if self.upstreams.wants_tokens:  # kv routing: the engine's own token ids
+            call.route.tokens = await self.tokens.ids(parsed, call.request_id.decode())
+            if call.route.tokens is not None:  # one prompt: its count, for free
+                prompt_tokens = len(call.route.tokens)
         # A key with a tpm is charged the engine's count, not the loose byte bound.
         exact = parsed.exact_prompt_tokens is not None
-        if needs_count(parsed, policy) or (tenant.tpm is not None and not exact):
+        if prompt_tokens is None and (
+            needs_count(parsed, policy) or (tenant.tpm is not None and not exact)
+        ):
             prompt_tokens = await self.tokens.count(parsed, call.request_id.decode())
         outcome = "skipped" if prompt_tokens is None else "counted"
         self.metrics.token_counts.labels(outcome).inc()
@@ -228,7 +243,7 @@ class CompletionService:
         tried: tuple[Replica, ...] = ()
         failure: httpx.TransportError | None = None
         while True:
-            replica = self.upstreams.pick(call.route_key, tried)
+            replica = self.upstreams.pick(call.route, tried)
             if replica is None:
                 if failure is not None:  # nowhere else to go: the first failure, as it was
                     raise upstream_error(failure, streaming=final.stream)
@@ -248,7 +263,7 @@ class CompletionService:
                     tried, failure = (replica,), exc
                     continue
                 if response.status_code == 503 and not tried:
-                    other = self.upstreams.pick(call.route_key, (replica,))
+                    other = self.upstreams.pick(call.route, (replica,))
                     if other is not None:  # the engine refused before starting: fail over
                         response.close()
                         self.metrics.upstream_errors.labels("EngineUnavailable").inc()

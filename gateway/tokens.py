@@ -60,7 +60,52 @@ class TokenCounter:
         )
         return max(counts)
 
+    async def ids(self, parsed: Parsed, request_id: str) -> list[int] | None:
+        """The prompt's token ids as the engine will see them (for the ``kv`` routing policy),
+        or None when they would not name the engine's cache blocks faithfully: a batch of
+        prompts, media (its blocks hash with the media's identity), a ``cache_salt``, a body
+        ``/tokenize`` cannot render, or a failed call (routing then falls back; the request
+        itself is not failed by it)."""
+        body = parsed.body
+        if body.get("cache_salt") is not None or _has_media(body):
+            return None
+        if parsed.kind == "completions":
+            prompts = parsed.prompt_strings
+            if len(prompts) != 1 or isinstance(body.get("prompt"), list):
+                return None
+            payload: dict[str, Any] | None = {"model": body["model"], "prompt": prompts[0]}
+        else:
+            payload = chat_payload(parsed)
+        if payload is None:
+            return None
+        try:
+            data = await self._post(payload, request_id)
+        except OpenAIError:
+            return None
+        tokens = data.get("tokens") if isinstance(data, dict) else None
+        if not isinstance(tokens, list):
+            return None
+        return tokens
+
     async def _tokenize(self, payload: dict[str, Any], request_id: str, param: str) -> int:
+        r = await self._send(payload, request_id)
+        if r.status_code == 200:
+            try:
+                return int(r.json()["count"])
+            except (ValueError, KeyError, TypeError):
+                raise OpenAIError(502, "bad /tokenize answer from the engine") from None
+        raise _refused(r, param)
+
+    async def _post(self, payload: dict[str, Any], request_id: str) -> Any:
+        r = await self._send(payload, request_id)
+        if r.status_code != 200:
+            raise _refused(r, "messages")
+        try:
+            return r.json()
+        except ValueError:
+            raise OpenAIError(502, "bad /tokenize answer from the engine") from None
+
+    async def _send(self, payload: dict[str, Any], request_id: str) -> httpx.Response:
         content = json.dumps(payload).encode()
         headers = {"content-type": "application/json", "x-request-id": request_id}
         try:
@@ -74,19 +119,30 @@ class TokenCounter:
                 )
         except httpx.HTTPError as exc:
             raise upstream_error(exc, counting=True) from None
-        if r.status_code == 200:
-            try:
-                return int(r.json()["count"])
-            except (ValueError, KeyError, TypeError):
-                raise OpenAIError(502, "bad /tokenize answer from the engine") from None
-        # The engine rejected the prompt itself (bad message structure, bad template args):
-        # a client error, reported with the engine's own message.
-        message = engine_message(r.content) or f"HTTP {r.status_code}"
-        if 400 <= r.status_code < 500:
-            return_status = 400 if r.status_code != 404 else 404
-            raise OpenAIError(return_status, message, code="invalid_prompt", param=param)
-        raise OpenAIError(503, f"the engine failed to count the prompt: {message}",
-                          code="engine_error", retry_after=5)  # fmt: skip
+        return r
+
+
+def _refused(r: httpx.Response, param: str) -> OpenAIError:
+    """The engine rejected the prompt itself (bad message structure, bad template args): a
+    client error, reported with the engine's own message; or it failed to tokenize."""
+    message = engine_message(r.content) or f"HTTP {r.status_code}"
+    if 400 <= r.status_code < 500:
+        return_status = 400 if r.status_code != 404 else 404
+        return OpenAIError(return_status, message, code="invalid_prompt", param=param)
+    return OpenAIError(503, f"the engine failed to count the prompt: {message}",
+                       code="engine_error", retry_after=5)  # fmt: skip
+
+
+def _has_media(body: dict[str, Any]) -> bool:
+    """Any content part that is not text (images, audio: their blocks hash differently)."""
+    for m in body.get("messages") or ():
+        content = m.get("content") if isinstance(m, dict) else None
+        if isinstance(content, list) and any(
+            isinstance(p, dict) and p.get("type") not in ("text", "input_text", "output_text")
+            for p in content
+        ):
+            return True
+    return False
 
 
 def chat_payload(parsed: Parsed) -> dict[str, Any] | None:

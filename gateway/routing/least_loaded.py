@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gateway.routing.base import C
+from gateway.routing.base import C, Request
 
 
 class LeastLoaded:
@@ -17,7 +17,7 @@ class LeastLoaded:
         self._seq = 0
         self._picked: dict[str, int] = {}  # name -> when it was last picked
 
-    def pick(self, key: bytes, candidates: Sequence[C]) -> C:
+    def pick(self, request: Request, candidates: Sequence[C]) -> C:
         chosen = min(candidates, key=lambda c: (c.load, self._picked.get(c.name, 0), c.name))
         self._seq += 1
         self._picked[chosen.name] = self._seq

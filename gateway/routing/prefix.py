@@ -34,10 +34,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from gateway.routing.base import C
+from gateway.routing.base import C, Request
 from gateway.routing.least_loaded import LeastLoaded
 
 LOAD_FACTOR = 1.25
@@ -56,9 +56,10 @@ class PrefixAffinity:
         self.table: OrderedDict[bytes, str] = OrderedDict()
         self.fallback = LeastLoaded()
 
-    def pick(self, key: bytes, candidates: Sequence[C]) -> C:
+    def pick(self, request: Request, candidates: Sequence[C]) -> C:
+        key = affinity_key(request)
         if len(candidates) == 1 or not key:
-            return self.fallback.pick(key, candidates)
+            return self.fallback.pick(request, candidates)
         digest = hashlib.blake2b(key, digest_size=16).digest()
         name = self.table.get(digest)
         if name is not None:
@@ -68,15 +69,23 @@ class PrefixAffinity:
                     if c.load + 1 <= self.load_factor * total / len(candidates) + self.slack:
                         self.table.move_to_end(digest)
                         return c
-                    return self.fallback.pick(key, candidates)  # over its bound: spill, remember
-        chosen = self.fallback.pick(key, candidates)
+                    # over its bound: spill, and keep it remembered
+                    return self.fallback.pick(request, candidates)
+        chosen = self.fallback.pick(request, candidates)
         self.table[digest] = chosen.name
         if len(self.table) > self.table_size:
             self.table.popitem(last=False)
         return chosen
 
 
-def routing_key(kind: str, body: dict[str, Any]) -> bytes:
+def affinity_key(request: Request) -> bytes:
+    """The request's affinity key: given, or ``routing_key`` of its body (kept for a retry)."""
+    if request.key is None:
+        request.key = routing_key(request.kind, request.body)
+    return request.key
+
+
+def routing_key(kind: str, body: Mapping[str, Any]) -> bytes:
     """The request's leading content (``PREFIX_CHARS`` characters), as the affinity key."""
     parts: list[str] = []
     budget = PREFIX_CHARS

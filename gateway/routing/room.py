@@ -8,10 +8,10 @@ cap is certain to queue the request in the engine, a saturated one only likely.
 
 from __future__ import annotations
 
-from gateway.routing.base import C
+from gateway.routing.base import C, Request
 
 
 class HasRoom:
-    def filter(self, key: bytes, candidates: list[C]) -> list[C]:
+    def filter(self, request: Request, candidates: list[C]) -> list[C]:
         below = [c for c in candidates if c.inflight < c.cap] or candidates
         return [c for c in below if not c.saturated] or below

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gateway.routing.base import C
+from gateway.routing.base import C, Request
 
 
 class RoundRobin:
     def __init__(self) -> None:
         self._next = 0
 
-    def pick(self, key: bytes, candidates: Sequence[C]) -> C:
+    def pick(self, request: Request, candidates: Sequence[C]) -> C:
         self._next += 1
         return candidates[self._next % len(candidates)]

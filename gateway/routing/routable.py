@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from gateway.routing.base import C
+from gateway.routing.base import C, Request
 
 
 class Routable:
-    def filter(self, key: bytes, candidates: list[C]) -> list[C]:
+    def filter(self, request: Request, candidates: list[C]) -> list[C]:
         return [c for c in candidates if c.routable]

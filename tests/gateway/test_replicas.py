@@ -10,7 +10,7 @@ from env.replicas import Upstream
 from gateway.admission import Admission
 from gateway.health import StaleInstance
 from gateway.replicas import ReplicaNotFound, ReplicaOptions, ReplicaSet
-from gateway.routing import build_scheduler
+from gateway.routing import Request, build_scheduler
 from gateway.saturation import SaturationPolicy
 
 pytestmark = pytest.mark.anyio
@@ -75,7 +75,7 @@ async def test_a_restarted_replica_is_not_served_until_warmed_again() -> None:
     up(rs, 1, "i1")
     up(rs, 1, "i1-new", warm=False)  # same replica, new process
     assert [r.routable for r in rs.replicas] == [True, False] and adm.max_inflight == 4
-    assert all(rs.pick(b"k") is rs.replicas[0] for _ in range(5))
+    assert all(rs.pick(Request.keyed(b"k")) is rs.replicas[0] for _ in range(5))
     await rs.stop()
 
 
@@ -85,7 +85,7 @@ async def test_drain_takes_a_replica_out_of_rotation_and_back() -> None:
     up(rs, 1, "i1")
     name = rs.replicas[1].name
     rs.set_draining(name, True)
-    assert adm.max_inflight == 4 and all(rs.pick(b"k") is rs.replicas[0] for _ in range(5))
+    assert adm.max_inflight == 4 and all(rs.pick(Request.keyed(b"k")) is rs.replicas[0] for _ in range(5))
     assert rs.health().ready  # still ready: draining is planned, not a failure
     rs.set_draining(name, False)
     assert adm.max_inflight == 8

@@ -145,7 +145,9 @@ class FakeUpstreams:
     def serving(self) -> Snapshot:
         return self.health.snapshot()
 
-    def pick(self, key: bytes, exclude: tuple[Any, ...] = ()) -> Any:
+    wants_tokens = False
+
+    def pick(self, request: Any, exclude: tuple[Any, ...] = ()) -> Any:
         for r in self.replicas:
             if r not in exclude and not r.monitor.marked_down:
                 return r
