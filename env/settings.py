@@ -191,6 +191,9 @@ class GatewaySettings(_Slice):
     routing: Literal["prefix", "least_loaded", "round_robin", "kv"] = "prefix"
     min_ready_replicas: int = Field(1, ge=1)
     drain_timeout_s: float = Field(30.0, gt=0)
+    # Worker processes on the port (gateway/workers: a supervisor, SO_REUSEPORT); > 1 requires
+    # GATEWAY_STATE_URL, which the workers share their limits, warm-up and drains through.
+    workers: int = Field(1, ge=1, le=64)
     # >0: also pull each replica's warm-up state from its sidecar (http://<replica host>:<port>
     # /ready), for gateways nobody pushes reports to (several gateway pods on Kubernetes).
     warmup_status_port: int = Field(0, ge=0, le=65535)

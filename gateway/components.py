@@ -155,6 +155,11 @@ async def running(config: GatewayConfig) -> AsyncIterator[Components]:
             keys_watcher = KeysWatcher(config.access.keys, Path(s.api_keys_file), s.keys_reload_s)
             keys_watcher.start()
             stack.push_async_callback(keys_watcher.stop)
+        if state is not None:  # warm-up reports and drains taken by one gateway reach all
+            from gateway.state.view import ReplicaView
+
+            replicas.shared = view = ReplicaView(state[0], replicas)
+            state[0].pulls.append(view)
         _register_gauges(metrics, admission, replicas)
         replicas.subscribe(lambda snap: _on_health(metrics, snap))
         stack.push_async_callback(replicas.stop)

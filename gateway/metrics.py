@@ -8,7 +8,7 @@ chunk except what the relay loop already counts.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import NamedTuple
 
 from prometheus_client import (
@@ -197,6 +197,9 @@ class GatewayMetrics:
         self._gauges: dict[str, Gauge] = {}
         self._req_children: dict[tuple[str, int], Counter] = {}
         self._rej_children: dict[str, Counter] = {}
+        # GATEWAY_WORKERS > 1 (gateway/workers/metrics.py): this worker's page in, every
+        # worker's page out, so that one scrape reports the whole host.
+        self.gather: Callable[[bytes], Awaitable[bytes]] | None = None
 
     def gauge(self, name: str, doc: str, fn: Callable[[], float]) -> None:
         """A gauge read at scrape time from live state."""

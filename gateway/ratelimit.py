@@ -17,11 +17,12 @@ With ``T = period / L``:
     remaining:        floor((period - (tat - now)) / T)
     reset (to full):  max(0, tat - now)
 
-State lives behind ``LimitStore``: ``MemoryStore`` here (one gateway process); a shared store
-(Redis, as LiteLLM uses) backs several gateways by running the same maths server-side (a Lua
-script over the same ``tat`` per bucket, with the server's clock). ``charge`` is async (a remote
-store answers over the network and decides); ``adjust`` is fire-and-forget (a settlement must not
-block, nor fail, the end of a request that is being cancelled).
+State lives behind ``LimitStore``: ``MemoryStore`` here (one gateway process);
+``gateway.state.limits.RedisLimitStore`` (``GATEWAY_STATE_URL``) backs several gateways by
+running the same maths server-side (a Lua script over the same ``tat`` per bucket, with the
+server's clock). ``charge`` is async (a remote store answers over the network and decides);
+``adjust`` is fire-and-forget (a settlement must not block, nor fail, the end of a request that
+is being cancelled).
 """
 
 from __future__ import annotations
@@ -127,7 +128,10 @@ class MemoryStore:
             for c, (tat, _) in zip(charges, results, strict=True):
                 self._tat[c.bucket] = tat
             return Verdict(True, tuple(w for _, w in results))
-        # Nothing charged: report each limit as it stands, with its own wait.
+        # Nothing charged. Each window is as ``gcra`` gave it: a limit that would have allowed
+        # its charge alone shows the window that charge would leave, a refusing one stands as it
+        # is, with its own wait (the Lua CHARGE script in gateway/state/scripts.py replies the
+        # same, so the headers do not depend on where the buckets live).
         return Verdict(False, tuple(w for _, w in results))
 
     def adjust(self, charge: Charge, delta: float, now: float) -> None:

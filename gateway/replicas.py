@@ -30,6 +30,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import httpx
@@ -53,6 +54,15 @@ CONTROL_CONNECTIONS = 16  # httpx connections per replica for /tokenize and the 
 _HOPE: tuple[State, ...] = ("warming_up", "warmup_failed", "engine_down")
 
 Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+class SharedFlags(Protocol):
+    """Where a warm-up report or a drain taken here goes for the other gateways
+    (``gateway.state.view.ReplicaView``)."""
+
+    def warmup(self, instance: str, status: str, step: str | None, detail: str | None) -> None: ...
+
+    def drain(self, name: str, draining: bool) -> None: ...
 
 
 async def resolve_all(host: str, port: int) -> list[str]:
@@ -99,6 +109,8 @@ class ReplicaSet:
         self.dns_refresh_s = dns_refresh_s
         self.resolver = resolver
         self.draining = False
+        # GATEWAY_STATE_URL (gateway/state/view.py): warm-up reports and drains for the fleet.
+        self.shared: SharedFlags | None = None
         self.replicas: list[Replica] = []
         self._retired: list[Replica] = []
         self._listeners: list[Callable[[Snapshot], None]] = []
@@ -276,22 +288,29 @@ class ReplicaSet:
                 return r
         raise ReplicaNotFound(name)
 
-    def set_draining(self, name: str, draining: bool) -> Replica:
+    def set_draining(self, name: str, draining: bool, share: bool = True) -> Replica:
+        """``share``: an operator's action here, written for every gateway (``shared``)."""
         r = self.get(name)
         if r.draining != draining:
             r.draining = draining
             log.info("replica %s %s", name, "draining" if draining else "back in rotation")
             self._changed()
+        if share and self.shared is not None:
+            self.shared.drain(name, draining)
         return r
 
     def report_warmup(
-        self, instance: str, status: ReportStatus, step: str | None, detail: str | None
-    ) -> Snapshot:
-        """Apply a warm-up report to the replica running ``instance``."""
+        self, instance: str, status: ReportStatus, step: str | None, detail: str | None,
+        share: bool = True,
+    ) -> Snapshot:  # fmt: skip
+        """Apply a warm-up report to the replica running ``instance`` (``share``: a sidecar's
+        report to this gateway, written for every gateway)."""
         for r in self.replicas:
             if r.health.instance == instance:
                 snap = r.health.report_warmup(instance, status, step, detail)
                 self._changed()
+                if share and self.shared is not None:
+                    self.shared.warmup(instance, status, step, detail)
                 return snap
         current = ", ".join(str(r.health.instance) for r in self.replicas) or None
         raise StaleInstance(instance, current)

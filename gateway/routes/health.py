@@ -34,4 +34,7 @@ async def livez() -> Response:
 
 @router.get("/metrics", summary="Prometheus text", dependencies=[Depends(scraper)])
 async def metrics(c: Parts) -> Response:
-    return Answer(200, c.metrics.render(), CONTENT_TYPE)
+    page = c.metrics.render()
+    if c.metrics.gather is not None:  # GATEWAY_WORKERS > 1: every worker's page, labelled
+        page = await c.metrics.gather(page)
+    return Answer(200, page, CONTENT_TYPE)

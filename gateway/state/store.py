@@ -5,7 +5,8 @@ queued and sent by one task, batched into one pipeline per wake-up (a request's 
 settlement leave together: one round trip), in order with the lease renewals, so a renewal
 can never re-create a lease released just before it. The same task renews every lease this
 gateway holds and its membership every ``ttl / 3`` s: one script, whose answer is the number of
-live gateways (for the fallback shares) and whose failure or success drives ``Link``.
+live gateways (for the fallback shares) and whose failure or success drives ``Link``; what the
+``pulls`` read (the fleet's warm-up reports and drains, ``view.py``) rides in the same pipeline.
 
 The request path calls ``script`` (admission: a charge, a lease): one round trip, bounded by
 ``GATEWAY_STATE_TIMEOUT_S``, no retries (a retry is the fallback's job). While the link is down
@@ -23,7 +24,7 @@ import os
 import secrets
 import socket
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -53,6 +54,15 @@ class HeldLeases:
         return []
 
 
+class Pull(Protocol):
+    """State read at every heartbeat, in its pipeline (``view.ReplicaView``): the commands to
+    append, then what they answered."""
+
+    def commands(self) -> list[Command]: ...
+
+    def apply(self, results: list[Any]) -> None: ...
+
+
 class SharedState:
     def __init__(
         self,
@@ -69,6 +79,7 @@ class SharedState:
         self.link = Link(redact(url), policy, lease_ttl_s / 3)
         self.round_trips = 0
         self.leases: HeldLeases = HeldLeases()
+        self.pulls: list[Pull] = []
         self._redis = aioredis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0), health_check_interval=0, decode_responses=True,
@@ -163,15 +174,25 @@ class SharedState:
 
     async def beat(self) -> int:
         """Renew membership and leases now, with whatever is queued; the live gateways."""
-        commands, self._outbox = [*self._outbox, self._renewal()], []
+        queued = len(self._outbox)
+        pulls = [(p, p.commands()) for p in self.pulls]
+        commands = [*self._outbox, self._renewal(), *(c for _, cs in pulls for c in cs)]
+        self._outbox = []
         self._wake.clear()
         try:
             results = await self._flush(commands)
         except (TimeoutError, RedisError, OSError) as exc:
             self.link.failed(_why(exc))
             raise StateDown(_why(exc)) from None
-        gateways = int(results[-1])
+        gateways = int(results[queued])
         self.link.recovered(gateways)
+        at = queued + 1
+        for pull, cs in pulls:
+            try:
+                pull.apply(results[at : at + len(cs)])
+            except Exception:  # a bad record must not stop the heartbeat
+                log.exception("shared state: applying %s failed", type(pull).__name__)
+            at += len(cs)
         return gateways
 
     async def _run(self) -> None:

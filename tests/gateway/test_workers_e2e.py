@@ -1,0 +1,196 @@
+"""``GATEWAY_WORKERS=2`` for real: one ``python -m gateway`` (a supervisor and two workers on one
+port), the session's CPU engine and a real redis-server.
+
+Every check reads the gateway's own numbers, never client-side timing: one scrape of
+``/metrics`` carries both workers' series (``worker`` label), so "both workers served", "both
+are ready" and "both hold streams" are read from it. Connections are spread by the kernel
+(``SO_REUSEPORT``: a hash of each new connection's addresses), so every request below opens a
+new connection; 30 of them landing all on one worker has odds of 2^-29.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from entrypoint.process import descendants
+from gateway.auth import hash_key
+from gateway.promtext import samples
+from tests.support.engine import Engine
+from tests.support.gateway import RunningGateway, run_gateway
+from tests.support.redis import RedisServer
+from tests.support.wait import wait_until
+
+pytestmark = [pytest.mark.engine, pytest.mark.redis, pytest.mark.slow]
+MODEL = "gemma-4-tiny"
+RPM10 = "sk-workers-rpm-ten-0123456789"
+OPEN = "sk-workers-no-limits-01234567"
+KEYS = f"""
+keys:
+  - {{key: {hash_key(RPM10)}, label: rpm10, rpm: 10}}
+  - {{key: {hash_key(OPEN)}, label: open}}
+"""
+WORKERS = ("0", "1")
+
+
+def env_for(redis_server: RedisServer, keys: Path, **extra: str) -> dict[str, str]:
+    return {
+        "GATEWAY_WORKERS": "2",
+        "GATEWAY_API_KEYS_FILE": str(keys),
+        "GATEWAY_STATE_URL": redis_server.url,
+        "GATEWAY_STATE_LEASE_TTL_S": "3",  # heartbeats (and the shared warm-up's reads) each 1 s
+        "GATEWAY_STATE_TIMEOUT_S": "2",  # a loaded machine's stall is not what this tests
+        "GATEWAY_METRICS_MAX_AGE_S": "10",
+        **extra,
+    }
+
+
+def report_passed_once(gw: RunningGateway) -> None:
+    """The sidecar's one POST "passed" (to whichever worker takes it): retried only while the
+    worker that takes it has not seen the engine yet (409 or not yet ready to answer)."""
+
+    def post() -> bool:
+        state = gw.state()
+        instance = state["engine_instance"]
+        if not instance or state["state"] == "engine_down":
+            return False
+        r = httpx.post(
+            f"{gw.url}/internal/warmup", headers=gw.internal_headers, timeout=5,
+            json={"engine_instance": instance, "status": "passed", "step": None, "detail": None},
+        )  # fmt: skip
+        return r.status_code == 200
+
+    wait_until(post, "a warm-up report accepted", 60)
+
+
+def by_worker(text: str, name: str, **labels: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for lab, v in samples(text, name):
+        if all(lab.get(k) == x for k, x in labels.items()):
+            out[lab["worker"]] = out.get(lab["worker"], 0.0) + v
+    return out
+
+
+def every_worker_ready(gw: RunningGateway) -> str | None:
+    text = gw.metrics_text()
+    up = by_worker(text, "gateway_worker_up")
+    ready = by_worker(text, "gateway_warmup_state", gateway_warmup_state="ready")
+    ok = all(up.get(w) == 1 and ready.get(w) == 1 for w in WORKERS)
+    return text if ok else None
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("workers") / "keys.yaml"
+    path.write_text(KEYS)
+    return path
+
+
+@pytest.fixture(scope="module")
+def two(engine: Engine, redis_server: RedisServer, keys: Path) -> Iterator[RunningGateway]:
+    with run_gateway(engine.url, env=env_for(redis_server, keys)) as gw:
+        report_passed_once(gw)
+        yield gw
+
+
+def chat(gw: RunningGateway, key: str) -> int:
+    """One request on a new connection (the kernel picks the worker)."""
+    body = {"model": MODEL, "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.Client(timeout=60, headers={"Authorization": f"Bearer {key}"}) as c:
+        return c.post(f"{gw.url}/v1/chat/completions", json=body).status_code
+
+
+def test_a_warmup_reported_to_one_worker_makes_every_worker_ready(two: RunningGateway) -> None:
+    wait_until(lambda: every_worker_ready(two), "both workers ready after one report", 30)
+
+
+def test_rpm_10_is_exact_across_workers_and_one_scrape_counts_both(two: RunningGateway) -> None:
+    wait_until(lambda: every_worker_ready(two), "both workers ready", 30)
+    codes = [chat(two, RPM10) for _ in range(30)]
+    assert codes.count(200) == 10 and codes.count(429) == 20, (codes, two.log_tail(60))
+    text = two.metrics_text()
+    admitted = by_worker(text, "gateway_key_requests_total", key="rpm10")
+    refused = by_worker(text, "gateway_key_rejections_total", key="rpm10")
+    assert sum(admitted.values()) == 10 and sum(refused.values()) == 20, (admitted, refused)
+    took = {w: admitted.get(w, 0) + refused.get(w, 0) for w in WORKERS}
+    assert all(took[w] > 0 for w in WORKERS), took  # both workers answered some
+    print(f"rpm 10 over 2 workers: {took} requests per worker, 10 admitted: {admitted}")
+
+
+def test_a_killed_worker_is_restarted_and_ready_without_a_new_report(
+    two: RunningGateway,
+) -> None:
+    wait_until(lambda: every_worker_ready(two), "both workers ready", 30)
+    workers = sorted(descendants(two.pid))
+    assert len(workers) == 2, workers
+    victim = workers[1]
+    os.kill(victim, signal.SIGKILL)
+    wait_until(lambda: victim not in descendants(two.pid) and len(descendants(two.pid)) == 2,
+               "a new worker in its place", 60)  # fmt: skip
+    # The new worker learns the warm-up from the shared state (nobody reports again).
+    wait_until(lambda: every_worker_ready(two), "the restarted worker ready", 60)
+    log = two.log_tail(200)
+    assert "died (signal SIGKILL)" in log and "restarting in" in log, log
+    assert chat(two, OPEN) == 200
+
+
+def test_sigterm_drains_every_worker_and_the_supervisor_exits_0(
+    engine: Engine, redis_server: RedisServer, keys: Path
+) -> None:
+    env = env_for(redis_server, keys, GATEWAY_MAX_INFLIGHT="6", GATEWAY_DRAIN_TIMEOUT_S="120",
+                  GATEWAY_QUEUE_TIMEOUT_S="300")  # fmt: skip
+    with run_gateway(engine.url, env=env) as gw:
+        report_passed_once(gw)
+        wait_until(lambda: every_worker_ready(gw), "both workers ready", 30)
+        ends: list[str] = []
+
+        async def stream(i: int) -> None:
+            body = {
+                "model": MODEL, "stream": True, "max_tokens": 200, "ignore_eos": True,
+                "messages": [{"role": "user", "content": f"drain {i}"}],
+            }  # fmt: skip
+            last = ""
+            headers = {"Authorization": f"Bearer {OPEN}"}
+            async with (
+                httpx.AsyncClient(timeout=300, headers=headers) as client,  # its own connection
+                client.stream("POST", f"{gw.url}/v1/chat/completions", json=body) as r,
+            ):
+                assert r.status_code == 200, await r.aread()
+                async for line in r.aiter_lines():
+                    if line.startswith("data: "):
+                        last = line
+            ends.append(last)
+
+        async def scenario() -> None:
+            tasks = [asyncio.create_task(stream(i)) for i in range(12)]
+            deadline = time.monotonic() + 120
+            async with httpx.AsyncClient(timeout=30, headers=gw.internal_headers) as client:
+                while True:  # both workers hold streams, some still waiting for the 6 slots
+                    text = (await client.get(f"{gw.url}/metrics")).text
+                    held = by_worker(text, "gateway_inflight")
+                    queued = by_worker(text, "gateway_queue_depth")
+                    out = {w: held.get(w, 0) + queued.get(w, 0) for w in WORKERS}
+                    if all(out[w] >= 1 for w in WORKERS) and sum(out.values()) >= 8:
+                        break
+                    for t in tasks:
+                        if t.done() and t.exception() is not None:
+                            raise AssertionError(f"a stream failed: {t.exception()}")
+                    assert time.monotonic() < deadline, f"never held by both: {out}"
+                    await asyncio.sleep(0.1)
+            gw.server.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            await asyncio.gather(*tasks)
+
+        asyncio.run(scenario())
+        assert ends == ["data: [DONE]"] * 12, ends
+        proc = gw.server.proc
+        assert proc is not None and proc.wait(timeout=60) == 0
+        log = gw.server.log_path.read_text()
+        assert log.count("drained: shutting down") == 2, log[-3000:]
+        assert "drain timeout" not in log and "all workers exited" in log
