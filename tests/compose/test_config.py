@@ -58,12 +58,16 @@ def test_rendered_stack_shape(profile: Path) -> None:
     assert done.returncode == 0, done.stderr
     model = json.loads(done.stdout)
     services = model["services"]
-    assert set(services) == {"engine", "warmup", "gateway"}
+    values = Profile(profile, environ={})
+    tpu = values.platform == "tpu"  # the multi-worker gateway and its shared state
+    assert set(services) == {"engine", "warmup", "gateway", *(["state"] if tpu else [])}
     for name, svc in services.items():
         assert svc["network_mode"] == "host", name
         assert svc["init"] is True, name
         assert svc["restart"] == "unless-stopped", name
         assert svc["logging"]["options"]["max-size"], name
+        if name == "state":
+            continue  # reads no profile
         assert svc["environment"]["PROFILE"] == f"/etc/gemma4/{profile.stem}.env", name
         mounts = {v["target"]: v for v in svc["volumes"]}
         assert mounts[f"/etc/gemma4/{profile.stem}.env"]["read_only"] is True, name
@@ -79,11 +83,18 @@ def test_rendered_stack_shape(profile: Path) -> None:
         warm_mounts["compile-hot"]["target"] == services["warmup"]["environment"]["CACHE_HOT_DIR"]
     )
     assert "read_only" not in warm_mounts["compile-persist"]
-    assert "depends_on" not in services["gateway"], "the gateway must not wait for warm-up"
+    waits_for = set(services["gateway"].get("depends_on", {}))
+    assert waits_for == ({"state"} if tpu else set()), "the gateway must not wait for warm-up"
+    if tpu:  # several workers, sharing limits through `state`: loopback, nothing persisted
+        gw_env, state = services["gateway"]["environment"], services["state"]
+        assert int(gw_env["GATEWAY_WORKERS"]) > 1
+        assert gw_env["GATEWAY_STATE_URL"] == "/run/state/url"
+        assert state["build"]["dockerfile"] == "deploy/Dockerfile.state"
+        assert state["user"] == "10001:10001" and state["read_only"] is True
+        assert model["volumes"]["state-run"]["driver_opts"]["type"] == "tmpfs"
     assert services["warmup"]["depends_on"]["engine"]["condition"] == "service_healthy"
 
     engine = services["engine"]
-    values = Profile(profile, environ={})
     ready = int(values.get("VLLM_ENGINE_READY_TIMEOUT_S", "600"))
     start_period = engine["healthcheck"]["start_period"]
     assert _seconds(start_period) >= ready, "start period must cover the ready timeout"
