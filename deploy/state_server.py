@@ -42,14 +42,16 @@ def ensure_url(path: Path, port: int) -> str:
     return url
 
 
-def redis_conf(url: str, workdir: Path) -> str:
-    """redis.conf for the URL's port and password: loopback, nothing persisted, no eviction."""
+def redis_conf(url: str, workdir: Path, bind: str = "127.0.0.1") -> str:
+    """redis.conf for the URL's port and password: on ``bind`` (loopback in compose; the pod's
+    address on Kubernetes, where a NetworkPolicy admits only the gateways), nothing persisted,
+    no eviction."""
     parts = urlsplit(url)
     password = parts.password or ""
     if not password or any(c in password for c in ' "\n\\'):
         raise ValueError("the state URL needs a password without spaces, quotes or backslashes")
     return "\n".join([
-        "bind 127.0.0.1",
+        f"bind {bind}",
         f"port {parts.port}",
         "protected-mode yes",
         f'requirepass "{password}"',
@@ -66,12 +68,13 @@ def main(argv: list[str]) -> int:
     url_file = Path(argv[1] if len(argv) > 1 else "/run/state/url")
     port = int(os.environ.get("STATE_PORT", DEFAULT_PORT))
     workdir = Path(os.environ.get("STATE_DIR", "/tmp"))
-    url = ensure_url(url_file, port)
+    bind = os.environ.get("STATE_BIND", "127.0.0.1")
+    url = ensure_url(url_file, port)  # Kubernetes: the Secret's URL, read-only, used as it is
     conf = workdir / "redis.conf"
     fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
-        fh.write(redis_conf(url, workdir))
-    print(f"state: redis-server on 127.0.0.1:{port}, URL in {url_file}", flush=True)
+        fh.write(redis_conf(url, workdir, bind))
+    print(f"state: redis-server on {bind}:{port}, URL in {url_file}", flush=True)
     os.execvp("redis-server", ["redis-server", str(conf)])
     return 1  # not reached
 

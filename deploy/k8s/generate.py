@@ -46,6 +46,9 @@ HEADER = (
 )
 
 
+STATE_COMPONENT = "redis"  # deploy/k8s/components/redis: Redis in the cluster
+
+
 def profile_file(overlay: spec.Overlay) -> Path:
     return REPO / "env" / f"{overlay.profile}.env"
 
@@ -370,6 +373,9 @@ def overlay_files(overlay: spec.Overlay) -> dict[str, str]:
         },
         {"name": "gemma4-serving/app", "newName": p.app_image[0], "newTag": p.app_image[1]},
     ]
+    if STATE_COMPONENT in overlay.components:  # the in-cluster Redis: the compose `state` image
+        name, tag = state_image(p)
+        kustomization["images"].append({"name": name, "newName": name, "newTag": tag})
     kustomization["patches"] = patches
     files["kustomization.yaml"] = _yaml(kustomization, overlay.profile)
     return files
@@ -383,7 +389,16 @@ def image_tags(overlay: spec.Overlay) -> list[tuple[str, tuple[str, str]]]:
         "tpu": "gemma4-serving/engine-upstream:tpu",  # docker-compose.tpu.yml
         "gpu": "gemma4-serving/engine-upstream:gpu",  # docker-compose.gpu.yml
     }[p.platform]
-    return [(built_engine, p.engine_image), ("gemma4-serving/app:latest", p.app_image)]
+    out = [(built_engine, p.engine_image), ("gemma4-serving/app:latest", p.app_image)]
+    if STATE_COMPONENT in overlay.components:
+        out.append(("gemma4-serving/state:latest", state_image(p)))
+    return out
+
+
+def state_image(p: spec.PodPlan) -> tuple[str, str]:
+    """The Redis image of the ``redis`` component: deploy/Dockerfile.state (docker-compose.tpu.yml
+    builds it), pinned like the app image it ships with."""
+    return ("gemma4-serving/state", p.app_image[1])
 
 
 def _generated(

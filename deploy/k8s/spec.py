@@ -86,20 +86,20 @@ OVERLAYS: dict[str, Overlay] = {
             "gke-v6e4-gemma4-26b",
             "v6e4-gemma4-26b",
             max_replicas=4,
-            components=("autoscaling", "loadbalancer"),
+            components=("autoscaling", "loadbalancer", "shared-state", "redis"),
         ),
         Overlay(
             "gke-v6e1-gemma4-12b",
             "v6e1-gemma4-12b",
             engine_replicas=2,
             max_replicas=8,
-            components=("autoscaling", "loadbalancer"),
+            components=("autoscaling", "loadbalancer", "shared-state", "redis"),
         ),
         Overlay(
             "gke-gpu-gemma4-26b",
             "gpu-gemma4-26b",
             max_replicas=4,
-            components=("autoscaling", "loadbalancer"),
+            components=("autoscaling", "loadbalancer", "shared-state", "redis"),
             gpu_accelerator="nvidia-h100-80gb",
         ),
         # Optional: Gateway API front door + an InferencePool for the Inference Extension.
@@ -107,7 +107,7 @@ OVERLAYS: dict[str, Overlay] = {
             "gke-v6e4-gemma4-26b-inference-pool",
             "v6e4-gemma4-26b",
             max_replicas=4,
-            components=("autoscaling", "httproute", "inference-pool"),
+            components=("autoscaling", "httproute", "inference-pool", "shared-state", "redis"),
         ),
     )
 }

@@ -295,6 +295,8 @@ def test_images_are_the_compose_images_with_pinned_tags(overlay: str) -> None:
     compose = _compose_images()
     names = {i.split(":")[0] for i in compose}
     pods = [_pod(overlay, "gemma4-engine"), _pod(overlay, "gemma4-gateway")]
+    if generate.STATE_COMPONENT in spec.OVERLAYS[overlay].components:
+        pods.append(_pod(overlay, "gemma4-state"))
     images = {c["image"] for p in pods for c in [*p.get("initContainers", []), *p["containers"]]}
     built = generate.image_tags(spec.OVERLAYS[overlay])
     assert {b for b, _ in built} <= compose  # what `make k8s-images` tags is what compose builds
@@ -560,6 +562,51 @@ def test_engine_network_policy_admits_only_the_listed_peers(overlay: str) -> Non
             if o["kind"] == "NetworkPolicy":
                 o["spec"]["ingress"].append({"ports": [{"port": "http"}]})
         assert admitted(tuple(opened), labels, ports, others[0], http)
+
+
+SHARED = [n for n, o in spec.OVERLAYS.items() if "shared-state" in o.components]
+
+
+@pytest.mark.parametrize("overlay", SHARED)
+def test_gateways_share_state_and_only_gateways_reach_redis(overlay: str) -> None:
+    """The gateway pods read the state URL from the Secret as a file; the in-cluster Redis
+    takes that same Secret, and its NetworkPolicy admits the gateway pods and nothing else."""
+    objs = rendered(overlay)
+    gw = container(_pod(overlay, "gemma4-gateway"), "gateway")
+    url = env_of(gw)["GATEWAY_STATE_URL"]
+    gw_vols = {v["name"]: v for v in _pod(overlay, "gemma4-gateway")["volumes"]}
+    mount = next(m for m in gw["volumeMounts"] if url.startswith(m["mountPath"] + "/"))
+    assert mount["readOnly"] and gw_vols[mount["name"]]["secret"]["secretName"] == "gemma4-state"
+    if generate.STATE_COMPONENT not in spec.OVERLAYS[overlay].components:
+        return  # a managed Redis: the Secret's URL names it
+    dep = one(objs, "Deployment", "gemma4-state")["spec"]["template"]
+    labels = dep["metadata"]["labels"]
+    state = container(dep["spec"], "state")
+    assert {v["secret"]["secretName"] for v in dep["spec"]["volumes"] if "secret" in v} == {
+        "gemma4-state"
+    }
+    ports = {p["name"]: p["containerPort"] for p in state["ports"]}
+    svc = one(objs, "Service", "gemma4-state")["spec"]
+    assert svc["selector"] == labels and svc["ports"][0]["targetPort"] == "redis"
+    redis_port = ports["redis"]
+    gateway = _src(
+        "10.8.0.7", **{"app.kubernetes.io/name": "gemma4", "app.kubernetes.io/component": "gateway"}
+    )
+    others = [
+        _src("10.0.0.5", None),  # any VM of the VPC
+        _src("10.8.0.11", app="debug"),  # another pod of the namespace
+        _src("10.8.0.12", **{"app.kubernetes.io/name": "gemma4", "app.kubernetes.io/component": "engine"}),
+        _src("10.8.1.2", "gmp-system", app="collector"),
+        _src("10.8.2.3", "default", **{"app.kubernetes.io/name": "gemma4",
+             "app.kubernetes.io/component": "gateway"}),  # a "gateway" of another namespace
+    ]  # fmt: skip
+    assert admitted(objs, labels, ports, gateway, redis_port)
+    for src in others:
+        assert not admitted(objs, labels, ports, src, redis_port), src
+    # The check can fail: without the policy every source is admitted.
+    open_objs = tuple(o for o in objs if o["metadata"]["name"] != "gemma4-state"
+                      or o["kind"] != "NetworkPolicy")  # fmt: skip
+    assert admitted(open_objs, labels, ports, others[0], redis_port)
 
 
 # Pod Security Standards, baseline (kubernetes.io/docs/concepts/security/pod-security-standards):
