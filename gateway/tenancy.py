@@ -24,32 +24,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from gateway.apis import APIS
 from gateway.errors import OpenAIError, rate_limited
 from gateway.metrics import GatewayMetrics, rejection_reason
 from gateway.policy import Policy
 from gateway.ratelimit import Charge, LimitStore, MemoryStore, Verdict, Window
 from gateway.tenants import OPEN_TENANT, Tenant
-
-# Usage fields by API: prompt tokens, cached prompt tokens (the last match in the tail wins).
-_PROMPT = {
-    "chat": re.compile(rb'"prompt_tokens":\s*(\d+)'),
-    "completions": re.compile(rb'"prompt_tokens":\s*(\d+)'),
-    "responses": re.compile(rb'"input_tokens":\s*(\d+)'),
-    "messages": re.compile(rb'"input_tokens":\s*(\d+)'),
-}
-_CACHED = {
-    "chat": re.compile(rb'"cached_tokens":\s*(\d+)'),
-    "completions": re.compile(rb'"cached_tokens":\s*(\d+)'),
-    "responses": re.compile(rb'"cached_tokens":\s*(\d+)'),
-    "messages": re.compile(rb'"cache_read_input_tokens":\s*(\d+)'),
-}
-
 
 _OWN_CODES = ("rpm_limit", "tpm_limit", "request_exceeds_tpm")  # carry their own headers
 
@@ -83,8 +68,9 @@ class Billed(Protocol):
 
 def usage_of(kind: str, data: bytes) -> tuple[int | None, int]:
     """(prompt tokens, cached prompt tokens) from the engine's usage, if it reported any."""
-    found = _PROMPT[kind].findall(data) if data else []
-    cached = _CACHED[kind].findall(data) if found else []
+    api = APIS[kind]
+    found = api.prompt_usage.findall(data) if data else []
+    cached = api.cached_usage.findall(data) if found else []
     return (int(found[-1]) if found else None), (int(cached[-1]) if cached else 0)
 
 

@@ -20,19 +20,6 @@ from gateway.errors import OpenAIError, engine_message
 from gateway.upstream import upstream_error
 from gateway.validation import Parsed
 
-# Chat request fields that change the rendered prompt, forwarded to /tokenize.
-_CHAT_KEYS = (
-    "messages",
-    "tools",
-    "add_generation_prompt",
-    "continue_final_message",
-    "add_special_tokens",
-    "chat_template",
-    "chat_template_kwargs",
-    "documents",
-    "mm_processor_kwargs",
-)
-
 
 class TokenCounter:
     """Counts on whichever replica ``client()`` returns (they share one tokenizer)."""
@@ -45,19 +32,11 @@ class TokenCounter:
         """Prompt tokens of the request (the longest prompt for batched completions); None when
         the request cannot be put to ``/tokenize`` as it is (a Responses or Messages input
         with items other than text messages): the engine then judges its length itself."""
-        body = parsed.body
-        if parsed.kind != "completions":
-            payload = chat_payload(parsed)
-            if payload is None:
-                return None
-            return await self._tokenize(payload, request_id, parsed.api.prompt_field)
-        prompts = parsed.prompt_strings
-        counts = await asyncio.gather(
-            *(
-                self._tokenize({"model": body["model"], "prompt": p}, request_id, "prompt")
-                for p in prompts
-            )
-        )
+        bodies = parsed.api.tokenize_bodies(parsed.body)
+        if not bodies:
+            return None
+        param = parsed.api.prompt_field
+        counts = await asyncio.gather(*(self._tokenize(b, request_id, param) for b in bodies))
         return max(counts)
 
     async def ids(self, parsed: Parsed, request_id: str) -> list[int] | None:
@@ -69,17 +48,11 @@ class TokenCounter:
         body = parsed.body
         if body.get("cache_salt") is not None or _has_media(body):
             return None
-        if parsed.kind == "completions":
-            prompts = parsed.prompt_strings
-            if len(prompts) != 1 or isinstance(body.get("prompt"), list):
-                return None
-            payload: dict[str, Any] | None = {"model": body["model"], "prompt": prompts[0]}
-        else:
-            payload = chat_payload(parsed)
-        if payload is None:
+        bodies = parsed.api.tokenize_bodies(body)
+        if bodies is None or len(bodies) != 1:
             return None
         try:
-            data = await self._post(payload, request_id)
+            data = await self._post(bodies[0], request_id)
         except OpenAIError:
             return None
         tokens = data.get("tokens") if isinstance(data, dict) else None
@@ -143,71 +116,3 @@ def _has_media(body: dict[str, Any]) -> bool:
         ):
             return True
     return False
-
-
-def chat_payload(parsed: Parsed) -> dict[str, Any] | None:
-    """The ``/tokenize`` chat body that renders the same prompt as the request (None: no
-    faithful one). Chat as sent; Messages and Responses as the chat messages they stand for."""
-    body = parsed.body
-    if parsed.kind == "chat":
-        payload = {k: body[k] for k in _CHAT_KEYS if k in body}
-    elif parsed.kind == "messages":
-        msgs = _anthropic_messages(body)
-        if msgs is None:
-            return None
-        payload = {"messages": msgs}
-    else:
-        msgs = _responses_messages(body)
-        if msgs is None:
-            return None
-        payload = {"messages": msgs}
-    if parsed.kind != "chat" and body.get("tools"):
-        return None  # tool schemas differ per API: let the engine judge
-    payload["model"] = body["model"]
-    return payload
-
-
-def _text(content: Any, text_types: tuple[str, ...]) -> str | None:
-    """A message's content as text, or None when it holds anything but text parts."""
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        return None
-    texts = []
-    for part in content:
-        if not isinstance(part, dict) or part.get("type") not in text_types:
-            return None
-        texts.append(str(part.get("text", "")))
-    return "".join(texts)
-
-
-def _anthropic_messages(body: dict[str, Any]) -> list[dict[str, str]] | None:
-    out = []
-    if body.get("system") is not None:
-        system = _text(body["system"], ("text",))
-        if system is None:
-            return None
-        out.append({"role": "system", "content": system})
-    for msg in body["messages"]:
-        text = _text(msg.get("content"), ("text",))
-        if text is None:
-            return None
-        out.append({"role": msg["role"], "content": text})
-    return out
-
-
-def _responses_messages(body: dict[str, Any]) -> list[dict[str, str]] | None:
-    out = []
-    if body.get("instructions"):
-        out.append({"role": "system", "content": str(body["instructions"])})
-    items = body["input"]
-    if isinstance(items, str):
-        return [*out, {"role": "user", "content": items}]
-    for item in items:
-        if item.get("type", "message") != "message" or "role" not in item:
-            return None
-        text = _text(item.get("content"), ("input_text", "output_text", "text"))
-        if text is None:
-            return None
-        out.append({"role": str(item["role"]), "content": text})
-    return out

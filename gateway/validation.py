@@ -73,21 +73,12 @@ class Parsed:
 
     @property
     def max_tokens_param(self) -> str:
-        return _max_tokens_param(self)
+        """The parameter the client set (or would set) for the generation length."""
+        return self.api.max_tokens_param(self.body)
 
     @property
     def kind(self) -> Kind:
         return self.api.kind
-
-    @property
-    def prompt_strings(self) -> list[str]:
-        """Completions only: the text prompts to count (each is its own sequence)."""
-        p = self.body.get("prompt")
-        if isinstance(p, str):
-            return [p]
-        if isinstance(p, list) and p and all(isinstance(x, str) for x in p):
-            return list(p)
-        return []
 
 
 @dataclass
@@ -153,7 +144,7 @@ def parse(kind: Kind, raw: bytes, policy: Policy) -> Parsed:
     if isinstance(req, CompletionRequest) and isinstance(req.prompt, list):
         prompts = len(req.prompt) if isinstance(req.prompt[0], str | list) else 1
     parsed.sequences = prompts * (getattr(req, "n", None) or 1)
-    if req.stream and kind in ("chat", "completions"):
+    if req.stream and api.stream_options:
         options = body.get("stream_options")
         if not (isinstance(options, dict) and options.get("include_usage") is True):
             parsed.force_usage = True
@@ -191,7 +182,7 @@ def finalize(parsed: Parsed, prompt_tokens: int | None, policy: Policy) -> Final
     # which by construction (needs_count) passes every rule.
     known = counted if counted is not None else (parsed.prompt_upper_bound or 0)
     prompt_param = parsed.api.prompt_field
-    mt_param = _max_tokens_param(parsed)
+    mt_param = parsed.max_tokens_param
     limit = policy.max_model_len
 
     if known > policy.prompt_limit:
@@ -251,13 +242,6 @@ def finalize(parsed: Parsed, prompt_tokens: int | None, policy: Policy) -> Final
         out, parsed.stream, max_tokens, counted, parsed.stripped, known, parsed.force_usage,
         parsed.sequences,
     )  # fmt: skip
-
-
-def _max_tokens_param(parsed: Parsed) -> str:
-    """The parameter the client set (or would set) for the generation length."""
-    if parsed.kind == "chat" and parsed.body.get("max_completion_tokens") is not None:
-        return "max_completion_tokens"
-    return parsed.api.max_tokens_field
 
 
 def _too_deep() -> Exception:

@@ -21,13 +21,6 @@ from gateway.routes.openai import CompletionsRoute
 from gateway.types import Handler
 from gateway.web import Raw
 
-GENERATION_SUMMARY = {
-    "chat": "OpenAI Chat Completions",
-    "completions": "OpenAI Completions (legacy)",
-    "responses": "OpenAI Responses",
-    "messages": "Anthropic Messages",
-}
-
 
 def generation_handlers(c: Components) -> dict[str, Handler]:
     """Path -> the raw ASGI handler of each generation route."""
@@ -59,7 +52,7 @@ def _generation_route(router: APIRouter, api: Api) -> None:
         "5XX": {"description": "OpenAI error JSON (a terminal SSE error event once streaming)"},
     }
     router.add_api_route(
-        api.path, endpoint, methods=["POST"], summary=GENERATION_SUMMARY[api.kind],
+        api.path, endpoint, methods=["POST"], summary=api.title,
         openapi_extra=extra, responses=answers, tags=["generation"],
     )  # fmt: skip
 

@@ -37,6 +37,7 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from gateway.apis import APIS
 from gateway.routing.base import C, Request
 from gateway.routing.least_loaded import LeastLoaded
 
@@ -98,23 +99,9 @@ def routing_key(kind: str, body: Mapping[str, Any]) -> bytes:
             budget -= min(budget, len(text))
         return budget <= 0
 
-    if kind == "chat":
-        for m in body.get("messages") or ():
-            if isinstance(m, dict) and add(m.get("content")):
-                break
-    elif kind == "messages":  # Anthropic: the system prompt is a top-level field
-        if not add(body.get("system")):
-            for m in body.get("messages") or ():
-                if isinstance(m, dict) and add(m.get("content")):
-                    break
-    elif kind == "responses":
-        if not add(body.get("instructions")):
-            add(body.get("input"))
-    else:  # completions: the (first) prompt
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
-            prompt = prompt[0]  # a batch: its first prompt (a string, or token ids)
-        add(prompt)
+    for value in APIS[kind].leading(body):  # what leads the prompt, as that API lays it out
+        if add(value):
+            break
     return "\x00".join(parts).encode()
 
 

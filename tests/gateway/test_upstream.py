@@ -8,7 +8,10 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from gateway.apis import CHAT_STREAM, MESSAGES_STREAM, OPENAI_STREAM, RESPONSES_STREAM, StreamFormat
+from gateway.apis import OPENAI_STREAM, StreamFormat
+from gateway.apis.chat import STREAM as CHAT_STREAM
+from gateway.apis.messages import STREAM as MESSAGES_STREAM
+from gateway.apis.responses import STREAM as RESPONSES_STREAM
 from gateway.errors import OpenAIError, engine_message
 from gateway.upstream import StreamStats, relay_sse, upstream_error
 
