@@ -23,6 +23,11 @@ State = Literal["engine_down", "warming_up", "warmup_failed", "ready", "draining
 # other four are an engine replica's, and the gateway's is the best of its replicas'.
 STATES: tuple[State, ...] = ("engine_down", "warming_up", "warmup_failed", "ready", "draining")
 ReportStatus = Literal["running", "passed", "failed"]
+# What a warm-up report's status makes of its instance: the one map (the sidecar's report, the
+# monitor's pull of its status, another gateway's report through the shared state).
+STATE_OF_REPORT: dict[ReportStatus, State] = {
+    "running": "warming_up", "passed": "ready", "failed": "warmup_failed",
+}  # fmt: skip
 
 
 class StaleInstance(Exception):
@@ -110,10 +115,7 @@ class HealthTracker:
         """Apply a warm-up sidecar report; raises ``StaleInstance`` for another instance."""
         if instance != self._instance:
             raise StaleInstance(instance, self._instance)
-        state: State = {"running": "warming_up", "passed": "ready", "failed": "warmup_failed"}[
-            status
-        ]
-        self._warm = _WarmRecord(state, step, detail)
+        self._warm = _WarmRecord(STATE_OF_REPORT[status], step, detail)
         return self._update()
 
     def _make(self) -> Snapshot:

@@ -26,7 +26,7 @@ from typing import Protocol
 
 import httpx
 
-from gateway.health import HealthTracker, StaleInstance
+from gateway.health import STATE_OF_REPORT, HealthTracker, StaleInstance
 from gateway.saturation import EngineSample, SaturationPolicy, parse_engine_metrics
 
 log = logging.getLogger("gateway.monitor")
@@ -137,14 +137,12 @@ class EngineMonitor:
         state = await self.warm_status()
         if not state:
             return
-        status = {"passed": "passed", "failed": "failed", "running": "running"}.get(
-            str(state.get("state"))
-        )
+        status = str(state.get("state"))  # JSON: any type; only the three names count
         instance = state.get("engine_instance")
-        if status is None or not isinstance(instance, str):
+        if status not in STATE_OF_REPORT or not isinstance(instance, str):
             return
         snap = self.health.snapshot()
-        wanted = {"passed": "ready", "failed": "warmup_failed", "running": "warming_up"}[status]
+        wanted = STATE_OF_REPORT[status]
         if snap.engine_instance == instance and snap.state == wanted:
             return
         step = state.get("step")

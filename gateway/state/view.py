@@ -23,7 +23,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from gateway.health import ReportStatus, Snapshot, StaleInstance
+from gateway.health import STATE_OF_REPORT, ReportStatus, Snapshot, StaleInstance
 from gateway.state.store import PREFIX, Command, SharedState
 
 log = logging.getLogger("gateway.state")
@@ -31,7 +31,6 @@ log = logging.getLogger("gateway.state")
 WARM = PREFIX + "warm:"
 DRAIN = PREFIX + "drain"
 WARM_TTL_S = 86400
-_STATE = {"passed": "ready", "failed": "warmup_failed", "running": "warming_up"}
 
 
 class _Health(Protocol):
@@ -102,7 +101,7 @@ class ReplicaView:
             try:
                 rec = json.loads(raw)
                 status = rec["status"]
-                wanted = _STATE[status]
+                wanted = STATE_OF_REPORT[status]
             except (ValueError, KeyError, TypeError):
                 continue
             if wanted == snap.state or snap.state == "engine_down":
