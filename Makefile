@@ -189,8 +189,8 @@ config-all: ## `make config` for every profile in env/
 stack-warmup: replicas-override ## the warm-up inside the running compose stack (same volumes and handshake as the sidecar)
 	$(COMPOSE) run --rm --no-deps warmup python -m warmup --plain
 
-dev: install ## engine(s) + gateway (127.0.0.1:8080) + warm-up --watch as local processes (REPLICAS=N); Ctrl-C stops all
-	$(PY) -m deploy.dev --profile $(PROFILE) $(if $(REPLICAS),--replicas $(REPLICAS)) $(if $(DEV_RUN_DIR),--run-dir $(DEV_RUN_DIR))
+dev: install ## engine(s) + gateway (127.0.0.1:8080) + warm-up --watch as local processes (REPLICAS=N, WORKERS=N); Ctrl-C stops all
+	$(PY) -m deploy.dev --profile $(PROFILE) $(if $(REPLICAS),--replicas $(REPLICAS)) $(if $(WORKERS),--workers $(WORKERS)) $(if $(DEV_RUN_DIR),--run-dir $(DEV_RUN_DIR))
 
 # make dev's pid files (default .cache/dev): a second make dev stack, or a test's, names its own
 DEV_RUN_DIR ?=

@@ -33,12 +33,19 @@ it is started again. Ctrl-C or SIGTERM stops all roles in reverse order: SIGTERM
 then SIGKILL to whatever is left. Nothing is orphaned and nothing is killed by name. The run
 directory (``.cache/dev``) holds ``dev.pid`` and one ``engine-I.pid`` per replica for
 ``--restart-replica``; they are removed at exit.
+
+``--workers N`` (``make dev WORKERS=2``) runs the gateway as N workers (``GATEWAY_WORKERS``), with
+their shared state: the host's ``redis-server`` started first and stopped last, the way the
+compose ``state`` service starts it (``deploy/state_server.py``: loopback, ``STATE_PORT``
+default 6380, nothing persisted, a generated password in ``<run dir>/state-url``); without
+``redis-server`` on PATH it says what to install and stops.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -50,6 +57,7 @@ from pathlib import Path
 
 import httpx
 
+from deploy.state_server import DEFAULT_PORT as STATE_PORT
 from entrypoint.process import descendants, groups_of, signal_group, stop_grace_s
 from env.settings import EngineSettings, GatewaySettings, profile_path
 
@@ -251,6 +259,7 @@ class DevStack:
     engine_url: str | None = None
     replicas: int | None = None
     run_dir: Path = RUN_DIR
+    workers: int = 1  # GATEWAY_WORKERS; > 1 also runs the shared state (redis-server)
     roles: list[Role] = field(default_factory=list)
     stopping: threading.Event = field(default_factory=threading.Event)
 
@@ -284,7 +293,10 @@ class DevStack:
                     marker = self.run_dir / f"engine-{i}.restart"
                     marker.unlink(missing_ok=True)
                     members.append(Restartable(role, health_url=url, marker=marker))
-            gw = self._python("gateway", env=shared, name="gateway")
+            gw_env = dict(shared)
+            if self.workers > 1:
+                gw_env.update(self._shared_state())
+            gw = self._python("gateway", env=gw_env, name="gateway")
             warm_env = dict(shared)
             if self.engine_url:
                 warm_env["WARMUP_ENGINE_URL"] = self.engine_url.rstrip("/")
@@ -329,6 +341,32 @@ class DevStack:
             for path in [self.run_dir / "dev.pid", *self.run_dir.glob("engine-*.pid")]:
                 path.unlink(missing_ok=True)
             say("all roles stopped")
+
+    def _shared_state(self) -> dict[str, str]:
+        """``WORKERS`` > 1: the workers' shared state, started first and stopped last: the
+        ``state`` service's own starter (deploy/state_server.py: loopback, nothing persisted, a
+        generated password in a private URL file of the run dir) over the host's redis-server."""
+        if shutil.which("redis-server") is None:
+            raise Stopped(
+                f"WORKERS={self.workers} needs redis-server on PATH for the workers' shared state "
+                "(Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis)"
+            )
+        url_file = self.run_dir / "state-url"
+        url_file.unlink(missing_ok=True)
+        port = os.environ.get("STATE_PORT", str(STATE_PORT))
+        state = Role(
+            "state", [sys.executable, str(REPO / "deploy" / "state_server.py"), str(url_file)],
+            {"STATE_PORT": port, "STATE_DIR": str(self.run_dir)},
+        )  # fmt: skip
+        self.roles.append(state)
+        state.start()
+        deadline = time.monotonic() + 10
+        while not url_file.is_file():
+            if state.exit_code is not None or time.monotonic() > deadline:
+                raise Stopped(f"the shared state did not start (redis-server, port {port})")
+            time.sleep(0.05)
+        say(f"shared state for {self.workers} gateway workers: redis-server on 127.0.0.1:{port}")
+        return {"GATEWAY_WORKERS": str(self.workers), "GATEWAY_STATE_URL": str(url_file)}
 
     def _started(self, member: Restartable) -> None:
         """A (re)started engine: record its group for ``--restart-replica``."""
@@ -402,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--replicas", type=int, default=None, metavar="N",
                    help="engine replicas (default: ENGINE_REPLICAS)")  # fmt: skip
     p.add_argument("--run-dir", type=Path, default=RUN_DIR, help="pid files (default .cache/dev)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="gateway worker processes (> 1: with a local redis-server)")  # fmt: skip
     p.add_argument("--restart-replica", type=int, default=None, metavar="I",
                    help="restart replica I of the running stack, then exit")  # fmt: skip
     args = p.parse_args(argv)
@@ -416,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dev: replica {args.restart_replica} (group {pid}) asked to stop; it restarts")
         return 0
     profile = str(profile_path(args.profile))
-    stack = DevStack(profile, args.engine_url, args.replicas, args.run_dir)
+    stack = DevStack(profile, args.engine_url, args.replicas, args.run_dir, max(1, args.workers))
 
     def request_stop(signum: int, _frame: object) -> None:
         stack.stopping.set()
