@@ -9,7 +9,8 @@ Definitions (also in bench/README.md):
 - Saturation knee (per context): the lowest concurrency c after which doubling (the next
   tested concurrency) gains less than ``knee_gain`` output throughput; beyond it, more
   concurrency mostly buys queueing (TTFT) rather than tokens.
-- Cost per 1M tokens: price per chip-hour x chips / 3600 / tok/s x 1e6.
+- Cost per 1M tokens: the deployment's price per hour / 3600 / tok/s x 1e6, only with a price
+  (the profile's ``PRICE_PER_HOUR_USD`` or ``--price-per-hour``; none: no cost figures).
 - Compile stall: max ITL > ``stall_factor`` x p99 ITL and > ``stall_min_ms``: one pause far
   outside the cell's distribution (on TPU, an XLA compile on the request path).
 - Client bound: the client sustained less than 95% of the target concurrency, or its event
@@ -33,15 +34,16 @@ class Policy:
     knee_gain: float = 0.10
     stall_factor: float = 10.0
     stall_min_ms: float = 100.0
-    price_per_chip_hour: float = 2.70
+    price_per_hour: float | None = None  # USD per hour, whole deployment; None: no costs
+    price_source: str = "none"  # where the price came from, for the report
     chips: int = 1
 
 
 def cost_per_million(tok_s: float | None, policy: Policy) -> float | None:
     """USD per 1M tokens at the measured rate, or None without throughput."""
-    if not tok_s:
+    if not tok_s or policy.price_per_hour is None:
         return None
-    return policy.price_per_chip_hour * policy.chips / 3600.0 / tok_s * 1e6
+    return policy.price_per_hour / 3600.0 / tok_s * 1e6
 
 
 def derive(row: dict, policy: Policy) -> dict:

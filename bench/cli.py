@@ -18,6 +18,24 @@ from bench.grid import int_list
 console = Console(stderr=True)
 
 
+def _price(explicit: float | None, profile: str | None) -> tuple[float | None, str]:
+    """The deployment's USD per hour and where it came from: the flag, else the profile's
+    ``PRICE_PER_HOUR_USD`` (the one ``ops estimate_cost`` reads), else none (no cost figures:
+    a CPU run is never priced at a TPU's list price)."""
+    if explicit is not None:
+        return explicit, "--price-per-hour"
+    from env.settings import PriceSettings, profile_path
+
+    path = profile_path(profile)
+    try:
+        price = PriceSettings.load(profile).price_per_hour_usd
+    except Exception as exc:  # a broken profile must not stop a benchmark
+        return None, f"{path.name} did not load ({type(exc).__name__})"
+    if price is None:
+        return None, f"{path.name} sets no PRICE_PER_HOUR_USD and no --price-per-hour was given"
+    return price, f"{path.name}: PRICE_PER_HOUR_USD"
+
+
 def _profile_defaults(profile: str | None) -> dict:
     """URL, max-model-len and chips from the profile's engine slice, if it loads."""
     try:
@@ -94,7 +112,12 @@ def sweep_parser(sub: argparse._SubParsersAction) -> None:
         default=0.99,
         help="share of requests that must meet every SLO for a cell to pass",
     )
-    p.add_argument("--price-per-chip-hour", type=float, default=2.70)
+    p.add_argument(
+        "--price-per-hour",
+        type=float,
+        help="USD per hour for the whole deployment (default: the profile's PRICE_PER_HOUR_USD; "
+        "neither: the report has no cost figures)",
+    )
     p.add_argument("--chips", type=int, help="chips billed (default: the profile's TP size)")
     p.add_argument("--knee-gain", type=float, default=0.10)
     p.add_argument("--stall-factor", type=float, default=10.0)
@@ -129,6 +152,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from bench.sweep import Sweep, SweepConfig, default_out_dir
 
     prof = _profile_defaults(args.profile)
+    price, price_source = _price(args.price_per_hour, args.profile)
     quick = args.quick
     cfg = SweepConfig(
         url=args.url or prof["url"],
@@ -151,7 +175,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             knee_gain=args.knee_gain,
             stall_factor=args.stall_factor,
             stall_min_ms=args.stall_min_ms,
-            price_per_chip_hour=args.price_per_chip_hour,
+            price_per_hour=price,
+            price_source=price_source,
             chips=args.chips or prof["chips"],
         ),
         out_dir=args.out or default_out_dir(Path("results/bench")),

@@ -134,7 +134,7 @@ def markdown(meta: dict, rows: list[dict], policy: Policy) -> str:
         f"| SLOs | TTFT {fmt(slo.get('ttft_ms'))} ms, TPOT {fmt(slo.get('tpot_ms'))} ms, "
         f"E2EL {fmt(slo.get('e2el_ms'))} ms; pass = {policy.attainment:.0%} of requests meet "
         "all |",
-        f"| price | {policy.price_per_chip_hour} USD per chip-hour x {policy.chips} chips |",
+        f"| price | {_price(policy)} |",
         f"| command | `{meta.get('command')}` |",
         "",
         "## Summary",
@@ -211,13 +211,12 @@ def markdown(meta: dict, rows: list[dict], policy: Policy) -> str:
     L += _grid(rows, lambda r: fmt(r.get("tpot_ms_p50"), 2), "context \\ conc")
     L += ["", "## Error + timeout rate", ""]
     L += _grid(rows, lambda r: f"{(r.get('error_rate') or 0.0):.1%}", "context \\ conc")
-    L += [
-        "",
-        f"## Cost per 1M output tokens (USD, {policy.price_per_chip_hour} per chip-hour x "
-        f"{policy.chips})",
-        "",
-    ]
-    L += _grid(rows, lambda r: fmt(r.get("cost_per_1m_output_usd"), 3), "context \\ conc")
+    L += ["", "## Cost per 1M output tokens", ""]
+    if policy.price_per_hour is None:
+        L.append(f"No price, so no cost figures ({policy.price_source}).")
+    else:
+        L += [f"USD, at {_price(policy)}.", ""]
+        L += _grid(rows, lambda r: fmt(r.get("cost_per_1m_output_usd"), 3), "context \\ conc")
     L += ["", "## Compile stalls", ""]
     stalled = analysis.stalls(rows)
     if stalled:
@@ -260,3 +259,13 @@ def write_all(meta: dict, rows: list[dict], policy: Policy, out_dir: Path) -> No
     write_csv(rows, out_dir / "cells.csv")
     write_json(meta, rows, out_dir / "cells.json")
     (out_dir / "report.md").write_text(markdown(meta, rows, policy))
+
+
+def _price(policy: Policy) -> str:
+    """The price and where it came from (a run without one says so: no cost figures)."""
+    if policy.price_per_hour is None:
+        return f"none ({policy.price_source}): no cost figures"
+    return (
+        f"{policy.price_per_hour:g} USD per hour for the deployment ({policy.chips} chips), "
+        f"from {policy.price_source}"
+    )

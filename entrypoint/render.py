@@ -80,6 +80,9 @@ def engine_args(engine: EngineSettings, replica: int = 0) -> list[str]:
         ("--tool-call-parser", engine.tool_call_parser),
         ("--reasoning-parser", engine.reasoning_parser),
         ("--safetensors-load-strategy", engine.safetensors_load_strategy),
+        # vLLM 0.32 ObservabilityConfig (vllm/engine/arg_utils.py): the engine's spans, children
+        # of the caller's traceparent (the gateway's upstream-attempt span).
+        ("--otlp-traces-endpoint", engine.otlp_traces_endpoint or None),
     ]
     for flag, value in optional:
         if value is not None:

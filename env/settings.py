@@ -98,6 +98,9 @@ class EngineSettings(_Slice):
     # Replica I publishes on its port + the offset, replays missed batches on port + 2 x offset.
     kv_events: Literal["on", "off"] = "off"
     kv_events_port_offset: int = Field(1000, ge=1, le=30000)
+    # vLLM --otlp-traces-endpoint (empty: the engine exports no spans); the protocol is
+    # OTEL_EXPORTER_OTLP_TRACES_PROTOCOL (EngineEnv), vLLM's default gRPC.
+    otlp_traces_endpoint: str = ""
     extra_args: str = ""
     # Client contract, enforced by the gateway and checked against max_model_len by the preflight.
     max_prompt_tokens: int | None = Field(None, ge=1)
@@ -153,6 +156,7 @@ class EngineEnv(_Slice):
     vllm_logging_level: str | None = None
     vllm_no_usage_stats: bool = True
     hf_hub_offline: bool | None = None
+    otel_exporter_otlp_traces_protocol: Literal["grpc", "http/protobuf"] | None = None
 
     def as_environ(self) -> dict[str, str]:
         """The set fields as environment strings (booleans as 1/0, unset fields omitted)."""
@@ -246,6 +250,11 @@ class GatewaySettings(_Slice):
     state_failure: Literal["local", "closed"] = "local"
     state_lease_ttl_s: float = Field(10.0, gt=0)
     state_timeout_s: float = Field(0.25, gt=0)
+    # Tracing (gateway/tracing/): an OTLP endpoint (empty: off, the SDK is not loaded), its
+    # protocol, and the share of requests without a caller's sampling decision that are traced.
+    otel_endpoint: str = ""
+    otel_protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
+    otel_sample_ratio: float = Field(1.0, ge=0, le=1)
 
     @property
     def url(self) -> str:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Self
 
 from env.replicas import Upstream
 from env.settings import EngineSettings, GatewaySettings
+from gateway import tracing
 from gateway.accesslog import AccessLog
 from gateway.admission import Admission
 from gateway.auth import Access, KeysWatcher
@@ -123,6 +124,8 @@ async def running(config: GatewayConfig) -> AsyncIterator[Components]:
             _state_gauges(metrics, state[0])
         access_log = AccessLog(s.log_format)
         stack.callback(access_log.flush)  # the last lines, after everything else stopped
+        spans = tracing.build(s)  # GATEWAY_OTEL_ENDPOINT; the last spans flushed at exit
+        stack.callback(spans.shutdown)
         kv_index = _kv_index(config, lambda: replicas.replicas)  # GATEWAY_ROUTING=kv
         replicas = ReplicaSet(
             config.upstreams,
@@ -150,6 +153,7 @@ async def running(config: GatewayConfig) -> AsyncIterator[Components]:
             metrics=metrics,
             timeouts=Timeouts(s.stream_idle_timeout_s, s.request_timeout_s, s.queue_keepalive_s),
             tenancy=tenancy,
+            tracing=spans,
         )
         if s.api_keys_file is not None and not config.access.keys.open:
             keys_watcher = KeysWatcher(config.access.keys, Path(s.api_keys_file), s.keys_reload_s)

@@ -40,6 +40,7 @@ from gateway.replica import Replica
 from gateway.routing.base import Request as RouteRequest
 from gateway.tenancy import Tenancy
 from gateway.tenants import OPEN_TENANT, Tenant
+from gateway.tracing import NO_TRACING, NOOP_TRACE, Attr, RequestTrace, Step, Tracing
 from gateway.upstream import StreamStats, relay_sse, upstream_error
 from gateway.validation import Final, Kind, finalize, needs_count, parse
 from gateway.wire import EngineResponse
@@ -90,6 +91,11 @@ class Upstreams(Protocol):
         """Whether routing scores the prompt's token ids (``GATEWAY_ROUTING=kv``)."""
         ...
 
+    @property
+    def replicas(self) -> list[Replica]:
+        """Every replica (the routing span's candidates, read only when tracing records)."""
+        ...
+
 
 class Counter(Protocol):
     """Prompt token counting (``gateway.tokens.TokenCounter``)."""
@@ -112,7 +118,7 @@ class Call:
     __slots__ = (
         "body", "caller", "completion_tokens", "forward", "http10", "kind", "path", "phase",
         "prompt_tokens", "queue_wait_s", "replica", "request_id", "route", "started_at",
-        "strip_usage", "ttft_s", "usage_tail",
+        "strip_usage", "trace", "ttft_s", "usage_tail",
     )  # fmt: skip
 
     def __init__(
@@ -144,6 +150,7 @@ class Call:
         self.replica: str | None = None  # the replica that answered (or failed last)
         self.strip_usage = False  # the usage chunk is the gateway's, not the client's
         self.usage_tail = b""  # where the engine's usage is (token accounting)
+        self.trace: RequestTrace = NOOP_TRACE  # its spans (gateway/tracing/; free when off)
 
 
 class CompletionService:
@@ -157,7 +164,9 @@ class CompletionService:
         metrics: GatewayMetrics,
         timeouts: Timeouts,
         tenancy: Tenancy | None = None,
+        tracing: Tracing = NO_TRACING,
     ) -> None:
+        self.tracing = tracing
         self.tenancy = tenancy or Tenancy.open(metrics)  # per-key limits and accounting
         self.policy = policy
         self.upstreams = upstreams
@@ -173,13 +182,24 @@ class CompletionService:
         the engine after the stream started is rendered here and returned as a status.
         """
         tenant = self.tenancy.tenant(call.caller)
+        trace = call.trace = self.tracing.start(call.path, call.request_id, tenant.label,
+                                                call.forward)  # fmt: skip
+        status = 499  # cancelled: the client went away
         try:
-            return await self._run(call, sink, tenant)
+            status = await self._run(call, sink, tenant)
+            return status
         except OpenAIError as err:
+            status = err.status
             answer = self.tenancy.rejected(tenant, err)  # per-key count, the key's windows
             if answer is err:
                 raise
+            status = answer.status
             raise answer from err
+        except Exception:
+            status = 500
+            raise
+        finally:
+            trace.end(status)
 
     async def _run(self, call: Call, sink: Sink, tenant: Tenant) -> int:
         final = await self.prepare(call, tenant)
@@ -193,9 +213,12 @@ class CompletionService:
         call.strip_usage = final.strip_usage
         # The key's rate limits: one request and prompt + max_tokens reserved (429 otherwise),
         # settled from the engine's usage however the request ends.
-        reservation = await self.tenancy.reserve(
-            tenant, final.prompt_bound, final.max_tokens * final.sequences
-        )
+        with call.trace.step("admission") as step:
+            step.set("gateway.key", tenant.label)
+            reservation = await self.tenancy.reserve(
+                tenant, final.prompt_bound, final.max_tokens * final.sequences
+            )
+        ahead = self.admission.queued  # the queue's length on arrival (the queue span)
         call.phase = "queued"
         on_wait = sink.keepalive if final.stream and self.timeouts.queue_keepalive_s > 0 else None
         tick = self.timeouts.queue_keepalive_s
@@ -203,6 +226,8 @@ class CompletionService:
             async with self.admission.slot(call.caller, on_wait, tick, tenant.sched) as t:
                 call.phase = "upstream"
                 call.queue_wait_s = t.queued_s
+                call.trace.done("queue wait", t.queued_s, {"gateway.queue.class": tenant.sched.name,
+                                "gateway.queue.position": ahead})  # fmt: skip
                 self.metrics.queue_wait.observe(t.queued_s)
                 self.metrics.key_admitted(tenant.label, tenant.sched.name, t.queued_s)
                 for name, value in self.tenancy.headers(reservation, self.admission):
@@ -214,8 +239,9 @@ class CompletionService:
     async def prepare(self, call: Call, tenant: Tenant = OPEN_TENANT) -> Final:
         """Validate and count: the forwardable body, or an ``OpenAIError``."""
         policy = self.tenancy.policy_for(tenant, self.policy)
-        parsed = parse(call.kind, call.body, policy)
-        self.tenancy.check(tenant, parsed.model, parsed.max_tokens, parsed.max_tokens_param)
+        with call.trace.step("validate"):
+            parsed = parse(call.kind, call.body, policy)
+            self.tenancy.check(tenant, parsed.model, parsed.max_tokens, parsed.max_tokens_param)
         snap = self.upstreams.serving()
         if not snap.ready:
             raise unavailable(snap)
@@ -230,7 +256,9 @@ class CompletionService:
         if prompt_tokens is None and (
             needs_count(parsed, policy) or (tenant.tpm is not None and not exact)
         ):
-            prompt_tokens = await self.tokens.count(parsed, call.request_id.decode())
+            with call.trace.step("count tokens") as step:
+                prompt_tokens = await self.tokens.count(parsed, call.request_id.decode())
+                step.set("gateway.prompt_tokens", -1 if prompt_tokens is None else prompt_tokens)
         outcome = "skipped" if prompt_tokens is None else "counted"
         self.metrics.token_counts.labels(outcome).inc()
         final = finalize(parsed, prompt_tokens, policy)
@@ -243,18 +271,23 @@ class CompletionService:
         tried: tuple[Replica, ...] = ()
         failure: httpx.TransportError | None = None
         while True:
-            replica = self.upstreams.pick(call.route, tried)
+            with call.trace.step("route") as step:
+                replica = self.upstreams.pick(call.route, tried)
+                if step.recording:
+                    _route_attrs(step, self.upstreams, replica, tried)
             if replica is None:
                 if failure is not None:  # nowhere else to go: the first failure, as it was
                     raise upstream_error(failure, streaming=final.stream)
                 raise unavailable(self.upstreams.serving())
             call.replica = replica.name
-            with replica.lease():
+            reason = "failover" if tried else "first"
+            with replica.lease(), call.trace.attempt(replica.name, len(tried) + 1, reason) as at:
                 try:
                     response = await replica.pool.request(
-                        "POST", call.path, final.body, headers, timeout
+                        "POST", call.path, final.body, at.forward(headers), timeout
                     )
                 except httpx.TransportError as exc:
+                    at.error(exc)
                     self.metrics.upstream_errors.labels(type(exc).__name__).inc()
                     if isinstance(exc, httpx.ReadTimeout) or tried:
                         replica.monitor.poke()
@@ -262,9 +295,11 @@ class CompletionService:
                     replica.monitor.mark_down()  # refused or lost before answering: fail over
                     tried, failure = (replica,), exc
                     continue
+                at.set("http.response.status_code", response.status_code)
                 if response.status_code == 503 and not tried:
                     other = self.upstreams.pick(call.route, (replica,))
                     if other is not None:  # the engine refused before starting: fail over
+                        at.error("EngineUnavailable: 503")
                         response.close()
                         self.metrics.upstream_errors.labels("EngineUnavailable").inc()
                         replica.monitor.mark_down()
@@ -303,6 +338,7 @@ class CompletionService:
     ) -> int:
         await sink.open()
         stats = StreamStats(APIS[call.kind].stream, call.strip_usage)
+        relay_from = time.perf_counter()
         try:
             await relay_sse(response, sink.chunk, stats)
         except httpx.HTTPError as exc:
@@ -317,6 +353,8 @@ class CompletionService:
             call.completion_tokens = stats.completion_tokens()
             call.usage_tail = stats.tail
             self.metrics.tokens_streamed.inc(call.completion_tokens)
+            if call.trace.recording:
+                call.trace.relayed(time.perf_counter() - relay_from, _relay_attrs(call, stats))
         if not stats.done:
             replica.monitor.poke()
             await sink.fail(
@@ -332,3 +370,25 @@ class CompletionService:
         self.metrics.upstream_errors.labels(type(exc).__name__).inc()
         replica.monitor.poke()
         return upstream_error(exc, streaming=streaming)
+
+
+def _route_attrs(
+    step: Step, upstreams: Upstreams, chosen: Replica | None, tried: tuple[Replica, ...]
+) -> None:
+    """The routing span's attributes (only when the trace records: they build lists)."""
+    step.set("gateway.routing.candidates",
+             [r.name for r in upstreams.replicas if r.routable and r not in tried])  # fmt: skip
+    step.set("gateway.routing.excluded", [r.name for r in tried])
+    step.set("gateway.replica", chosen.name if chosen is not None else "")
+
+
+def _relay_attrs(call: Call, stats: StreamStats) -> dict[str, Attr]:
+    """The relay span's attributes: what the relay counted anyway, read once at the end."""
+    attrs: dict[str, Attr] = {
+        "gateway.relay.chunks": stats.events,
+        "gateway.relay.completion_tokens": call.completion_tokens or 0,
+        "gateway.relay.outcome": "done" if stats.done else "ended early",
+    }
+    if call.ttft_s is not None:
+        attrs["gateway.ttft_s"] = call.ttft_s
+    return attrs

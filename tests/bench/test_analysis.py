@@ -6,7 +6,7 @@ import pytest
 
 from bench.analysis import Policy, best_interactive, cost_per_million, derive, knees, peak
 
-POLICY = Policy(price_per_chip_hour=2.70, chips=4)
+POLICY = Policy(price_per_hour=4 * 2.70, price_source="test", chips=4)
 
 
 def row(ctx, conc, tok_s, ttft_p50=10.0, attain=1.0, status="ok", **extra):
@@ -26,6 +26,14 @@ def test_cost_per_million_tokens():
     r = row(128, 1, 1000.0)
     assert r["cost_per_1m_output_usd"] == pytest.approx(3.0)
     assert r["cost_per_1m_total_usd"] == pytest.approx(1.5)
+
+
+def test_no_price_no_cost_figures():
+    unpriced = Policy(chips=1)  # a CPU profile without PRICE_PER_HOUR_USD
+    assert cost_per_million(1000.0, unpriced) is None
+    r = derive({"context": 128, "concurrency": 1, "status": "ok", "output_throughput": 1000.0,
+                "total_throughput": 2000.0}, unpriced)  # fmt: skip
+    assert r["cost_per_1m_output_usd"] is None and r["cost_per_1m_total_usd"] is None
 
 
 def test_slo_pass_needs_an_ok_cell_and_the_attainment():
