@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench import fairness, grid, overhead, replicas, synthetic, vllm_check
+from bench import fairness, grid, kvrouting, overhead, replicas, synthetic, vllm_check
 from bench.grid import int_list
 
 console = Console(stderr=True)
@@ -223,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare_parser(sub)
     overhead.add_parser(sub)
     fairness.add_parser(sub)
+    kvrouting.add_parser(sub)
     replicas.add_parser(sub)
     synthetic.add_parser(sub)
     vllm_check.add_parser(sub)

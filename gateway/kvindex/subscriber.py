@@ -96,7 +96,7 @@ class Subscriber:
                     if s is monitor:
                         self._on_monitor(parse_monitor_message(await monitor.recv_multipart()))
                     else:
-                        await self.handle(await sock.recv_multipart())
+                        await self._guarded(await sock.recv_multipart())
         finally:
             sock.disable_monitor()
             monitor.close(linger=0)
@@ -110,6 +110,14 @@ class Subscriber:
             if self.connected:
                 log.info("kv events: %s's publisher went away: its entries are dropped", self.name)
             self.connected = False
+            self.blocks.reset()
+
+    async def _guarded(self, frames: list[bytes]) -> None:
+        """``handle``, never letting a surprise end the subscription with a stale view."""
+        try:
+            await self.handle(frames)
+        except Exception:
+            log.exception("kv events from %s: entries dropped", self.name)
             self.blocks.reset()
 
     async def handle(self, frames: list[bytes]) -> None:

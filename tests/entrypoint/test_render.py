@@ -124,3 +124,27 @@ def test_render_cli_prints_command() -> None:
     assert "vllm \\\n    serve" in out
     assert "--no-async-scheduling" in out
     assert "VLLM_XLA_CACHE_PATH=" in out
+
+
+def test_kv_events_render_per_replica() -> None:
+    """ENGINE_KV_EVENTS=on: vLLM's parser takes the config; each replica publishes on its own
+    ports (bound on loopback for a loopback engine), where the gateway looks for them."""
+    from env.kvevents import subscriber_endpoints
+
+    profile = ENV_DIR / "cpu.env"
+    engine = EngineSettings.load(profile).model_copy(update={"kv_events": "on", "replicas": 2})
+    args = vllm_parse(
+        render(engine, EngineEnv.load(profile), CacheSettings.load(profile), replica=1).argv[1:]
+    )
+    cfg = args.kv_events_config
+    assert cfg.enable_kv_cache_events and cfg.publisher == "zmq"
+    assert (cfg.endpoint, cfg.replay_endpoint, cfg.topic) == (
+        "tcp://[::ffff:127.0.0.1]:9001", "tcp://127.0.0.1:10001", "kv-events.replica-1"
+    )  # fmt: skip
+    assert subscriber_endpoints(engine.replica_urls[1], 1000) == (
+        "tcp://127.0.0.1:9001", "tcp://127.0.0.1:10001"
+    )  # fmt: skip
+    wild = engine.model_copy(update={"host": "0.0.0.0"})
+    argv = render(wild, EngineEnv.load(profile), CacheSettings.load(profile)).argv
+    assert json.loads(argv[argv.index("--kv-events-config") + 1])["endpoint"] == "tcp://*:9000"
+    assert "--kv-events-config" not in rendered(profile).argv  # off by default

@@ -94,3 +94,24 @@ async def test_transport_failures_are_503s_with_retry_after(exc: Exception, code
     with pytest.raises(OpenAIError) as info:
         await tc.count(chat(), "r")
     assert (info.value.status, info.value.code) == (503, code) and info.value.retry_after == 5
+
+
+async def test_token_ids_for_kv_routing_only_when_they_name_the_engines_blocks() -> None:
+    """``ids``: the engine's token ids of one prompt; None (routing falls back, the request is
+    not failed) for a batch, media, a cache salt, or an engine that does not answer."""
+    tc, seen = counter(lambda r: httpx.Response(200, json={"count": 3, "tokens": [5, 6, 7]}))
+    assert await tc.ids(chat(), "r") == [5, 6, 7]
+    assert seen[0]["body"]["messages"] == [{"role": "user", "content": "hi"}]
+    one = parse("completions", json.dumps({"model": MODEL, "prompt": "abc"}).encode(), CPU)
+    assert await tc.ids(one, "r") == [5, 6, 7] and seen[1]["body"]["prompt"] == "abc"
+    batch = parse("completions", json.dumps({"model": MODEL, "prompt": ["a", "b"]}).encode(), CPU)
+    salted = chat(cache_salt="tenant-a")
+    for parsed in (batch, salted):
+        assert await tc.ids(parsed, "r") is None
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    media = chat()  # this profile refuses images at parse: the body as a vision profile has it
+    media.body["messages"] = [{"role": "user", "content": [{"type": "text", "text": "x"}, image]}]
+    assert await tc.ids(media, "r") is None
+    assert len(seen) == 2  # none of those asked the engine
+    down, _ = counter(lambda r: httpx.Response(500, json={"error": {"message": "boom"}}))
+    assert await down.ids(chat(), "r") is None

@@ -45,6 +45,9 @@ def start_engine(
         "CACHE_HOT_DIR": str(workdir / "compile-hot"),
         "CACHE_PERSIST_DIR": str(workdir / "compile-persist"),
         "PYTHONUNBUFFERED": "1",
+        # KV-cache events on (GATEWAY_ROUTING=kv's tests): a publisher thread in the engine
+        # core, on ENGINE_PORT + 1000 and + 2000 (env/kvevents.py); nothing else changes.
+        "ENGINE_KV_EVENTS": "on",
         **(extra_env or {}),
     }
     server = ServerProcess(
