@@ -63,6 +63,9 @@ class WorkerServer(DrainingServer):
     def serve_forever(self) -> None:
         """Bind the shared port and run until drained."""
         cfg = self.config
+        # A SIGHUP the supervisor forwards while this worker still starts must not kill it (the
+        # default action); the keys watcher takes SIGHUP over once it runs.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         self.run(sockets=[listen(cfg.host, cfg.port, cfg.backlog)])
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:

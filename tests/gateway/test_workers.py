@@ -4,18 +4,24 @@ worker's, and the start refused (one line) without the shared state the workers 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.metrics import GatewayMetrics
-from gateway.promtext import samples
 from gateway.workers.metrics import merge
 from gateway.workers.supervisor import Backoff
+from protocol.prometheus import samples
+from tests.support.gateway import run_gateway
 from tests.support.process import REPO, free_port
+from tests.support.redis import RedisServer
+from tests.support.wait import wait_until
 
 
 def test_backoff_doubles_while_workers_die_young_and_resets_after_a_stable_run() -> None:
@@ -80,3 +86,31 @@ def test_a_port_in_use_is_one_line_before_any_worker_starts(tmp_path: Path) -> N
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith(f"gateway: cannot bind 127.0.0.1:{port}")
     assert "worker 0 started" not in done.stderr
+
+
+@pytest.mark.redis
+def test_sighup_to_the_supervisor_reloads_the_keys_in_every_worker(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    keys = tmp_path / "keys.txt"
+    keys.write_text("sk-workers-old-key-0123456789 old\n")
+    env = {
+        "GATEWAY_WORKERS": "2",
+        "GATEWAY_STATE_URL": redis_server.url,
+        "GATEWAY_API_KEYS_FILE": str(keys),
+        "GATEWAY_KEYS_RELOAD_S": "0",
+    }  # SIGHUP only
+    with run_gateway("http://127.0.0.1:9", env=env) as gw:
+        wait_until(lambda: gw.log_tail(200).count("serving on") == 2, "both workers up", 60)
+        keys.write_text("sk-workers-new-key-0123456789 new\n")
+        os.kill(gw.pid, signal.SIGHUP)
+        wait_until(lambda: gw.log_tail(200).count("keys file reloaded (SIGHUP)") == 2,
+                   "both workers reloaded", 30)  # fmt: skip
+        for _ in range(10):  # new connections, spread by the kernel: the new key everywhere
+            with httpx.Client(timeout=30) as c:
+                r = c.get(f"{gw.url}/v1/models",
+                          headers={"Authorization": "Bearer sk-workers-new-key-0123456789"})  # fmt: skip
+                old = c.get(f"{gw.url}/v1/models",
+                            headers={"Authorization": "Bearer sk-workers-old-key-0123456789"})  # fmt: skip
+            assert r.status_code != 401, r.text
+            assert old.status_code == 401, old.text  # the check can fail: the old key is gone
