@@ -48,6 +48,7 @@ print('\n'.join(p['dependencies'] + extras['gateway'] + extras['warmup']))" >/tm
     && rm /tmp/req.txt && find "$VIRTUAL_ENV" -name '__pycache__' -prune -exec rm -rf {} +
 
 WORKDIR /app
+COPY protocol/ protocol/
 COPY env/ env/
 COPY entrypoint/ entrypoint/
 COPY gateway/ gateway/

@@ -27,7 +27,7 @@ import urllib.request
 from dataclasses import dataclass
 
 from deploy.profile import Profile
-from gateway.errors import engine_message
+from protocol.engine_errors import engine_message
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 

@@ -12,6 +12,8 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from protocol.engine_errors import engine_message
+
 # OpenAI's ``type`` values for each status class (the SDK maps on status, humans read ``type``).
 _TYPES = {
     400: "invalid_request_error",
@@ -106,27 +108,6 @@ def engine_down(message: str = "the engine is not reachable") -> OpenAIError:
 
 def bad_request(message: str, param: str | None = None, code: str = "invalid_value") -> OpenAIError:
     return OpenAIError(400, message, code=code, param=param)
-
-
-def engine_message(body: bytes | str, limit: int = 500) -> str:
-    """The message of an engine's error answer: OpenAI's ``{"error": {"message"}}``, vLLM's
-    older ``{"message"}``, else the start of the body as text (the one reader of engine errors,
-    shared by the gateway, the warm-up and ``make up``)."""
-    text = body.decode(errors="replace") if isinstance(body, bytes) else body
-    try:
-        data = json.loads(text)
-    except (ValueError, RecursionError):
-        return text[:limit]
-    if isinstance(data, dict):
-        err = data.get("error")
-        if isinstance(err, dict) and err.get("message"):
-            return str(err["message"])[:limit]
-        if isinstance(err, str) and err:
-            return err[:limit]
-        for key in ("message", "detail"):  # vLLM's older shape, FastAPI's
-            if data.get(key):
-                return str(data[key])[:limit]
-    return text[:limit]
 
 
 def internal_error(request_id: bytes) -> OpenAIError:

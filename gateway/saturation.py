@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.identity import engine_instance
-from gateway.promtext import values as _values
+from protocol.identity import engine_instance
+from protocol.prometheus import values as _values
 
 WAITING = "vllm:num_requests_waiting"
 RUNNING = "vllm:num_requests_running"

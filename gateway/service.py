@@ -32,7 +32,7 @@ import httpx
 
 from gateway.admission import Admission
 from gateway.apis import APIS
-from gateway.errors import OpenAIError, engine_message, reshape_engine_error
+from gateway.errors import OpenAIError, reshape_engine_error
 from gateway.health import Snapshot, unavailable
 from gateway.metrics import GatewayMetrics
 from gateway.policy import Policy
@@ -44,6 +44,7 @@ from gateway.tracing import NO_TRACING, NOOP_TRACE, Attr, RequestTrace, Step, Tr
 from gateway.upstream import StreamStats, relay_sse, upstream_error
 from gateway.validation import Final, Kind, finalize, needs_count, parse
 from gateway.wire import EngineResponse
+from protocol.engine_errors import engine_message
 
 _JSON_HEADER = b"content-type: application/json\r\n"
 

@@ -16,9 +16,10 @@ from typing import Any
 
 import httpx
 
-from gateway.errors import OpenAIError, engine_message
+from gateway.errors import OpenAIError
 from gateway.upstream import upstream_error
 from gateway.validation import Parsed
+from protocol.engine_errors import engine_message
 
 
 class TokenCounter:

@@ -20,10 +20,9 @@ import httpx
 from entrypoint import cache, capacity
 from entrypoint.render import render
 from env.settings import ENV_DIR, EngineSettings, PriceSettings
-from gateway.promtext import metric_sum
 from ops import enginelog, runs
 from ops.config import OpsConfig
-from ops.prom import Scrape, histogram_mean, increase
+from protocol.prometheus import Scrape, histogram_mean, increase, metric_sum
 
 STARTED = time.time()
 ENGINE_HISTOGRAMS = {

@@ -22,7 +22,7 @@ from pathlib import Path
 from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parents[1]
-IMAGE_DIRS = ["env", "entrypoint", "gateway", "warmup"]  # what Dockerfile.app copies
+IMAGE_DIRS = ["protocol", "env", "entrypoint", "gateway", "warmup"]  # what Dockerfile.app copies
 # The image runs the gateway and the warm-up (every import counts, lazy ones too) and, of the
 # engine launcher, only ``cache save``: there only module-level imports count (tinymodel imports
 # torch inside the functions that build the model, which run in the engine image alone).

@@ -9,7 +9,9 @@ from pathlib import Path
 
 from tests.support.process import REPO
 
-PRODUCT = ("entrypoint", "env", "gateway", "warmup", "bench", "deploy", "ops")
+PRODUCT = ("protocol", "entrypoint", "env", "gateway", "warmup", "bench", "deploy", "ops")
+# Roles that run beside the gateway and must not import it (bench measures the gateway, so it may).
+BESIDE_THE_GATEWAY = ("entrypoint", "env", "warmup", "deploy", "ops")
 PACKAGES = (*PRODUCT, "tests")
 # Where a completion request enters: the request path is every gateway module these import,
 # at any depth (derived from the imports, so a module added to the path is covered by itself).
@@ -119,6 +121,28 @@ def test_product_code_never_imports_tests() -> None:
     assert bad == []
 
 
+def crossings(g: dict[str, set[str]], sources: tuple[str, ...], targets: set[str]) -> list[str]:
+    """Imports from a module of ``sources`` packages into one of ``targets`` packages."""
+    return sorted(
+        f"{m} -> {t}"
+        for m, found in g.items()
+        if package_of(m) in sources
+        for t in found
+        if package_of(t) in targets
+    )
+
+
+def test_the_roles_beside_the_gateway_import_the_ground_floor_not_the_gateway() -> None:
+    """What the warm-up, ops and deploy share with the gateway (Prometheus text, the engine's
+    identity, the warm-up handshake, engine error messages) is in ``protocol``; importing it
+    from inside ``gateway`` would pull the gateway's web stack into each of them."""
+    assert crossings(graph(REPO), BESIDE_THE_GATEWAY, {"gateway"}) == []
+
+
+def test_the_ground_floor_imports_no_role() -> None:
+    assert crossings(graph(REPO), ("protocol",), set(PACKAGES) - {"protocol"}) == []
+
+
 def request_path(g: dict[str, set[str]]) -> set[str]:
     """The gateway modules reachable by import from ``REQUEST_ENTRY``."""
     seen: set[str] = set()
@@ -157,6 +181,10 @@ def test_the_checks_can_fail(tmp_path: Path) -> None:
     (tmp_path / "gateway" / "c.py").write_text("def f():\n    from tests.helper import X\n")
     for pkg in PACKAGES:
         (tmp_path / pkg).mkdir(exist_ok=True)
+    (tmp_path / "warmup" / "d.py").write_text("from gateway.a import A\n")
+    (tmp_path / "protocol" / "e.py").write_text("import gateway.b\n")
     g = graph(tmp_path)
     assert cycles(g) == [["gateway.a", "gateway.b"]]
     assert g["gateway.c"] == {"tests.helper"}
+    assert crossings(g, BESIDE_THE_GATEWAY, {"gateway"}) == ["warmup.d -> gateway.a"]
+    assert crossings(g, ("protocol",), set(PACKAGES) - {"protocol"}) == ["protocol.e -> gateway.b"]

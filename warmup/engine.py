@@ -1,6 +1,6 @@
 """Who the engine is: instance identity, version and configuration, read from its own endpoints.
 
-The instance identity is the gateway's definition (``gateway.identity.engine_instance``, derived
+The instance identity is the one the gateway uses (``protocol.identity.engine_instance``, derived
 from ``process_start_time_seconds`` in ``/metrics``), imported rather than re-implemented so the
 two sides of the handshake can never disagree about which engine is which.
 """
@@ -12,8 +12,8 @@ from typing import Any
 
 import httpx
 
-from gateway.identity import engine_instance
-from gateway.promtext import metric_labels
+from protocol.identity import engine_instance
+from protocol.prometheus import metric_labels
 
 # Labels of vllm:cache_config_info worth keeping in the report (the rest is noise).
 CACHE_LABELS = ("block_size", "cache_dtype", "enable_prefix_caching", "kv_cache_size_tokens")

@@ -1,7 +1,7 @@
 """The gateway handshake (``/internal/warmup``) and the compile-cache write-back.
 
 The gateway serves an engine instance only after the sidecar posts ``passed`` for that exact
-instance (the contract is ``gateway/handshake.py``, which both sides import). The sidecar therefore always
+instance (the contract is ``protocol/handshake.py``, which both sides import). The sidecar therefore always
 names the instance it warmed; a 409 means the gateway sees another one, either because the
 engine restarted (warm the new one) or because the gateway has not polled the engine yet (wait
 a moment and post again). Which of the two is for the caller to decide: it can look at the
@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 
 from env.settings import GatewaySettings, WarmupSettings
-from gateway import handshake
+from protocol import handshake
 
 
 class GatewayStale(Exception):
@@ -39,7 +39,7 @@ def gateway_url(warmup: WarmupSettings, gateway: GatewaySettings) -> str:
 
 
 class HandshakeClient:
-    """Client of the gateway's internal warm-up endpoint (``gateway/handshake.py``)."""
+    """Client of the gateway's internal warm-up endpoint (``protocol/handshake.py``)."""
 
     def __init__(self, url: str, token_file: Path, timeout_s: float) -> None:
         self.url = url

@@ -23,8 +23,8 @@ from typing import Any
 import httpx
 
 from env.settings import WarmupSettings
-from gateway.errors import engine_message
-from gateway.promtext import metric_sum
+from protocol.engine_errors import engine_message
+from protocol.prometheus import metric_sum
 from warmup.images import png_data_url
 from warmup.plan import Plan, Step
 from warmup.progress import Reporter

@@ -32,7 +32,7 @@ import httpx
 from rich.console import Console
 
 from env.settings import EngineEnv, EngineSettings, GatewaySettings, WarmupSettings
-from gateway.handshake import DETAIL_MAX
+from protocol.handshake import DETAIL_MAX
 from warmup.engine import EngineInfo, current_instance, describe
 from warmup.notify import GatewayStale, GatewayUnavailable, HandshakeClient, cache_save, gateway_url
 from warmup.plan import Plan, build_plan

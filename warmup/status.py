@@ -40,7 +40,7 @@ from urllib.parse import parse_qs
 
 import httpx
 
-from gateway.identity import engine_instance
+from protocol.identity import engine_instance
 
 State = Literal["waiting", "running", "passed", "failed", "engine_down"]
 # The aggregate's state when not every replica passed: the first of these any replica is in.

@@ -14,9 +14,10 @@ from starlette.responses import Response
 
 from gateway.asgi import JSON, ClientGone, read_body
 from gateway.components import Components
-from gateway.errors import OpenAIError, engine_message, reshape_engine_error
+from gateway.errors import OpenAIError, reshape_engine_error
 from gateway.upstream import upstream_error
 from gateway.web import ORIGINAL_PATH, Answer, ApiKey, Nothing, Parts, count_refusal, json_answer
+from protocol.engine_errors import engine_message
 
 router = APIRouter(tags=["engine"])
 

@@ -1,6 +1,6 @@
 """Internal endpoints (internal token): the warm-up handshake and the replicas' drain controls.
 
-``/internal/warmup`` (``gateway/handshake.py`` is the contract both sides import): GET returns
+``/internal/warmup`` (``protocol/handshake.py`` is the contract both sides import): GET returns
 the serving state (``?instance=ID``: that engine instance's replica); POST reports a warm-up
 result for a named engine instance, applied to the replica running it, and is refused with 409
 ``stale_engine_instance`` when no replica runs it any more (it restarted since the warm-up began:
@@ -19,12 +19,12 @@ from urllib.parse import unquote
 from fastapi import APIRouter, Depends, Path, Query, Request
 from starlette.responses import Response
 
-from gateway import handshake
 from gateway.asgi import read_body
-from gateway.errors import OpenAIError
+from gateway.errors import OpenAIError, bad_request
 from gateway.health import StaleInstance
 from gateway.replicas import ReplicaNotFound
 from gateway.web import ORIGINAL_PATH, Parts, internal_token, json_answer
+from protocol import handshake
 
 REPLICAS_PATH = "/internal/replicas"
 ACTIONS = ("drain", "undrain")
@@ -51,9 +51,11 @@ async def warmup_state(
 
 @router.post(handshake.PATH, summary="Report a warm-up result for an engine instance")
 async def warmup_report(request: Request, c: Parts) -> Response:
-    report = handshake.parse_report(
-        await read_body(request.scope, request.receive, handshake.BODY_MAX)
-    )
+    raw = await read_body(request.scope, request.receive, handshake.BODY_MAX)
+    try:
+        report = handshake.parse_report(raw)
+    except handshake.BadReport as exc:
+        raise bad_request(exc.message, exc.param, exc.code) from None
     try:
         snap = c.replicas.report_warmup(report.instance, report.status, report.step, report.detail)
     except StaleInstance as exc:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from bench.synthetic import CHAT_TEMPLATE_TOKENS, count_tokens
-from gateway.identity import engine_instance
+from protocol.identity import engine_instance
 
 
 def test_count_tokens_is_one_per_word_plus_the_chat_template() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.promtext import samples
+from protocol.prometheus import samples
 from tests.support.process import REPO, ServerProcess, free_port
 from tests.support.redis import redis_server_binary
 from tests.support.wait import wait_until

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from gateway.promtext import metric_sum
+from protocol.prometheus import metric_sum
 from tests.support.engine import Engine
 from tests.support.gateway import RunningGateway, mark_warm, run_gateway
 from tests.support.redis import RedisServer

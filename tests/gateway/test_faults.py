@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.promtext import metric_sum
+from protocol.prometheus import metric_sum
 from tests.support.engine import Engine, running_after
 from tests.support.gateway import RunningGateway, mark_warm, run_gateway, wait_for_instance
 from tests.support.process import ServerProcess, free_port

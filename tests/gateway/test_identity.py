@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.identity import engine_instance
+from protocol.identity import engine_instance
 
 PAGE = """# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.
 # TYPE process_start_time_seconds gauge

@@ -7,7 +7,7 @@ import pytest
 
 from gateway.errors import OpenAIError
 from gateway.metrics import GatewayMetrics, rejection_reason
-from gateway.promtext import metric_sum
+from protocol.prometheus import metric_sum
 
 
 def test_counters_and_a_live_gauge_render_as_prometheus_text() -> None:

@@ -18,7 +18,7 @@ import pytest
 from env.settings import EngineSettings, GatewaySettings
 from gateway.app import GatewayApp, create_app
 from gateway.auth import hash_key
-from gateway.promtext import metric_sum
+from protocol.prometheus import metric_sum
 from tests.support.process import free_port
 
 pytestmark = pytest.mark.anyio

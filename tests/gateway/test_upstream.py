@@ -12,8 +12,9 @@ from gateway.apis import OPENAI_STREAM, StreamFormat
 from gateway.apis.chat import STREAM as CHAT_STREAM
 from gateway.apis.messages import STREAM as MESSAGES_STREAM
 from gateway.apis.responses import STREAM as RESPONSES_STREAM
-from gateway.errors import OpenAIError, engine_message
+from gateway.errors import OpenAIError
 from gateway.upstream import StreamStats, relay_sse, upstream_error
+from protocol.engine_errors import engine_message
 
 pytestmark = pytest.mark.anyio
 

@@ -22,7 +22,7 @@ import pytest
 
 from entrypoint.process import descendants
 from gateway.auth import hash_key
-from gateway.promtext import samples
+from protocol.prometheus import samples
 from tests.support.engine import Engine
 from tests.support.gateway import RunningGateway, run_gateway
 from tests.support.redis import RedisServer

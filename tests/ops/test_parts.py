@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ops import enginelog, runs
-from ops.prom import Scrape, histogram_mean, increase
+from protocol.prometheus import Scrape, histogram_mean, increase
 from tests.ops.conftest import META, RUN_A, RUN_B
 from tests.ops.support import write_run
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ops.prom import Scrape
+from protocol.prometheus import Scrape
 from tests.ops.conftest import OpsStack
 from tests.support.process import REPO
 from warmup.status import StatusServer, Tracked, WarmState

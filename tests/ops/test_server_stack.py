@@ -16,7 +16,7 @@ from mcp.client.session import ClientSession
 from entrypoint import cache
 from entrypoint.render import render
 from env.settings import CacheSettings, EngineEnv, EngineSettings
-from ops.prom import Scrape, histogram_mean
+from protocol.prometheus import Scrape, histogram_mean
 from tests.ops.conftest import OpsStack
 from tests.ops.support import PROFILE, data, over_http, over_stdio, text, with_stdio_session
 from tests.support.process import ServerProcess, free_port

@@ -20,7 +20,7 @@ import httpx
 
 from bench import gatewayproc
 from bench.gatewayproc import GatewayProcess, mark_warm, wait_for_instance
-from gateway.promtext import metric_sum
+from protocol.prometheus import metric_sum
 from tests.support.process import REPO
 
 PROFILE = REPO / "env" / "cpu.env"

@@ -22,7 +22,7 @@ import pytest
 from rich.console import Console
 
 from bench.overhead import synthetic_upstream
-from ops.prom import Scrape
+from protocol.prometheus import Scrape
 from tests.warmup.test_handshake import SYNTHETIC_PROFILE
 from warmup.progress import PlainReporter
 from warmup.sidecar import Outcome, Sidecar

@@ -7,7 +7,7 @@ import asyncio
 import httpx
 import pytest
 
-from gateway.promtext import metric_labels, metric_sum
+from protocol.prometheus import metric_labels, metric_sum
 from tests.support.engine import Engine
 from warmup.engine import EngineInfo, describe
 

@@ -23,7 +23,7 @@ import pytest
 from bench.overhead import synthetic_upstream
 from env.replicas import UpstreamError
 from env.settings import EngineSettings, GatewaySettings, WarmupSettings
-from gateway.identity import engine_instance
+from protocol.identity import engine_instance
 from tests.support.process import REPO, free_port
 from tests.warmup.fakes import FakeReplicaGateway, serve, synthetic_engine
 from tests.warmup.test_handshake import SYNTHETIC_PROFILE

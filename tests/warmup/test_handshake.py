@@ -25,8 +25,8 @@ import pytest
 
 from bench.overhead import synthetic_upstream
 from env.settings import EngineEnv, EngineSettings, WarmupSettings
-from gateway.handshake import DETAIL_MAX
-from gateway.identity import engine_instance
+from protocol.handshake import DETAIL_MAX
+from protocol.identity import engine_instance
 from tests.support.gateway import run_gateway
 from tests.support.process import REPO, free_port
 from tests.warmup.fakes import Answer, FakeEngine, FakeGateway, serve

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ops.prom import Scrape
+from protocol.prometheus import Scrape
 from tests.warmup.fakes import FakeEngine, serve
 from warmup.status import (
     CACHE_SAVE_FAILURES,

@@ -9,7 +9,7 @@ without pulling in the gateway's web stack.
 
 from __future__ import annotations
 
-from gateway.promtext import values
+from protocol.prometheus import values
 
 _START_METRIC = "process_start_time_seconds"
 

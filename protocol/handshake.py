@@ -14,13 +14,20 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-from gateway.errors import bad_request
-
 PATH = "/internal/warmup"
 Status = Literal["running", "passed", "failed"]
 STATUSES: tuple[str, ...] = get_args(Status)
 DETAIL_MAX = 2000
 BODY_MAX = 64 * 1024
+
+
+class BadReport(ValueError):
+    """A report body the gateway refuses: the message, the field it names and an error code
+    (the gateway answers it as a 400 in OpenAI's error shape)."""
+
+    def __init__(self, message: str, param: str | None, code: str = "invalid_value") -> None:
+        super().__init__(message)
+        self.message, self.param, self.code = message, param, code
 
 
 @dataclass(frozen=True)
@@ -41,23 +48,23 @@ class Report:
 
 
 def parse_report(raw: bytes) -> Report:
-    """The gateway's reading of a POST body; raises a 400 ``OpenAIError`` naming the field."""
+    """The gateway's reading of a POST body; raises ``BadReport`` naming the field."""
     try:
         data = json.loads(raw)
     except (ValueError, RecursionError):
-        raise bad_request("body is not valid JSON", None, "invalid_json") from None
+        raise BadReport("body is not valid JSON", None, "invalid_json") from None
     if not isinstance(data, dict):
-        raise bad_request("body must be a JSON object", None, "invalid_type")
+        raise BadReport("body must be a JSON object", None, "invalid_type")
     instance = data.get("engine_instance")
     if not isinstance(instance, str) or not instance:
-        raise bad_request("'engine_instance' must be a non-empty string", "engine_instance")
+        raise BadReport("'engine_instance' must be a non-empty string", "engine_instance")
     status = data.get("status")
     if status not in STATUSES:
-        raise bad_request(f"'status' must be one of {', '.join(STATUSES)}", "status")
+        raise BadReport(f"'status' must be one of {', '.join(STATUSES)}", "status")
     texts: dict[str, str | None] = {}
     for key in ("step", "detail"):
         value = data.get(key)
         if value is not None and not isinstance(value, str):
-            raise bad_request(f"'{key}' must be a string or null", key)
+            raise BadReport(f"'{key}' must be a string or null", key)
         texts[key] = value[:DETAIL_MAX] if isinstance(value, str) else None
     return Report(instance, status, texts["step"], texts["detail"])
