@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ def start_engine(
     workdir: Path, port: int | None = None, extra_env: dict[str, str] | None = None
 ) -> Engine:
     """``python -m entrypoint serve --profile env/cpu.env`` on a free port, with private caches."""
-    port = port or free_port()
+    port = port or engine_port()
     env = {
         "ENGINE_PORT": str(port),
         "CACHE_HOT_DIR": str(workdir / "compile-hot"),
@@ -58,6 +59,22 @@ def start_engine(
     )
     server.start()
     return Engine(server=server, port=port, env=env)
+
+
+def engine_port(offset: int = 1000) -> int:
+    """A free port whose KV-event companions (``port + offset``, ``port + 2 x offset``:
+    env/kvevents.py) are free too: the engine binds all three, and a port another server holds
+    would fail its start."""
+    for _ in range(100):
+        port = free_port()
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port + offset))
+                b.bind(("127.0.0.1", port + 2 * offset))
+        except OSError:  # taken (or past 65535): another
+            continue
+        return port
+    raise RuntimeError("no free port with free KV-event companions")
 
 
 def last_core() -> int:
