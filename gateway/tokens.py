@@ -21,6 +21,9 @@ from gateway.upstream import upstream_error
 from gateway.validation import Parsed
 from protocol.engine_errors import engine_message
 
+# The kv routing policy's /tokenize: a slow engine makes it route as prefix, not wait (10 s).
+ROUTING_TIMEOUT_S = 1.0
+
 
 class TokenCounter:
     """Counts on whichever replica ``client()`` returns (they share one tokenizer)."""
@@ -53,7 +56,7 @@ class TokenCounter:
         if bodies is None or len(bodies) != 1:
             return None
         try:
-            data = await self._post(bodies[0], request_id)
+            data = await self._post(bodies[0], request_id, min(self.timeout_s, ROUTING_TIMEOUT_S))
         except OpenAIError:
             return None
         tokens = data.get("tokens") if isinstance(data, dict) else None
@@ -70,8 +73,8 @@ class TokenCounter:
                 raise OpenAIError(502, "bad /tokenize answer from the engine") from None
         raise _refused(r, param)
 
-    async def _post(self, payload: dict[str, Any], request_id: str) -> Any:
-        r = await self._send(payload, request_id)
+    async def _post(self, payload: dict[str, Any], request_id: str, timeout_s: float) -> Any:
+        r = await self._send(payload, request_id, timeout_s)
         if r.status_code != 200:
             raise _refused(r, "messages")
         try:
@@ -79,17 +82,20 @@ class TokenCounter:
         except ValueError:
             raise OpenAIError(502, "bad /tokenize answer from the engine") from None
 
-    async def _send(self, payload: dict[str, Any], request_id: str) -> httpx.Response:
+    async def _send(
+        self, payload: dict[str, Any], request_id: str, timeout_s: float | None = None
+    ) -> httpx.Response:
+        timeout = timeout_s or self.timeout_s
         content = json.dumps(payload).encode()
         headers = {"content-type": "application/json", "x-request-id": request_id}
         try:
             try:
                 r = await self.client().post(
-                    "/tokenize", content=content, headers=headers, timeout=self.timeout_s
+                    "/tokenize", content=content, headers=headers, timeout=timeout
                 )
             except httpx.ConnectError:  # that replica just died: the next one in turn counts
                 r = await self.client().post(
-                    "/tokenize", content=content, headers=headers, timeout=self.timeout_s
+                    "/tokenize", content=content, headers=headers, timeout=timeout
                 )
         except httpx.HTTPError as exc:
             raise upstream_error(exc, counting=True) from None
