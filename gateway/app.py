@@ -32,7 +32,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
 from env.replicas import UpstreamError
-from env.settings import EngineSettings, GatewaySettings, profile_path
+from env.settings import EngineSettings, GatewaySettings, PriceSettings, profile_path
 from gateway import asgi
 from gateway.auth import Access, KeyStore, ensure_token_file
 from gateway.components import Components, GatewayConfig, running
@@ -213,7 +213,8 @@ def create_app(
         raise ConfigError(f"GATEWAY_INTERNAL_TOKEN_FILE: {exc}") from None
     access = Access(keys, token, settings.metrics_public)
     try:
-        config = GatewayConfig.build(engine, settings, access)
+        price = PriceSettings.load(path).price_per_hour_usd  # the one price (ops, bench too)
+        config = GatewayConfig.build(engine, settings, access, price)
     except UpstreamError as exc:
         raise ConfigError("; ".join(exc.problems)) from None
     except StateUrlError as exc:

@@ -10,6 +10,8 @@ event loop.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -27,6 +29,7 @@ from gateway.admission import Admission
 from gateway.auth import Access, KeysWatcher
 from gateway.headroom import KeyShares
 from gateway.health import Snapshot
+from gateway.ledger import Ledger
 from gateway.metrics import GatewayMetrics
 from gateway.policy import Policy
 from gateway.ratelimit import MemoryStore
@@ -58,9 +61,16 @@ class GatewayConfig:
     upstreams: list[Upstream]  # the fixed replicas (empty with a DNS upstream)
     dns: tuple[str, str, int] | None = None  # GATEWAY_UPSTREAM_DNS: (scheme, host, port)
     state_url: str | None = None  # GATEWAY_STATE_URL resolved (a file read): shared state
+    price_per_hour_usd: float | None = None  # PRICE_PER_HOUR_USD: the ledger's cost
 
     @classmethod
-    def build(cls, engine: EngineSettings, settings: GatewaySettings, access: Access) -> Self:
+    def build(
+        cls,
+        engine: EngineSettings,
+        settings: GatewaySettings,
+        access: Access,
+        price_per_hour_usd: float | None = None,
+    ) -> Self:
         """Raises ``env.replicas.UpstreamError`` (one line per problem) for bad upstreams,
         ``gateway.state.url.StateUrlError`` for a bad ``GATEWAY_STATE_URL``."""
         upstreams, dns = build_upstreams(engine, settings)
@@ -69,7 +79,7 @@ class GatewayConfig:
             from gateway.state.url import resolve  # Redis only when configured
 
             state_url = resolve(settings.state_url)
-        return cls(engine, settings, access, upstreams, dns, state_url)
+        return cls(engine, settings, access, upstreams, dns, state_url, price_per_hour_usd)
 
     @property
     def upstream_url(self) -> str:
@@ -126,6 +136,7 @@ async def running(config: GatewayConfig) -> AsyncIterator[Components]:
         stack.callback(access_log.flush)  # the last lines, after everything else stopped
         spans = tracing.build(s)  # GATEWAY_OTEL_ENDPOINT; the last spans flushed at exit
         stack.callback(spans.shutdown)
+        ledger = Ledger(metrics.registry, config.engine.chips_each, _price_per_chip_s(config))
         kv_index = _kv_index(config, lambda: replicas.replicas)  # GATEWAY_ROUTING=kv
         replicas = ReplicaSet(
             config.upstreams,
@@ -154,6 +165,7 @@ async def running(config: GatewayConfig) -> AsyncIterator[Components]:
             timeouts=Timeouts(s.stream_idle_timeout_s, s.request_timeout_s, s.queue_keepalive_s),
             tenancy=tenancy,
             tracing=spans,
+            ledger=ledger,
         )
         if s.api_keys_file is not None and not config.access.keys.open:
             keys_watcher = KeysWatcher(config.access.keys, Path(s.api_keys_file), s.keys_reload_s)
@@ -168,6 +180,10 @@ async def running(config: GatewayConfig) -> AsyncIterator[Components]:
         replicas.subscribe(lambda snap: _on_health(metrics, snap))
         stack.push_async_callback(replicas.stop)
         await replicas.start()
+        ledger_task = asyncio.create_task(
+            ledger.run(lambda: replicas.replicas, s.metrics_poll_s), name="chip-ledger"
+        )
+        stack.push_async_callback(_stop_task, ledger_task)
         if kv_index is not None:  # after the replicas: it subscribes to each of them
             await kv_index.start()
             stack.push_async_callback(kv_index.stop)
@@ -200,6 +216,21 @@ def _kv_index(config: GatewayConfig, replicas: Callable[[], Sequence[Replica]]) 
 
     e = config.engine
     return KVIndex(replicas, e.kv_events_port_offset, hash_algo(e.extra_args))
+
+
+def _price_per_chip_s(config: GatewayConfig) -> float | None:
+    """The deployment's price per chip-second: PRICE_PER_HOUR_USD over all its chips (the
+    fixed replicas x chips each; one replica's worth with a DNS upstream)."""
+    if config.price_per_hour_usd is None:
+        return None
+    chips = max(1, len(config.upstreams)) * config.engine.chips_each
+    return config.price_per_hour_usd / 3600.0 / chips
+
+
+async def _stop_task(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def _shared_state(config: GatewayConfig) -> tuple[SharedState, Leases, RedisLimitStore] | None:

@@ -20,6 +20,12 @@ from protocol.prometheus import values as _values
 WAITING = "vllm:num_requests_waiting"
 RUNNING = "vllm:num_requests_running"
 KV_USAGE = "vllm:kv_cache_usage_perc"
+# The chip-time ledger's inputs (gateway/ledger/): per-token phase costs from vLLM's own
+# histograms and counters (vllm/v1/metrics/loggers.py).
+PREFILL_S = "vllm:request_prefill_time_seconds_sum"
+PREFILL_TOKENS = "vllm:request_prefill_kv_computed_tokens_sum"  # cached prompt tokens excluded
+DECODE_S = "vllm:request_decode_time_seconds_sum"
+DECODE_TOKENS = "vllm:generation_tokens_total"
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,10 @@ class EngineSample:
     running: float
     kv_usage: float
     instance: str | None
+    prefill_s: float = 0.0  # cumulative, for the ledger
+    prefill_tokens: float = 0.0
+    decode_s: float = 0.0
+    decode_tokens: float = 0.0
 
 
 def parse_engine_metrics(text: str, at: float) -> EngineSample:
@@ -40,6 +50,10 @@ def parse_engine_metrics(text: str, at: float) -> EngineSample:
         running=sum(_values(text, RUNNING)),
         kv_usage=max(kv) if kv else 0.0,
         instance=engine_instance(text),
+        prefill_s=sum(_values(text, PREFILL_S)),
+        prefill_tokens=sum(_values(text, PREFILL_TOKENS)),
+        decode_s=sum(_values(text, DECODE_S)),
+        decode_tokens=sum(_values(text, DECODE_TOKENS)),
     )
 
 

@@ -38,7 +38,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.policy import Policy
 from gateway.replica import Replica
 from gateway.routing.base import Request as RouteRequest
-from gateway.tenancy import Tenancy
+from gateway.tenancy import Tenancy, usage_of
 from gateway.tenants import OPEN_TENANT, Tenant
 from gateway.tracing import NO_TRACING, NOOP_TRACE, Attr, RequestTrace, Step, Tracing
 from gateway.upstream import StreamStats, relay_sse, upstream_error
@@ -96,6 +96,14 @@ class Upstreams(Protocol):
     def replicas(self) -> list[Replica]:
         """Every replica (the routing span's candidates, read only when tracing records)."""
         ...
+
+
+class Charges(Protocol):
+    """The chip-time ledger (``gateway.ledger.Ledger``): a finished request's work."""
+
+    def finished(
+        self, replica: str, key: str, prompt: int, cached: int, completion: int
+    ) -> None: ...
 
 
 class Counter(Protocol):
@@ -166,8 +174,10 @@ class CompletionService:
         timeouts: Timeouts,
         tenancy: Tenancy | None = None,
         tracing: Tracing = NO_TRACING,
+        ledger: Charges | None = None,
     ) -> None:
         self.tracing = tracing
+        self.ledger = ledger
         self.tenancy = tenancy or Tenancy.open(metrics)  # per-key limits and accounting
         self.policy = policy
         self.upstreams = upstreams
@@ -236,6 +246,8 @@ class CompletionService:
                 return await self._forward(call, final, sink)
         finally:
             self.tenancy.settle(reservation, call)
+            if self.ledger is not None and call.replica is not None and call.phase == "upstream":
+                _charge(self.ledger, call, tenant.label)
 
     async def prepare(self, call: Call, tenant: Tenant = OPEN_TENANT) -> Final:
         """Validate and count: the forwardable body, or an ``OpenAIError``."""
@@ -393,3 +405,12 @@ def _relay_attrs(call: Call, stats: StreamStats) -> dict[str, Attr]:
     if call.ttft_s is not None:
         attrs["gateway.ttft_s"] = call.ttft_s
     return attrs
+
+
+def _charge(ledger: Charges, call: Call, key: str) -> None:
+    """The chip-time ledger's share of a finished request: its work, from the engine's usage."""
+    if call.completion_tokens is None or call.replica is None:
+        return  # never answered: no engine work to charge
+    prompt, cached = usage_of(call.kind, call.usage_tail)
+    ledger.finished(call.replica, key, prompt or call.prompt_tokens or 0, cached,
+                    call.completion_tokens)  # fmt: skip
