@@ -126,6 +126,13 @@ class CostEstimate(_Out):
     profiles: list[dict[str, Any]]
 
 
+class TenantUsage(_Out):
+    keys: list[dict[str, Any]]
+    engine_busy_seconds: float | None
+    priced: bool
+    window: str
+
+
 class ActionResult(_Out):
     started: bool
 
@@ -373,6 +380,27 @@ def build(config: OpsConfig) -> MCPServer:
             )
 
         return await _run(CostEstimate, _sync(lambda: ops.estimate_cost(run, price_per_hour)), text)
+
+    @server.tool(annotations=READ_ONLY)
+    async def get_tenant_usage(
+        window_minutes: Annotated[
+            float,
+            Field(ge=0, le=1440, description="recent window (0: the whole run of the gateway)"),
+        ] = 60.0,
+    ) -> Annotated[CallToolResult, TenantUsage]:
+        """Who used the accelerator: per API key, requests, tokens (prompt, completion, cached),
+        chip-seconds charged by the gateway's ledger (engine busy time split by the keys'
+        prefill and decode work) and their cost at the profile's PRICE_PER_HOUR_USD."""
+
+        def text(d: dict[str, Any]) -> str:
+            rows = "; ".join(
+                f"{r['key']}: {r['requests']} req, {_fmt(r['chip_seconds'], ' chip-s')}"
+                + (f", {_fmt(r['cost_usd'], ' USD', 4)}" if r["cost_usd"] is not None else "")
+                for r in d["keys"]
+            )
+            return f"{d['window']}: {rows or 'no key used the engine'}"
+
+        return await _run(TenantUsage, ops.tenant_usage(window_minutes * 60.0 or None), text)
 
     @server.tool(annotations=ACTION)
     async def start_warmup() -> Annotated[CallToolResult, ActionResult]:

@@ -404,6 +404,20 @@ class Ops:
             )
         return out
 
+    # --- get_tenant_usage (issue 28: the gateway's chip-time ledger) -------------------------
+
+    async def tenant_usage(self, window_s: float | None) -> dict[str, Any]:
+        """Per key: requests, tokens, chip-seconds and cost, over the window (the kept scrape
+        closest to it; the whole run without one or with ``window_s`` None)."""
+        from ops.tenants import tenant_usage
+
+        now = await self.scrape("gateway")
+        before = self._before("gateway", now, window_s) if window_s else None
+        out = tenant_usage(now, before)
+        out["span_s"] = round(now.taken_at - before.taken_at, 1) if before else None
+        out["window"] = "whole run" if before is None else f"last {out['span_s']} s"
+        return out
+
     # --- get_memory_layout -----------------------------------------------------------------
 
     def memory_layout(self) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from tests.support.process import free_port
 TOOLS = {
     "get_system_status", "verify_model_health", "get_active_models", "get_system_details",
     "get_metrics", "query_with_stats", "get_memory_layout", "get_benchmark_summary",
-    "compare_runs", "estimate_cost", "start_warmup",
+    "compare_runs", "estimate_cost", "start_warmup", "get_tenant_usage",
 }  # fmt: skip
 
 
