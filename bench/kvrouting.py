@@ -205,6 +205,37 @@ def _policy_cost(url: str, prompts: list[str]) -> dict[str, float]:
             "tokens_mean": statistics.mean(len(t) for t in toks)}  # fmt: skip
 
 
+@contextmanager
+def _router(policy: str, ups: list[str]) -> Iterator[tuple[str, int]]:
+    """The gateway with ``GATEWAY_ROUTING=policy`` (``single``: one upstream), or vllm-router
+    (``vllm-router:<policy>``, as ``python -m bench replicas`` runs it): (URL, pid)."""
+    if policy.startswith("vllm-router:"):
+        from bench.replicas import vllm_router_argv, vllm_router_binary
+
+        binary = vllm_router_binary()
+        if binary is None:
+            raise FileNotFoundError("vllm-router is not installed (the bench extra)")
+        port = free_port()
+        with tempfile.TemporaryDirectory(prefix="vllm-router-") as tmp:
+            argv = vllm_router_argv(binary, port, free_port(), ups, policy.split(":", 1)[1])
+            server = ServerProcess(argv=argv, env={"NO_COLOR": "1"},
+                                   ready_url=f"http://127.0.0.1:{port}/health",
+                                   log_path=Path(tmp) / "router.log")  # fmt: skip
+            server.start(timeout_s=60.0)
+            try:
+                yield f"http://127.0.0.1:{port}", server.pid
+            finally:
+                server.stop(grace_s=5.0)
+        return
+    env = {"GATEWAY_UPSTREAM_URLS": ",".join(ups),
+           "GATEWAY_ROUTING": "prefix" if policy == "single" else policy,
+           "GATEWAY_QUEUE_DEPTH": "512", "GATEWAY_LOG_FORMAT": "off"}  # fmt: skip
+    with run_gateway(ups[0], env=env) as gw:
+        mark_all_warm(gw, timeout_s=120)
+        time.sleep(1.5)  # the kv index's subscriptions connect (its own log says when)
+        yield gw.url, gw.server.pid
+
+
 def run(args: argparse.Namespace) -> int:
     policies = args.policies.split(",")
     with tempfile.TemporaryDirectory(prefix="kvrouting-") as tmp, ExitStack() as stack:
@@ -217,31 +248,25 @@ def run(args: argparse.Namespace) -> int:
         for n, policy in enumerate(policies):
             docs, prompts = _workload(1000 * (n + 1) + args.seed, args)
             ups = urls[:1] if policy == "single" else urls
-            env = {"GATEWAY_UPSTREAM_URLS": ",".join(ups),
-                   "GATEWAY_ROUTING": "prefix" if policy == "single" else policy,
-                   "GATEWAY_QUEUE_DEPTH": "512", "GATEWAY_LOG_FORMAT": "off",
-                   "ENGINE_KV_EVENTS": "on"}  # fmt: skip
-            with run_gateway(ups[0], env=env) as gw:
-                mark_all_warm(gw, timeout_s=120)
-                time.sleep(1.5)  # the kv index's subscriptions connect (its own log says when)
-                asyncio.run(_load(gw.url, [f"{d} warm" for d in docs[:1]], 1, 2))
+            with _router(policy, ups) as (url, pid):
+                asyncio.run(_load(url, [f"{d} warm" for d in docs[:1]], 1, 2))
                 q0, h0 = _counters(ups)
-                cpu0 = _cpu(gw.server.pid)
-                res = asyncio.run(_load(gw.url, prompts, args.concurrency, args.max_tokens))
-                cpu = (_cpu(gw.server.pid) - cpu0) / len(prompts) * 1000
+                cpu0 = _cpu(pid)
+                res = asyncio.run(_load(url, prompts, args.concurrency, args.max_tokens))
+                cpu = (_cpu(pid) - cpu0) / len(prompts) * 1000
                 q1, h1 = _counters(ups)
             res["hit_rate"] = (h1 - h0) / max(1.0, q1 - q0)
             res["gw_cpu_ms_req"] = cpu
             rows.append((policy, res))
             print(f"{policy:>12}: hit rate {res['hit_rate']:.3f}  TTFT p50 {res['ttft_p50_ms']:.1f} ms"
                   f"  p99 {res['ttft_p99_ms']:.1f} ms  {res['req_s']:.2f} req/s  "
-                  f"{res['tok_s']:.1f} tok/s  gateway CPU {cpu:.2f} ms/req", flush=True)  # fmt: skip
+                  f"{res['tok_s']:.1f} tok/s  router CPU {cpu:.2f} ms/req", flush=True)  # fmt: skip
         cost = _policy_cost(urls[0], _workload(args.seed, args)[1])
         print(f"\nkv policy cost per request: /tokenize {cost['tokenize_ms_p50']:.2f} ms p50 "
               f"(client-side round trip), hashing + scoring {cost['hash_score_us']:.0f} us "
               f"({cost['tokens_mean']:.0f} tokens)")  # fmt: skip
         print(
-            "\n| policy | hit rate | TTFT p50 ms | TTFT p99 ms | req/s | out tok/s | gateway CPU ms/req |"
+            "\n| policy | hit rate | TTFT p50 ms | TTFT p99 ms | req/s | out tok/s | router CPU ms/req |"
         )
         print("|---|---|---|---|---|---|---|")
         for policy, r in rows:
@@ -253,7 +278,8 @@ def run(args: argparse.Namespace) -> int:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("kvrouting", help="kv vs prefix vs least_loaded on two real CPU engines")
-    p.add_argument("--policies", default="single,kv,prefix,least_loaded")
+    p.add_argument("--policies", default="single,kv,prefix,least_loaded",
+                   help="gateway policies, single, vllm-router:<policy>")  # fmt: skip
     p.add_argument("--prefixes", type=int, default=8, help="shared documents per run")
     p.add_argument(
         "--prefix-words", type=int, default=500, help="words per document (~2 tokens each)"
