@@ -11,8 +11,8 @@ The model, per replica:
   start or end of a busy period, unbiased on average.
 - **Work** of a finished request: its prefill tokens the engine computed (prompt tokens minus
   the cached ones: a prefix-cache hit is credited) and its decode tokens, each weighted by what
-  a token of that phase costs *this* engine, measured from its own histograms over the same
-  period: ``vllm:request_prefill_time_seconds_sum`` / ``vllm:request_prefill_kv_computed_tokens_sum``
+  a token of that phase costs *this* engine, measured from its own histograms since the ledger
+  first saw it (a long window: the ratio of one short period swings with the load): ``vllm:request_prefill_time_seconds_sum`` / ``vllm:request_prefill_kv_computed_tokens_sum``
   and ``vllm:request_decode_time_seconds_sum`` / ``vllm:generation_tokens_total`` (deltas). Those
   per-request times overlap under batching, so only their ratio is used, never their sum.
 - **Split**: at each settlement the busy time accrued since the last one goes to the requests
@@ -63,7 +63,7 @@ class ReplicaLedger:
     pending_s: float = 0.0  # busy seconds not charged yet
     busy_total_s: float = 0.0
     work: list[Work] = field(default_factory=list)
-    # engine counters at the last settlement: the phase cost ratio is measured over the period
+    # engine counters when first seen (or after a restart): the phase costs' baseline
     base: EngineCounters | None = None
 
     def observe(self, s: EngineCounters) -> float:
@@ -85,7 +85,7 @@ class ReplicaLedger:
 
     def phase_costs(self) -> tuple[float, float]:
         """Seconds per prefill token and per decode token, from the engine's histograms since
-        the last settlement; (1, 1) (tokens count alike) while a phase has no data yet."""
+        the baseline; (1, 1) (tokens count alike) while a phase has no data yet."""
         if self.base is None or self.last is None:
             return 1.0, 1.0
         d = self.last
@@ -121,5 +121,4 @@ class ReplicaLedger:
                     out[w.key, phase] = out.get((w.key, phase), 0.0) + x * per
         self.work.clear()
         self.pending_s = 0.0
-        self.base = self.last
         return out
