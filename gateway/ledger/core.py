@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 PHASES = ("prefill", "decode")
 MAX_PENDING = 10_000
+COSTLESS_WAIT_S = 60.0  # longest a settlement waits for the engine's phase costs
 
 
 @dataclass(frozen=True)
@@ -98,11 +99,18 @@ class ReplicaLedger:
 
     def due(self, now: float, every_s: float, last_settled: float) -> bool:
         """Settle when the engine is idle (every busy second so far belongs to finished work)
-        or, under continuous load, every ``every_s``."""
+        or, under continuous load, every ``every_s``; not before both phases have a measured
+        cost (weighing a prefill token like a decode one would overcharge long prompts), unless
+        that takes longer than ``COSTLESS_WAIT_S``."""
         if not self.work:
+            return False
+        if not self.has_costs() and now - last_settled < COSTLESS_WAIT_S:
             return False
         idle = self.last is not None and self.last.running == 0
         return idle or now - last_settled >= every_s
+
+    def has_costs(self) -> bool:
+        return self.phase_costs() != (1.0, 1.0)
 
     def settle(self) -> dict[tuple[str, str], float]:
         """Charge the pending busy time to the finished work: seconds by (key, phase)."""

@@ -50,14 +50,26 @@ def test_busy_time_without_finished_work_is_carried() -> None:
     assert sum(r.settle().values()) == pytest.approx(2.5)
 
 
+COSTS = {"prefill_s": 1.0, "prefill_tokens": 100, "decode_s": 1.0, "decode_tokens": 10}
+
+
 def test_settles_when_idle_or_every_interval() -> None:
     r = ReplicaLedger()
     r.observe(s(0.0, 1))
+    r.observe(s(0.5, 1, **COSTS))
     assert not r.due(100.0, 10.0, 0.0)  # nothing finished
     r.finished(Work("a", 1, 1))
     assert r.due(100.0, 10.0, 95.0) is False and r.due(100.0, 10.0, 90.0)
-    r.observe(s(1.0, 0))
+    r.observe(s(1.0, 0, **COSTS))
     assert r.due(100.0, 10.0, 99.0)  # idle: every busy second so far is finished work's
+
+
+def test_waits_for_the_phase_costs() -> None:
+    r = ReplicaLedger()
+    r.observe(s(0.0, 1))
+    r.finished(Work("a", 1, 1))
+    r.observe(s(1.0, 0))  # idle, but no phase has a measured cost yet
+    assert not r.due(30.0, 10.0, 0.0) and r.due(61.0, 10.0, 0.0)
 
 
 def test_an_engine_restart_resets_the_phase_baseline() -> None:
@@ -75,7 +87,7 @@ def test_ledger_exports_chip_seconds_and_cost() -> None:
     ledger.observe("r1", s(1.0, 1))
     ledger.finished("r1", "team-a", prompt=100, cached=60, completion=0)
     now[0] = 2.0
-    ledger.observe("r1", s(2.0, 0))  # idle: settled
+    ledger.observe("r1", s(2.0, 0, **COSTS))  # idle, costs known: settled
     chip_s = reg.get_sample_value(
         "gateway_key_chip_seconds_total", {"key": "team-a", "phase": "prefill"}
     )
