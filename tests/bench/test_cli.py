@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import fairness, overhead, replicas, synthetic, vllm_check
+from bench import fairness, kvrouting, overhead, replicas, synthetic, vllm_check
 from bench.cli import _api_key, _profile_defaults, build_parser, cmd_compare, cmd_sweep, main
 from bench.grid import int_list
 from tests.support.process import REPO
@@ -39,6 +39,7 @@ def test_every_subcommand_is_wired() -> None:
         ("compare", "a", "b"): cmd_compare,
         ("gateway",): overhead.cmd_gateway,
         ("fairness",): fairness.run,
+        ("kvrouting",): kvrouting.run,
         ("replicas",): replicas.cmd_replicas,
         ("routing",): replicas.cmd_replicas,
         ("synthetic",): synthetic.cmd_synthetic,
