@@ -85,7 +85,9 @@ async def test_drain_takes_a_replica_out_of_rotation_and_back() -> None:
     up(rs, 1, "i1")
     name = rs.replicas[1].name
     rs.set_draining(name, True)
-    assert adm.max_inflight == 4 and all(rs.pick(Request.keyed(b"k")) is rs.replicas[0] for _ in range(5))
+    assert adm.max_inflight == 4 and all(
+        rs.pick(Request.keyed(b"k")) is rs.replicas[0] for _ in range(5)
+    )
     assert rs.health().ready  # still ready: draining is planned, not a failure
     rs.set_draining(name, False)
     assert adm.max_inflight == 8
