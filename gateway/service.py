@@ -83,9 +83,7 @@ class Upstreams(Protocol):
 
     def serving(self) -> Snapshot: ...
 
-    def pick(
-        self, request: RouteRequest, exclude: tuple[Replica, ...] = ()
-    ) -> Replica | None: ...
+    def pick(self, request: RouteRequest, exclude: tuple[Replica, ...] = ()) -> Replica | None: ...
 
     @property
     def wants_tokens(self) -> bool:
