@@ -136,3 +136,18 @@ def test_the_check_sees_a_module_the_extras_do_not_bring(tmp_path: Path) -> None
     assert _imports(probe) == {"vllm", "uvloop", "torch"}
     assert _imports(probe, module_level=True) == {"vllm", "uvloop"}
     assert _optional(probe, "uvloop") and not _optional(probe, "vllm")
+
+
+def test_image_dirs_are_what_the_dockerfile_copies_and_the_build_context_sends() -> None:
+    """``IMAGE_DIRS`` is Dockerfile.app's ``COPY <dir>/`` list, and .dockerignore (which
+    ignores everything else) lets each one into the build context: a directory missing there
+    fails the image build with '"/<dir>" not found' (protocol/ did, in a CI run)."""
+    dockerfile = (REPO / "deploy" / "Dockerfile.app").read_text()
+    copied = re.findall(r"^COPY (\w+)/ \1/$", dockerfile, re.MULTILINE)
+    assert sorted(copied) == sorted(IMAGE_DIRS)
+    allowed = {
+        line[1:].rstrip("/")
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.startswith("!")
+    }
+    assert set(IMAGE_DIRS) <= allowed, set(IMAGE_DIRS) - allowed
