@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from bench import fairness, grid, kvrouting, overhead, replicas, synthetic, vllm_check
+from bench import fairness, grid, kvrouting, overhead, replicas, resume, synthetic, vllm_check
 from bench.grid import int_list
 
 console = Console(stderr=True)
@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sweep_parser(sub)
     compare_parser(sub)
-    overhead.add_parser(sub)
+    resume.add_arguments(overhead.add_parser(sub))
     fairness.add_parser(sub)
     kvrouting.add_parser(sub)
     replicas.add_parser(sub)

@@ -307,7 +307,7 @@ def render(rows: list[dict], meta: dict) -> tuple[Table, str]:
     return table, "\n".join(md)
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("gateway", help="gateway overhead: gateway vs direct, alternating")
     p.add_argument("--profile", help="env profile for the gateway (default cpu)")
     p.add_argument(
@@ -342,6 +342,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", type=Path, help="dir for results.json and results.md")
     p.set_defaults(func=cmd_gateway)
+    return p  # bench/resume.py adds --resume (its own run: resume on vs off)
 
 
 def _pin(pid: int, cpus: set[int]) -> None:
@@ -360,6 +361,8 @@ def pin_plan(allowed: set[int]) -> tuple[set[int], set[int]] | None:
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
+    if getattr(args, "resume", False):
+        return int(args.resume_run(args))
     console = Console(width=160)
     model = args.model or EngineSettings.load(args.profile).served_model_name
     max_conc = max(args.concurrency)

@@ -20,8 +20,18 @@ exact-length prompts round-trip), ``/version``.
 
 Fault injection for client tests, per request, through an extra body field ``"synthetic"``:
 ``{"status": 500}`` answers an error; ``{"error_after": k}`` sends an SSE error event after k
-tokens and ends; ``{"drop_after": k}`` closes the connection after k tokens; ``{"crlf": true}``
-uses CRLF line ends; ``{"no_done": true}`` omits ``[DONE]``.
+tokens and ends; ``{"drop_after": k}`` closes the connection after k tokens (one inter-token
+delay later, when the next one is due); ``{"cut_after": k}`` closes it at once after the k-th
+token's chunk (a replica killed right after a chunk: the resume benchmark's switch gap);
+``{"crlf": true}`` uses CRLF line ends; ``{"no_done": true}`` omits ``[DONE]``.
+
+``"return_token_ids": true`` (vLLM's field) adds the token ids as vLLM does: ``prompt_token_ids``
+on the first event (top level for chat, in the choice for completions) and ``token_ids`` on each
+choice, so the gateway's resume path (it asks for them) costs here what it costs against vLLM.
+Asked for ids, it behaves like a deterministic model: the token at position p of prompt +
+output is ``token_at(p)``, written `` w<id>``, so a continuation from a prompt of token ids (what
+the gateway sends after a replica died) goes on with exactly the tokens and text the first
+answer would have had.
 
 For routing benchmarks (``python -m bench replicas``), all opt-in so the defaults above hold:
 
@@ -152,14 +162,17 @@ class Stream:
 
     __slots__ = (
         "chat",
+        "cut_after",
         "drop_after",
         "eol",
         "error_after",
         "handle",
         "head",
+        "ids",
         "left",
         "n",
         "no_done",
+        "prompt",
         "prompt_tokens",
         "proto",
         "queued",
@@ -179,9 +192,13 @@ class Stream:
         self.eol = b"\r\n" if fault.get("crlf") else b"\n"
         self.error_after = fault.get("error_after")
         self.drop_after = fault.get("drop_after")
+        self.cut_after = fault.get("cut_after")
+        self.ids = bool(req.get("return_token_ids"))
         self.no_done = bool(fault.get("no_done"))
         self.usage = bool((req.get("stream_options") or {}).get("include_usage"))
         self.prompt_tokens = count_tokens(req, chat)
+        prompt = req.get("prompt")
+        self.prompt = prompt if isinstance(prompt, list) and not chat else None  # token ids
         kind = b"chat.completion.chunk" if chat else b"text_completion"
         self.head = b'data: {"id":"%s-%d","object":"%s","created":%d,"model":"%s","choices":' % (
             b"chatcmpl" if chat else b"cmpl",
@@ -195,10 +212,26 @@ class Stream:
 
     def _choice(self, first: bool, last: bool) -> bytes:
         finish = b'"length"' if last else b"null"
+        ids = b""
+        text = b" tok"
+        if self.ids:
+            token = token_at(self.prompt_tokens + self.sent)
+            text = b" w%d" % token
+            ids = b',"token_ids":[%d]' % token
+            if first and not self.chat:
+                ids = b',"prompt_token_ids":%s%s' % (self._prompt_ids(), ids)
         if self.chat:
-            delta = b'{"role":"assistant","content":" tok"}' if first else b'{"content":" tok"}'
-            return b'[{"index":0,"delta":%s,"logprobs":null,"finish_reason":%s}]' % (delta, finish)
-        return b'[{"index":0,"text":" tok","logprobs":null,"finish_reason":%s}]' % finish
+            delta = b'{"role":"assistant","content":"%s"}' % text if first else (
+                b'{"content":"%s"}' % text)  # fmt: skip
+            top = b',"prompt_token_ids":%s' % self._prompt_ids() if first and self.ids else b""
+            return b'[{"index":0,"delta":%s,"logprobs":null,"finish_reason":%s%s}]%s' % (
+                delta, finish, ids, top)  # fmt: skip
+        return b'[{"index":0,"text":"%s","logprobs":null,"finish_reason":%s%s}]' % (
+            text, finish, ids)  # fmt: skip
+
+    def _prompt_ids(self) -> bytes:
+        ids = self.prompt if self.prompt is not None else list(range(self.prompt_tokens))
+        return json.dumps(ids, separators=(",", ":")).encode()
 
     def start(self) -> None:
         self.proto.write(
@@ -241,6 +274,11 @@ class Stream:
         self.sent += 1
         self.left -= 1
         Stats.chunks += 1
+        if self.cut_after is not None and self.sent >= self.cut_after and not last:
+            proto.write(_chunked(event))
+            self.stop()
+            proto.transport.close()
+            return
         if last:
             if self.usage:
                 usage = json.dumps(
@@ -270,6 +308,11 @@ class Stream:
             self.queued = False
             Stats.waiting.remove(self)
         self.proto.stream = None
+
+
+def token_at(position: int) -> int:
+    """The deterministic "model": the token id at a position of prompt + output."""
+    return 100 + (position * 7919) % 3000
 
 
 def _admit_waiting() -> None:

@@ -195,6 +195,11 @@ class GatewaySettings(_Slice):
     routing: Literal["prefix", "least_loaded", "round_robin", "kv"] = "prefix"
     min_ready_replicas: int = Field(1, ge=1)
     drain_timeout_s: float = Field(30.0, gt=0)
+    # A stream whose replica dies after the first byte goes on on another one (gateway/resume/):
+    # on (acts with >= 2 replicas) or off; continuations per request; an SSE comment at each.
+    resume: Literal["on", "off"] = "on"
+    resume_max: int = Field(1, ge=0, le=8)
+    resume_comment: bool = False
     # Worker processes on the port (gateway/workers: a supervisor, SO_REUSEPORT); > 1 requires
     # GATEWAY_STATE_URL, which the workers share their limits, warm-up and drains through.
     workers: int = Field(1, ge=1, le=64)

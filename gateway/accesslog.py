@@ -1,5 +1,7 @@
 """One line per request, for people (``text``) or log pipelines (``json``): request id, the
-caller's key label, route, status, prompt and completion tokens, queue wait, TTFT, duration.
+caller's key label, route, status, prompt and completion tokens, queue wait, TTFT, duration, the
+replica that answered and, for a stream continued on another replica, the ones it left
+(``resumed_from``, ``gateway/resume/``).
 
 Written once the answer is complete, from what the route and the service recorded on the
 ``Call``; never per chunk. Measured (`make bench-gateway`, 256 streams): through ``logging``
@@ -49,6 +51,7 @@ class AccessLog:
         queue_wait_s: float | None = None,
         ttft_s: float | None = None,
         replica: str | None = None,
+        resumed_from: str | None = None,
     ) -> None:
         if self.format == "off":
             return
@@ -60,13 +63,15 @@ class AccessLog:
                 f'"prompt_tokens":{_int(prompt_tokens)},'
                 f'"completion_tokens":{_int(completion_tokens)},'
                 f'"queue_wait_ms":{_num(queue_wait_s, 1000)},"ttft_ms":{_num(ttft_s, 1000)},'
-                f'"duration_ms":{_num(duration_s, 1000)},"replica":{json.dumps(replica)}}}\n'
+                f'"duration_ms":{_num(duration_s, 1000)},"replica":{json.dumps(replica)},'
+                f'"resumed_from":{"null" if resumed_from is None else json.dumps(resumed_from)}}}\n'
             )
         else:
             fields = {"request_id": rid, "key": key, "route": route, "status": status,
                       "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "queue_wait_ms": _num(queue_wait_s, 1000), "ttft_ms": _num(ttft_s, 1000),
-                      "duration_ms": _num(duration_s, 1000), "replica": replica}  # fmt: skip
+                      "duration_ms": _num(duration_s, 1000), "replica": replica,
+                      "resumed_from": resumed_from}  # fmt: skip
             line = " ".join(f"{k}={v}" for k, v in fields.items() if v not in (None, "null"))
             line += "\n"
         self._lines.append(line)

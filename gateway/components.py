@@ -27,6 +27,7 @@ from gateway import tracing
 from gateway.accesslog import AccessLog
 from gateway.admission import Admission
 from gateway.auth import Access, KeysWatcher
+from gateway.call import Timeouts
 from gateway.headroom import KeyShares
 from gateway.health import Snapshot
 from gateway.ledger import Ledger
@@ -34,9 +35,10 @@ from gateway.metrics import GatewayMetrics
 from gateway.policy import Policy
 from gateway.ratelimit import MemoryStore
 from gateway.replicas import ReplicaOptions, ReplicaSet, build_upstreams
+from gateway.resume import ResumePolicy
 from gateway.routing import build_scheduler
 from gateway.saturation import SaturationPolicy
-from gateway.service import CompletionService, Timeouts
+from gateway.service import CompletionService
 from gateway.state.admission import FleetAdmission
 from gateway.tenancy import Tenancy
 from gateway.tokens import TokenCounter
@@ -166,6 +168,7 @@ async def running(config: GatewayConfig) -> AsyncIterator[Components]:
             tenancy=tenancy,
             tracing=spans,
             ledger=ledger,
+            resume=ResumePolicy.from_settings(s),
         )
         if s.api_keys_file is not None and not config.access.keys.open:
             keys_watcher = KeysWatcher(config.access.keys, Path(s.api_keys_file), s.keys_reload_s)

@@ -162,6 +162,13 @@ class GatewayMetrics:
             "Completion tokens streamed to clients (from the usage chunk, else SSE events)",
             registry=r,
         )
+        self.stream_resumes = Counter(
+            "gateway_stream_resumes",
+            "Resumable streams broken after the first byte, by outcome (resumed: another "
+            "replica finished it; finished: the generation had ended, the gateway closed it; "
+            "no_replica; exhausted: GATEWAY_RESUME_MAX spent; not_resumable; refused)",
+            ["outcome"], registry=r,
+        )  # fmt: skip
         self.token_counts = Counter(
             "gateway_prompt_token_counts",
             "Prompt token counts, by outcome (counted: the engine's /tokenize ran; skipped: the "

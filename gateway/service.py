@@ -11,8 +11,8 @@ validation and queue. Order of work, cheapest refusal first:
 Failover: a replica that fails *before its answer started* (refused or reset connection, a
 connect timeout, a 503) is marked down at once and the request is sent once more, to another
 replica: the engine produced nothing the client saw, so a retry cannot duplicate output. A slow
-answer (read timeout) is not retried (the engine is busy, not gone: a retry doubles its load),
-and after the first byte there is no retry: the client gets the stream's terminal error event.
+answer (read timeout) is not retried (the engine is busy, not gone: a retry doubles its load);
+after the first byte ``gateway/resume/`` continues the stream elsewhere, or ends it with an error.
 
 Everything the service learns goes to a ``Sink`` that the route implements over ASGI; the service
 never sees ASGI. Until the first byte is out every refusal is an ``OpenAIError`` raised to the
@@ -25,24 +25,25 @@ comments keep the connection alive; after that point a refusal is a terminal SSE
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Protocol
 
 import httpx
 
 from gateway.admission import Admission
 from gateway.apis import APIS
+from gateway.call import Call, Timeouts
 from gateway.errors import OpenAIError, reshape_engine_error
 from gateway.health import Snapshot, unavailable
 from gateway.metrics import GatewayMetrics
 from gateway.policy import Policy
 from gateway.replica import Replica
+from gateway.resume import RESUME_OFF, ResumePolicy, Resumer
 from gateway.routing.base import Request as RouteRequest
 from gateway.tenancy import Tenancy, usage_of
 from gateway.tenants import OPEN_TENANT, Tenant
-from gateway.tracing import NO_TRACING, NOOP_TRACE, Attr, RequestTrace, Step, Tracing
-from gateway.upstream import StreamStats, relay_sse, upstream_error
-from gateway.validation import Final, Kind, finalize, needs_count, parse
+from gateway.tracing import NO_TRACING, Attr, Step, Tracing
+from gateway.upstream import EngineErrorEvent, StreamStats, relay_sse, upstream_error
+from gateway.validation import Final, finalize, needs_count, parse
 from gateway.wire import EngineResponse
 from protocol.engine_errors import engine_message
 
@@ -112,54 +113,6 @@ class Counter(Protocol):
     async def ids(self, parsed: object, request_id: str) -> list[int] | None: ...
 
 
-@dataclass(frozen=True)
-class Timeouts:
-    stream_idle_s: float  # a stream's silence between two reads
-    request_s: float  # a non-streaming answer
-    queue_keepalive_s: float  # SSE comment interval while a stream queues (0: never)
-
-
-class Call:
-    """One generation request as the route hands it over; ``phase`` tells where it is now."""
-
-    __slots__ = (
-        "body", "caller", "completion_tokens", "forward", "http10", "kind", "path", "phase",
-        "prompt_tokens", "queue_wait_s", "replica", "request_id", "route", "started_at",
-        "strip_usage", "trace", "ttft_s", "usage_tail",
-    )  # fmt: skip
-
-    def __init__(
-        self,
-        kind: Kind,
-        path: str,
-        body: bytes,
-        caller: str,
-        request_id: bytes,
-        started_at: float | None = None,
-        forward: bytes = b"",
-        http10: bool = False,
-    ) -> None:
-        self.kind: Kind = kind
-        self.path = path
-        self.body = body
-        self.caller = caller
-        self.request_id = request_id
-        self.started_at = time.perf_counter() if started_at is None else started_at  # for TTFT
-        self.forward = forward  # header lines passed to the engine as sent (trace context)
-        self.http10 = http10  # an HTTP/1.0 client cannot read a chunked (streamed) answer
-        self.phase: str | None = None  # None (preparing), "queued", "upstream"
-        # What the service learned, for the access log.
-        self.prompt_tokens: int | None = None
-        self.completion_tokens: int | None = None
-        self.queue_wait_s: float | None = None
-        self.ttft_s: float | None = None
-        self.route = RouteRequest()  # the request as routing sees it (gateway/routing)
-        self.replica: str | None = None  # the replica that answered (or failed last)
-        self.strip_usage = False  # the usage chunk is the gateway's, not the client's
-        self.usage_tail = b""  # where the engine's usage is (token accounting)
-        self.trace: RequestTrace = NOOP_TRACE  # its spans (gateway/tracing/; free when off)
-
-
 class CompletionService:
     def __init__(
         self,
@@ -173,6 +126,7 @@ class CompletionService:
         tenancy: Tenancy | None = None,
         tracing: Tracing = NO_TRACING,
         ledger: Charges | None = None,
+        resume: ResumePolicy = RESUME_OFF,
     ) -> None:
         self.tracing = tracing
         self.ledger = ledger
@@ -183,6 +137,7 @@ class CompletionService:
         self.admission = admission
         self.metrics = metrics
         self.timeouts = timeouts
+        self.resume = Resumer(resume, upstreams, metrics, timeouts.stream_idle_s)
 
     async def run(self, call: Call, sink: Sink) -> int:
         """Serve ``call`` into ``sink``; returns the status for the access metrics.
@@ -220,6 +175,7 @@ class CompletionService:
         if final.stripped:
             sink.add_header(b"x-gateway-stripped-params", ", ".join(final.stripped).encode())
         call.strip_usage = final.strip_usage
+        final = self.resume.begin(call, final)  # a resumable stream: its state, the body to send
         # The key's rate limits: one request and prompt + max_tokens reserved (429 otherwise),
         # settled from the engine's usage however the request ends.
         with call.trace.step("admission") as step:
@@ -350,13 +306,11 @@ class CompletionService:
         await sink.open()
         stats = StreamStats(APIS[call.kind].stream, call.strip_usage)
         relay_from = time.perf_counter()
+        broke: Exception | None = None
         try:
-            await relay_sse(response, sink.chunk, stats)
-        except httpx.HTTPError as exc:
-            self.metrics.upstream_errors.labels(type(exc).__name__).inc()
-            replica.monitor.poke()
-            await sink.fail(upstream_error(exc, streaming=True))
-            return 502
+            await relay_sse(response, sink.chunk, stats, self.resume.events(call))
+        except (httpx.HTTPError, EngineErrorEvent) as exc:
+            broke = exc
         finally:
             if stats.first_chunk_at is not None:
                 call.ttft_s = stats.first_chunk_at - call.started_at
@@ -366,14 +320,10 @@ class CompletionService:
             self.metrics.tokens_streamed.inc(call.completion_tokens)
             if call.trace.recording:
                 call.trace.relayed(time.perf_counter() - relay_from, _relay_attrs(call, stats))
-        if not stats.done:
-            replica.monitor.poke()
-            await sink.fail(
-                OpenAIError(502, "the engine ended the stream early", code="engine_connection_lost")
-            )
-            return 502
-        await sink.end()
-        return 200
+        if broke is None and stats.done:
+            await sink.end()
+            return 200
+        return await self.resume.broken(call, sink, replica, broke)  # continued, or its end
 
     def _upstream_failed(
         self, exc: httpx.HTTPError, streaming: bool, replica: Replica

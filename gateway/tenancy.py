@@ -57,7 +57,7 @@ class _Open:
 
 
 class Billed(Protocol):
-    """What settlement reads of a finished call (``service.Call``)."""
+    """What settlement reads of a finished call (``call.Call``)."""
 
     kind: Any
     phase: str | None

@@ -56,6 +56,20 @@ def named_error_event(data: Mapping[str, Any]) -> bytes:
 
 
 @dataclass(frozen=True)
+class Resume:
+    """How a stream of this API is continued on another replica after its first byte
+    (``gateway/resume/``): its chunks' shape and the continuation requests it allows."""
+
+    chunk_object: str  # the chunks' ``object``
+    deltas: bool  # choices carry ``delta`` (after a role event), else ``text``
+    exact: Callable[[Mapping[str, Any]], bool]  # continued from token ids on /v1/completions
+    alternatives: Callable[[Mapping[str, Any]], bool]  # the request asks for top logprobs
+    # The request continuing from the text the client has (None: it cannot be).
+    from_text: Callable[[dict[str, Any], str], dict[str, Any] | None]
+    keep: tuple[str, ...] = ()  # its own fields a token-id continuation keeps
+
+
+@dataclass(frozen=True)
 class Api:
     """One generation API. ``leading`` yields, in prompt order, the values whose text makes the
     routing affinity key; ``tokenize_bodies`` gives the engine ``/tokenize`` bodies that render
@@ -74,6 +88,7 @@ class Api:
     tokenize_bodies: Callable[[dict[str, Any]], list[dict[str, Any]] | None]
     stream_options: bool = False  # takes ``stream_options.include_usage`` (OpenAI's own two)
     max_tokens_aliases: tuple[str, ...] = ()  # other names a client may set the length with
+    resume: Resume | None = None  # None: a stream that breaks ends (gateway/resume/)
 
     def max_tokens_param(self, body: Mapping[str, Any]) -> str:
         """The parameter the client set (or would set) for the generation length."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from gateway.apis.base import OPENAI_CACHED_USAGE, OPENAI_PROMPT_USAGE, OPENAI_STREAM, Api
+from gateway.apis.base import OPENAI_CACHED_USAGE, OPENAI_PROMPT_USAGE, OPENAI_STREAM, Api, Resume
 from gateway.schema import CompletionRequest
 
 
@@ -30,9 +30,22 @@ def tokenize_bodies(body: dict[str, Any]) -> list[dict[str, Any]] | None:
     return [{"model": body["model"], "prompt": p} for p in texts]
 
 
+def alternatives(body: Mapping[str, Any]) -> bool:
+    lp = body.get("logprobs")
+    return isinstance(lp, int) and not isinstance(lp, bool) and lp > 0
+
+
+def from_text(body: dict[str, Any], text: str) -> dict[str, Any] | None:
+    """The prompt followed by the text generated so far (a token-id prompt cannot be)."""
+    [prompt] = prompts(body)
+    return {**body, "prompt": prompt + text} if isinstance(prompt, str) else None
+
+
 API = Api(
     kind="completions", title="OpenAI Completions (legacy)", path="/v1/completions", schema=CompletionRequest,
     max_tokens_field="max_tokens", prompt_field="prompt", stream=OPENAI_STREAM,
     prompt_usage=OPENAI_PROMPT_USAGE, cached_usage=OPENAI_CACHED_USAGE, leading=leading,
     tokenize_bodies=tokenize_bodies, stream_options=True,
+    resume=Resume("text_completion", False, lambda body: True, alternatives, from_text,
+                  keep=("logprobs",)),
 )  # fmt: skip

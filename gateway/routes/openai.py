@@ -26,9 +26,10 @@ from gateway.asgi import (
     trace_headers,
 )
 from gateway.auth import Access
+from gateway.call import Call
 from gateway.errors import OpenAIError, internal_error
 from gateway.metrics import CLIENT_CLOSED, GatewayMetrics, rejection_reason
-from gateway.service import Call, CompletionService
+from gateway.service import CompletionService
 from gateway.types import Headers, Receive, Scope, Send
 
 log = logging.getLogger("gateway")
@@ -170,4 +171,5 @@ class CompletionsRoute:
                     duration_s=duration, prompt_tokens=call.prompt_tokens,
                     completion_tokens=call.completion_tokens, queue_wait_s=call.queue_wait_s,
                     ttft_s=call.ttft_s, replica=call.replica,
+                    resumed_from=call.resume.resumed_from if call.resume else None,
                 )  # fmt: skip

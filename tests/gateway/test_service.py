@@ -17,11 +17,12 @@ import httpx
 import pytest
 
 from gateway.admission import Admission, Rejected
+from gateway.call import Call, Timeouts
 from gateway.errors import OpenAIError
 from gateway.health import HealthTracker, Snapshot
 from gateway.metrics import GatewayMetrics
 from gateway.replica import Lease
-from gateway.service import Call, CompletionService, Timeouts
+from gateway.service import CompletionService
 from tests.gateway.test_validation import CPU, MODEL
 
 pytestmark = pytest.mark.anyio

@@ -10,10 +10,11 @@ import pytest
 
 from gateway.admission import Admission
 from gateway.auth import KeyStore, hash_key
+from gateway.call import Call, Timeouts
 from gateway.errors import OpenAIError
 from gateway.metrics import GatewayMetrics
 from gateway.ratelimit import Charge, MemoryStore
-from gateway.service import Call, CompletionService, Timeouts
+from gateway.service import CompletionService
 from gateway.tenancy import Tenancy
 from gateway.tenants import parse
 from tests.gateway.test_service import (
