@@ -29,6 +29,7 @@ import httpx
 import pytest
 
 from bench.gatewayproc import mark_all_warm
+from bench.kvrouting import WORDS
 from gateway.kvindex import KVIndex
 from tests.gateway.conftest import engine_metric
 from tests.support.engine import Engine, running_after
@@ -36,21 +37,6 @@ from tests.support.gateway import RunningGateway, run_gateway
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 MODEL = "gemma-4-tiny"
-WORDS = [
-    "alpha",
-    "bravo",
-    "charlie",
-    "delta",
-    "echo",
-    "foxtrot",
-    "golf",
-    "hotel",
-    "india",
-    "juliet",
-    "kilo",
-    "lima",
-    "mike",
-]
 
 
 @pytest.fixture
