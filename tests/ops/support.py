@@ -133,3 +133,11 @@ def cell(
         "error_rate": 0.0,
         **extra,
     }
+
+
+# Every tool the ops server offers (both transports list exactly these).
+TOOLS = {
+    "get_system_status", "verify_model_health", "get_active_models", "get_system_details",
+    "get_metrics", "query_with_stats", "get_memory_layout", "get_benchmark_summary",
+    "compare_runs", "estimate_cost", "start_warmup", "get_tenant_usage",
+}  # fmt: skip

@@ -10,14 +10,8 @@ from pathlib import Path
 import pytest
 
 from tests.ops.conftest import META, RUN_A, RUN_B
-from tests.ops.support import data, over_stdio, text, write_run
+from tests.ops.support import TOOLS, data, over_stdio, text, write_run
 from tests.support.process import free_port
-
-TOOLS = {
-    "get_system_status", "verify_model_health", "get_active_models", "get_system_details",
-    "get_metrics", "query_with_stats", "get_memory_layout", "get_benchmark_summary",
-    "compare_runs", "estimate_cost", "start_warmup", "get_tenant_usage",
-}  # fmt: skip
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from entrypoint.render import render
 from env.settings import CacheSettings, EngineEnv, EngineSettings
 from protocol.prometheus import Scrape, histogram_mean
 from tests.ops.conftest import OpsStack
-from tests.ops.support import PROFILE, data, over_http, over_stdio, text, with_stdio_session
+from tests.ops.support import PROFILE, TOOLS, data, over_http, over_stdio, text, with_stdio_session
 from tests.support.process import ServerProcess, free_port
 
 pytestmark = pytest.mark.engine
@@ -240,6 +240,7 @@ def test_streamable_http_transport(ops_stack: OpsStack, tmp_path) -> None:  # ty
         )
     finally:
         server.stop(grace_s=5)
-    assert len(tools) == 11 and all(t.output_schema for t in tools)
+    # every tool the stdio server lists (test_server_files.TOOLS), each with its output schema
+    assert {t.name for t in tools} == TOOLS and all(t.output_schema for t in tools)
     assert data(status)["gateway"]["serving"] is True
     assert data(health)["passed"] is True
