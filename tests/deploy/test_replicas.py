@@ -106,7 +106,16 @@ def test_compose_merges_the_override_into_complete_engines(tmp_path: Path) -> No
     override.write_text(render(str(X4)))
     model = _config(X4, str(override))
     services = model["services"]
-    assert set(services) == {"engine", "engine-1", "engine-2", "engine-3", "warmup", "gateway"}
+    # the TPU stack runs several gateway workers sharing their state (the `state` service)
+    assert set(services) == {
+        "engine",
+        "engine-1",
+        "engine-2",
+        "engine-3",
+        "warmup",
+        "gateway",
+        "state",
+    }
     base = services["engine"]
     for i in (1, 2, 3):
         replica = services[f"engine-{i}"]
