@@ -8,6 +8,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 import pytest
+import redis
 
 from gateway.health import HealthTracker
 from gateway.state.store import SharedState
@@ -49,6 +50,18 @@ class Reps:
         return rep
 
 
+@pytest.fixture
+def url(redis_server: RedisServer) -> str:
+    """The session's Redis, running and emptied before the gateways start: a warm-up report left
+    by another test (``warmup_failed`` for the same engine process) is what a new gateway's first
+    pull would otherwise apply."""
+    if not redis_server.ping():
+        redis_server.start()
+    with redis.Redis.from_url(redis_server.url) as r:
+        r.flushdb()
+    return redis_server.url
+
+
 async def gateway(url: str) -> tuple[SharedState, Reps]:
     state = SharedState(url, lease_ttl_s=30, timeout_s=2.0)
     reps = Reps([Rep("engine-0:8000")])
@@ -59,12 +72,9 @@ async def gateway(url: str) -> tuple[SharedState, Reps]:
     return state, reps
 
 
-def test_a_report_and_a_drain_taken_by_one_gateway_reach_the_other(
-    redis_server: RedisServer,
-) -> None:
+def test_a_report_and_a_drain_taken_by_one_gateway_reach_the_other(url: str) -> None:
     async def go() -> None:
-        a, b = await gateway(redis_server.url), await gateway(redis_server.url)
-        await a[0]._redis.flushdb()
+        a, b = await gateway(url), await gateway(url)
         try:
             ra, rb = a[1].replicas[0], b[1].replicas[0]
             assert rb.health.snapshot().state == "warming_up"
@@ -94,9 +104,9 @@ def test_a_report_and_a_drain_taken_by_one_gateway_reach_the_other(
     asyncio.run(go())
 
 
-def test_a_report_for_another_engine_process_changes_nothing(redis_server: RedisServer) -> None:
+def test_a_report_for_another_engine_process_changes_nothing(url: str) -> None:
     async def go() -> None:
-        a, b = await gateway(redis_server.url), await gateway(redis_server.url)
+        a, b = await gateway(url), await gateway(url)
         try:
             a[1].report_warmup(INSTANCE, "failed", "chat", "bad template")
             await a[0].beat()
