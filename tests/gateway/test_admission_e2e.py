@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from tests.gateway.conftest import SMALL, engine_metric
 from tests.support.engine import Engine
 from tests.support.gateway import NOCANCEL, RunningGateway, mark_warm, run_gateway
+from tests.support.held import held_slots, holds
 from tests.support.sse import error_events
 
 pytestmark = [pytest.mark.engine, pytest.mark.anyio]
@@ -41,19 +41,10 @@ async def wait_until(predicate, timeout_s: float = 10.0) -> None:
     """Poll ``predicate`` (blocking HTTP, so in a thread: the streams on this loop keep being
     read meanwhile) until true; the bound only stops a hang, it is not a timing claim."""
     deadline = time.monotonic() + timeout_s
-    while not await asyncio.to_thread(_holds, predicate):
+    while not await asyncio.to_thread(holds, predicate):
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s}s")
         await asyncio.sleep(0.1)
-
-
-def _holds(predicate) -> bool:
-    """A scrape that times out is "not yet": on 2 busy cores the gateway relaying 16 fast
-    streams next to the engine can be seconds late answering /metrics."""
-    try:
-        return bool(predicate())
-    except httpx.TimeoutException:
-        return False
 
 
 async def test_overload_4x_cap_only_200_or_429_and_admitted_complete(
@@ -141,53 +132,6 @@ async def test_the_disconnect_check_fails_without_cancellation(engine: Engine) -
     assert generated == FULL_GENERATION
 
 
-@contextlib.asynccontextmanager
-async def held_slots(
-    gateway: RunningGateway, client: httpx.AsyncClient, n: int
-) -> AsyncIterator[None]:
-    """``n`` admitted streams that keep the gateway's slots for as long as the block runs.
-
-    The clients do not read their streams until the block ends: each response (8 x 1,900 tokens
-    with 5 logprobs, ~7 MB) is larger than what the kernel buffers between the gateway and a
-    client that does not read (~4.5 MB on Linux loopback), so the gateway's relay stalls on
-    backpressure and cannot finish, however fast the engine generates. Neither a first token
-    nor the response headers can tell admission on this box (the CPU engine's API server may
-    send both only when the generation is over), so admission is read from the gateway's gauge;
-    with the slots held, a slow scrape is only slow. On leaving, the streams are read to their
-    end: a stream stalled by a slow client resumes whole. Completions, so that chat requests
-    counted by the engine are only the ones under test."""
-    body = {"model": MODEL, "prompt": "Count", "max_tokens": 1900, "n": 8, "logprobs": 5,
-            "stream": True, "ignore_eos": True}  # fmt: skip
-    release = asyncio.Event()
-    # A previous test's load can leave the gateway a moment of engine_down (a /health poll
-    # answered late): start from a serving gateway, so a refused hold means a real failure.
-    await wait_until(lambda: httpx.get(f"{gateway.url}/health", timeout=10).status_code == 200, 60)
-
-    async def one() -> tuple[int, str | None]:
-        async with client.stream("POST", "/v1/completions", json=body) as r:
-            if r.status_code != 200:
-                return r.status_code, (await r.aread()).decode()[:300]
-            await release.wait()
-            last = None
-            async for line in r.aiter_lines():
-                last = line or last
-            return r.status_code, last
-
-    tasks = [asyncio.create_task(one()) for _ in range(n)]
-    try:
-        deadline = time.monotonic() + 120  # a bound against hanging, not a timing claim
-        while not await asyncio.to_thread(_holds, lambda: gateway.metric("gateway_inflight") >= n):
-            ended = [t.exception() or t.result() for t in tasks if t.done()]
-            assert not ended, f"a held stream ended before all were admitted: {ended}"
-            assert time.monotonic() < deadline, gateway_state(gateway)
-            await asyncio.sleep(0.1)
-        yield
-    finally:
-        release.set()
-        results = await asyncio.wait_for(asyncio.gather(*tasks), 300)
-    assert results == [(200, "data: [DONE]")] * n
-
-
 async def test_disconnect_while_queued_frees_the_place(
     gateway: RunningGateway, engine: Engine
 ) -> None:
@@ -234,13 +178,6 @@ async def test_queued_stream_gets_keepalive_comments(gateway: RunningGateway) ->
     assert first == ": queued"  # sent while it waited for a slot
     assert rest[-1] == "data: [DONE]" and not error_events(rest)
     assert '"finish_reason":"length"' in rest[-2]  # all 4 tokens (vLLM may merge deltas)
-
-
-def gateway_state(gw: RunningGateway) -> str:
-    """The gateway's own gauges and counters, for a failure message."""
-    skip = ("gateway_request_duration", "gateway_ttft", "gateway_queue_wait")
-    lines = gw.metrics_text().splitlines()
-    return "\n".join(ln for ln in lines if ln.startswith("gateway_") and not ln.startswith(skip))
 
 
 def gateway_disconnects(gw: RunningGateway, phase: str) -> float:

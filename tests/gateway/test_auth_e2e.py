@@ -134,7 +134,7 @@ def test_per_key_concurrency_limit(keyed: RunningGateway) -> None:
 
     The first request is held in flight by its client not reading (its ~7 MB response cannot
     fit in the kernel buffers, so the gateway's relay stalls on backpressure; see
-    ``test_admission_e2e.held_slots``), so "in flight" can be read from the gateway's gauge
+    ``tests/support/held.py``), so "in flight" can be read from the gateway's gauge
     however late a scrape is answered on a starved 2-core box."""
     url = f"{keyed.url}/v1/completions"
     long = {"model": "gemma-4-tiny", "prompt": "Count", "max_tokens": 1900, "n": 8,
