@@ -28,7 +28,6 @@ from gateway import tenants
 from gateway.errors import OpenAIError
 from gateway.tenants import OPEN_TENANT, Keys, Tenant
 
-ANONYMOUS = OPEN_TENANT.label
 log = logging.getLogger("gateway")
 
 
@@ -55,7 +54,6 @@ class KeyStore:
 
     def __init__(self, keys: Keys | None = None) -> None:
         self._keys = keys or Keys()
-        self._by_label = self._keys.by_label()
 
     @property
     def entries(self) -> tuple[tuple[bytes, Tenant], ...]:
@@ -68,7 +66,7 @@ class KeyStore:
     @property
     def tenants(self) -> int:
         """Distinct tenants (labels) the keys name: 0 when the gateway runs open."""
-        return len(self._by_label)
+        return len(self._keys.by_label())
 
     @classmethod
     def from_file(cls, path: Path) -> KeyStore:
@@ -77,7 +75,6 @@ class KeyStore:
 
     def replace(self, keys: Keys) -> None:
         self._keys = keys
-        self._by_label = keys.by_label()
 
     def reload(self, path: Path) -> list[str]:
         """Re-read the keys file; on any problem keep the current keys. Returns the problems."""
@@ -88,23 +85,19 @@ class KeyStore:
         self.replace(keys)
         return []
 
-    def tenant(self, label: str) -> Tenant:
-        """The tenant of a label ``identify`` returned (a key removed by a reload since: no
-        limits of its own, like an open gateway's caller)."""
-        return self._by_label.get(label) or OPEN_TENANT
-
-    def identify(self, token: str | None) -> str | None:
-        """The caller's label for a presented key, None if it matches no key."""
+    def identify(self, token: str | None) -> Tenant | None:
+        """The tenant of a presented key (the open tenant when the gateway runs open), None if
+        it matches no key."""
         entries = self._keys.entries
         if not entries:
-            return ANONYMOUS
+            return OPEN_TENANT
         if token is None:
             return None
         digest = hashlib.sha256(token.encode()).digest()
-        found: str | None = None
+        found: Tenant | None = None
         for stored, tenant in entries:  # no early exit: constant time in the key count
             if hmac.compare_digest(stored, digest) and found is None:
-                found = tenant.label
+                found = tenant
         return found
 
 
@@ -197,8 +190,9 @@ class Access:
     internal_token: str
     metrics_public: bool = False
 
-    def caller(self, headers: list[tuple[bytes, bytes]]) -> str:
-        """The caller's label, or a 401. In open mode every caller is ``anonymous``."""
+    def authenticate(self, headers: list[tuple[bytes, bytes]]) -> Tenant:
+        """The caller's tenant, or a 401. In open mode every caller is the open tenant
+        (``anonymous``, no limits)."""
         token = bearer(headers)
         caller = self.keys.identify(token)
         if caller is None:

@@ -128,7 +128,7 @@ async def running(config: GatewayConfig) -> AsyncIterator[Components]:
         shares=KeyShares(tenants=lambda: config.access.keys.tenants),
     )
     store = MemoryStore() if state is None else state[2]
-    tenancy = Tenancy(config.access.keys, store, metrics, s.tpm_cached_tokens)
+    tenancy = Tenancy(store, metrics, s.tpm_cached_tokens)
     async with AsyncExitStack() as stack:
         if state is not None:  # joined first, left last (its leases given back at exit)
             await state[0].start()

@@ -31,7 +31,7 @@ import httpx
 
 from gateway.admission import Admission
 from gateway.apis import APIS
-from gateway.call import Call, Timeouts
+from gateway.call import Call, Progress, Timeouts
 from gateway.errors import OpenAIError, reshape_engine_error
 from gateway.health import Snapshot, unavailable
 from gateway.metrics import GatewayMetrics
@@ -39,8 +39,7 @@ from gateway.policy import Policy
 from gateway.replica import Replica
 from gateway.resume import RESUME_OFF, ResumePolicy, Resumer
 from gateway.routing.base import Request as RouteRequest
-from gateway.tenancy import Tenancy, usage_of
-from gateway.tenants import OPEN_TENANT, Tenant
+from gateway.tenancy import Tenancy, Used, usage_of
 from gateway.tracing import NO_TRACING, Attr, Step, Tracing
 from gateway.upstream import EngineErrorEvent, StreamStats, relay_sse, upstream_error
 from gateway.validation import Final, finalize, needs_count, parse
@@ -145,12 +144,13 @@ class CompletionService:
         Raises ``OpenAIError`` for the route to render and count (``sink.fail``); a failure of
         the engine after the stream started is rendered here and returned as a status.
         """
-        tenant = self.tenancy.tenant(call.caller)
-        trace = call.trace = self.tracing.start(call.path, call.request_id, tenant.label,
-                                                call.forward)  # fmt: skip
+        tenant = call.tenant
+        trace = call.progress.trace = self.tracing.start(
+            call.path, call.request_id, tenant.label, call.forward
+        )
         status = 499  # cancelled: the client went away
         try:
-            status = await self._run(call, sink, tenant)
+            status = await self._run(call, sink)
             return status
         except OpenAIError as err:
             status = err.status
@@ -165,8 +165,9 @@ class CompletionService:
         finally:
             trace.end(status)
 
-    async def _run(self, call: Call, sink: Sink, tenant: Tenant) -> int:
-        final = await self.prepare(call, tenant)
+    async def _run(self, call: Call, sink: Sink) -> int:
+        tenant, p = call.tenant, call.progress
+        final = await self.prepare(call)
         if final.stream and call.http10:
             raise OpenAIError(
                 400, 'streaming needs HTTP/1.1 (the stream is sent chunked); use HTTP/1.1 or '
@@ -174,24 +175,24 @@ class CompletionService:
             )  # fmt: skip
         if final.stripped:
             sink.add_header(b"x-gateway-stripped-params", ", ".join(final.stripped).encode())
-        call.strip_usage = final.strip_usage
+        p.strip_usage = final.strip_usage
         final = self.resume.begin(call, final)  # a resumable stream: its state, the body to send
         # The key's rate limits: one request and prompt + max_tokens reserved (429 otherwise),
         # settled from the engine's usage however the request ends.
-        with call.trace.step("admission") as step:
+        with p.trace.step("admission") as step:
             step.set("gateway.key", tenant.label)
             reservation = await self.tenancy.reserve(
                 tenant, final.prompt_bound, final.max_tokens * final.sequences
             )
         ahead = self.admission.queued  # the queue's length on arrival (the queue span)
-        call.phase = "queued"
+        p.phase = "queued"
         on_wait = sink.keepalive if final.stream and self.timeouts.queue_keepalive_s > 0 else None
         tick = self.timeouts.queue_keepalive_s
         try:
-            async with self.admission.slot(call.caller, on_wait, tick, tenant.sched) as t:
-                call.phase = "upstream"
-                call.queue_wait_s = t.queued_s
-                call.trace.done("queue wait", t.queued_s, {"gateway.queue.class": tenant.sched.name,
+            async with self.admission.slot(tenant.label, on_wait, tick, tenant.sched) as t:
+                p.phase = "upstream"
+                p.queue_wait_s = t.queued_s
+                p.trace.done("queue wait", t.queued_s, {"gateway.queue.class": tenant.sched.name,
                                 "gateway.queue.position": ahead})  # fmt: skip
                 self.metrics.queue_wait.observe(t.queued_s)
                 self.metrics.key_admitted(tenant.label, tenant.sched.name, t.queued_s)
@@ -199,56 +200,60 @@ class CompletionService:
                     sink.add_header(name, value)
                 return await self._forward(call, final, sink)
         finally:
-            self.tenancy.settle(reservation, call)
-            if self.ledger is not None and call.replica is not None and call.phase == "upstream":
-                _charge(self.ledger, call, tenant.label)
+            used = _used(call)
+            self.tenancy.settle(reservation, p.phase == "upstream", used)
+            if self.ledger is not None and used is not None and p.replica is not None:
+                self.ledger.finished(p.replica, tenant.label, used.prompt, used.cached,
+                                     used.completion)  # fmt: skip
 
-    async def prepare(self, call: Call, tenant: Tenant = OPEN_TENANT) -> Final:
+    async def prepare(self, call: Call) -> Final:
         """Validate and count: the forwardable body, or an ``OpenAIError``."""
+        tenant, p = call.tenant, call.progress
         policy = self.tenancy.policy_for(tenant, self.policy)
-        with call.trace.step("validate"):
+        with p.trace.step("validate"):
             parsed = parse(call.kind, call.body, policy)
             self.tenancy.check(tenant, parsed.model, parsed.max_tokens, parsed.max_tokens_param)
         snap = self.upstreams.serving()
         if not snap.ready:
             raise unavailable(snap)
-        call.route = RouteRequest(parsed.kind, parsed.body)
+        p.route = RouteRequest(parsed.kind, parsed.body)
         prompt_tokens = None
         if self.upstreams.wants_tokens:  # kv routing: the engine's own token ids
-            call.route.tokens = await self.tokens.ids(parsed, call.request_id.decode())
-            if call.route.tokens is not None:  # one prompt: its count, for free
-                prompt_tokens = len(call.route.tokens)
+            p.route.tokens = await self.tokens.ids(parsed, call.request_id.decode())
+            if p.route.tokens is not None:  # one prompt: its count, for free
+                prompt_tokens = len(p.route.tokens)
         # A key with a tpm is charged the engine's count, not the loose byte bound.
         exact = parsed.exact_prompt_tokens is not None
         if prompt_tokens is None and (
             needs_count(parsed, policy) or (tenant.tpm is not None and not exact)
         ):
-            with call.trace.step("count tokens") as step:
+            with p.trace.step("count tokens") as step:
                 prompt_tokens = await self.tokens.count(parsed, call.request_id.decode())
                 step.set("gateway.prompt_tokens", -1 if prompt_tokens is None else prompt_tokens)
         outcome = "skipped" if prompt_tokens is None else "counted"
         self.metrics.token_counts.labels(outcome).inc()
         final = finalize(parsed, prompt_tokens, policy)
-        call.prompt_tokens = final.prompt_tokens
+        p.prompt_tokens = final.prompt_tokens
         return final
 
     async def _forward(self, call: Call, final: Final, sink: Sink) -> int:
         timeout = self.timeouts.stream_idle_s if final.stream else self.timeouts.request_s
         headers = _JSON_HEADER + b"x-request-id: " + call.request_id + b"\r\n" + call.forward
+        p = call.progress
         tried: tuple[Replica, ...] = ()
         failure: httpx.TransportError | None = None
         while True:
-            with call.trace.step("route") as step:
-                replica = self.upstreams.pick(call.route, tried)
+            with p.trace.step("route") as step:
+                replica = self.upstreams.pick(p.route, tried)
                 if step.recording:
                     _route_attrs(step, self.upstreams, replica, tried)
             if replica is None:
                 if failure is not None:  # nowhere else to go: the first failure, as it was
                     raise upstream_error(failure, streaming=final.stream)
                 raise unavailable(self.upstreams.serving())
-            call.replica = replica.name
+            p.replica = replica.name
             reason = "failover" if tried else "first"
-            with replica.lease(), call.trace.attempt(replica.name, len(tried) + 1, reason) as at:
+            with replica.lease(), p.trace.attempt(replica.name, len(tried) + 1, reason) as at:
                 try:
                     response = await replica.pool.request(
                         "POST", call.path, final.body, at.forward(headers), timeout
@@ -264,7 +269,7 @@ class CompletionService:
                     continue
                 at.set("http.response.status_code", response.status_code)
                 if response.status_code == 503 and not tried:
-                    other = self.upstreams.pick(call.route, (replica,))
+                    other = self.upstreams.pick(p.route, (replica,))
                     if other is not None:  # the engine refused before starting: fail over
                         at.error("EngineUnavailable: 503")
                         response.close()
@@ -294,9 +299,10 @@ class CompletionService:
             await sink.reply(status, reshape_engine_error(status, data), b"application/json")
             return status
         ctype = response.headers.get(b"content-type", b"application/json")
-        call.usage_tail = data
+        p = call.progress
+        p.usage_tail = data
         found = APIS[call.kind].stream.usage.findall(data)
-        call.completion_tokens = int(found[-1]) if found else None
+        p.completion_tokens = int(found[-1]) if found else None
         await sink.reply(status, data, ctype)
         return status
 
@@ -304,7 +310,8 @@ class CompletionService:
         self, call: Call, response: EngineResponse, sink: Sink, replica: Replica
     ) -> int:
         await sink.open()
-        stats = StreamStats(APIS[call.kind].stream, call.strip_usage)
+        p = call.progress
+        stats = StreamStats(APIS[call.kind].stream, p.strip_usage)
         relay_from = time.perf_counter()
         broke: Exception | None = None
         try:
@@ -313,13 +320,13 @@ class CompletionService:
             broke = exc
         finally:
             if stats.first_chunk_at is not None:
-                call.ttft_s = stats.first_chunk_at - call.started_at
-                self.metrics.ttft.labels(call.kind).observe(call.ttft_s)
-            call.completion_tokens = stats.completion_tokens()
-            call.usage_tail = stats.tail
-            self.metrics.tokens_streamed.inc(call.completion_tokens)
-            if call.trace.recording:
-                call.trace.relayed(time.perf_counter() - relay_from, _relay_attrs(call, stats))
+                p.ttft_s = stats.first_chunk_at - call.started_at
+                self.metrics.ttft.labels(call.kind).observe(p.ttft_s)
+            p.completion_tokens = stats.completion_tokens()
+            p.usage_tail = stats.tail
+            self.metrics.tokens_streamed.inc(p.completion_tokens)
+            if p.trace.recording:
+                p.trace.relayed(time.perf_counter() - relay_from, _relay_attrs(p, stats))
         if broke is None and stats.done:
             await sink.end()
             return 200
@@ -343,22 +350,25 @@ def _route_attrs(
     step.set("gateway.replica", chosen.name if chosen is not None else "")
 
 
-def _relay_attrs(call: Call, stats: StreamStats) -> dict[str, Attr]:
+def _relay_attrs(p: Progress, stats: StreamStats) -> dict[str, Attr]:
     """The relay span's attributes: what the relay counted anyway, read once at the end."""
     attrs: dict[str, Attr] = {
         "gateway.relay.chunks": stats.events,
-        "gateway.relay.completion_tokens": call.completion_tokens or 0,
+        "gateway.relay.completion_tokens": p.completion_tokens or 0,
         "gateway.relay.outcome": "done" if stats.done else "ended early",
     }
-    if call.ttft_s is not None:
-        attrs["gateway.ttft_s"] = call.ttft_s
+    if p.ttft_s is not None:
+        attrs["gateway.ttft_s"] = p.ttft_s
     return attrs
 
 
-def _charge(ledger: Charges, call: Call, key: str) -> None:
-    """The chip-time ledger's share of a finished request: its work, from the engine's usage."""
-    if call.completion_tokens is None or call.replica is None:
-        return  # never answered: no engine work to charge
-    prompt, cached = usage_of(call.kind, call.usage_tail)
-    ledger.finished(call.replica, key, prompt or call.prompt_tokens or 0, cached,
-                    call.completion_tokens)  # fmt: skip
+def _used(call: Call) -> Used | None:
+    """What a request the engine answered used, from the engine's usage (None: it never
+    answered); the prompt becomes the engine's own count where it reported one."""
+    p = call.progress
+    if p.phase != "upstream" or p.completion_tokens is None:
+        return None
+    prompt, cached = usage_of(call.kind, p.usage_tail)
+    if prompt is not None:
+        p.prompt_tokens = prompt
+    return Used(p.prompt_tokens or 0, cached, p.completion_tokens)

@@ -27,22 +27,16 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 from gateway.apis import APIS
 from gateway.errors import OpenAIError, rate_limited
 from gateway.metrics import GatewayMetrics, rejection_reason
 from gateway.policy import Policy
 from gateway.ratelimit import Charge, LimitStore, MemoryStore, Verdict, Window
-from gateway.tenants import OPEN_TENANT, Tenant
+from gateway.tenants import Tenant
 
 _OWN_CODES = ("rpm_limit", "tpm_limit", "request_exceeds_tpm")  # carry their own headers
-
-
-class Directory(Protocol):
-    """Label -> tenant (``auth.KeyStore``: the live keys file)."""
-
-    def tenant(self, label: str) -> Tenant: ...
 
 
 class AdmissionHeaders(Protocol):
@@ -51,19 +45,14 @@ class AdmissionHeaders(Protocol):
     def rate_headers(self) -> list[tuple[bytes, bytes]]: ...
 
 
-class _Open:
-    def tenant(self, label: str) -> Tenant:
-        return OPEN_TENANT
+@dataclass(frozen=True, slots=True)
+class Used:
+    """What a request the engine answered used, from the engine's own usage (the service works
+    it out once, for settlement here and for the chip-time ledger)."""
 
-
-class Billed(Protocol):
-    """What settlement reads of a finished call (``call.Call``)."""
-
-    kind: Any
-    phase: str | None
-    prompt_tokens: int | None
-    completion_tokens: int | None
-    usage_tail: bytes
+    prompt: int
+    cached: int  # of the prompt, served from the engine's prefix cache
+    completion: int
 
 
 def usage_of(kind: str, data: bytes) -> tuple[int | None, int]:
@@ -97,13 +86,11 @@ class Reservation:
 class Tenancy:
     def __init__(
         self,
-        keys: Directory,
         store: LimitStore,
         metrics: GatewayMetrics,
         cached_tokens: Literal["count", "exclude"] = "count",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.keys = keys
         self.store = store
         self.metrics = metrics
         self.count_cached = cached_tokens == "count"
@@ -113,10 +100,7 @@ class Tenancy:
     @classmethod
     def open(cls, metrics: GatewayMetrics) -> Tenancy:
         """No keys, no limits: every caller is the anonymous tenant."""
-        return cls(_Open(), MemoryStore(), metrics)
-
-    def tenant(self, label: str) -> Tenant:
-        return self.keys.tenant(label)
+        return cls(MemoryStore(), metrics)
 
     # -- before admission -------------------------------------------------------------------
 
@@ -204,31 +188,26 @@ class Tenancy:
 
     # -- after ------------------------------------------------------------------------------
 
-    def settle(self, res: Reservation, call: Billed) -> None:
-        """Correct the reservation to what the request used (idempotent)."""
+    def settle(self, res: Reservation, reached_engine: bool, used: Used | None) -> None:
+        """Correct the reservation to what the request used (idempotent): a request the engine
+        never saw is refunded its request; its tokens are what ``used`` says (none without)."""
         if res.settled:
             return
         res.settled = True
         now = self._clock()
-        served = call.phase == "upstream" and call.completion_tokens is not None
-        used = 0
-        label = res.tenant.label
-        if served:
-            prompt, cached = usage_of(call.kind, call.usage_tail)
-            if prompt is not None:
-                call.prompt_tokens = prompt
-            prompt = call.prompt_tokens or 0
-            counted = prompt if self.count_cached else max(0, prompt - cached)
-            completion = call.completion_tokens or 0
-            used = counted + completion
-            self.metrics.key_tokens(label, "prompt", prompt)
-            self.metrics.key_tokens(label, "completion", completion)
-            if cached:
-                self.metrics.key_tokens(label, "cached", cached)
-        if res.requests is not None and call.phase != "upstream":
+        tokens = 0
+        if used is not None:
+            label = res.tenant.label
+            counted = used.prompt if self.count_cached else max(0, used.prompt - used.cached)
+            tokens = counted + used.completion
+            self.metrics.key_tokens(label, "prompt", used.prompt)
+            self.metrics.key_tokens(label, "completion", used.completion)
+            if used.cached:
+                self.metrics.key_tokens(label, "cached", used.cached)
+        if res.requests is not None and not reached_engine:
             self.store.adjust(res.requests, -1, now)
         if res.token_charge is not None:
-            self.store.adjust(res.token_charge, used - res.tokens, now)
+            self.store.adjust(res.token_charge, tokens - res.tokens, now)
 
     def rejected(self, tenant: Tenant, err: OpenAIError) -> OpenAIError:
         """A refusal of this key's request: counted; returns the refusal to answer with (a

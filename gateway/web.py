@@ -29,6 +29,7 @@ from gateway.asgi import JSON
 from gateway.components import Components
 from gateway.errors import OpenAIError, internal_error
 from gateway.metrics import GatewayMetrics, rejection_reason
+from gateway.tenants import Tenant
 from gateway.types import Handler, Headers, Receive, Scope, Send
 
 log = logging.getLogger("gateway")
@@ -163,7 +164,8 @@ def count_refusal(metrics: GatewayMetrics, route: str, err: OpenAIError) -> None
 
 
 class ApiKey:
-    """Dependency: the caller's label (``auth.Access.caller``), or a 401 counted on ``route``."""
+    """Dependency: the caller's tenant (``auth.Access.authenticate``), or a 401 counted on
+    ``route``."""
 
     def __init__(self, route: str) -> None:
         self.route = route
@@ -173,9 +175,9 @@ class ApiKey:
         request: Request,
         c: Parts,
         _: _ApiKeyScheme,
-    ) -> str:
+    ) -> Tenant:
         try:
-            return c.access.caller(request.scope["headers"])
+            return c.access.authenticate(request.scope["headers"])
         except OpenAIError as err:
             count_refusal(c.metrics, self.route, err)
             raise

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import httpx
 
-from gateway.apis import APIS
+from gateway.apis import APIS, Kind
 from gateway.errors import OpenAIError
 from gateway.metrics import GatewayMetrics
 from gateway.replica import Replica
@@ -29,6 +29,8 @@ from gateway.resume.continuation import Continuation, Finished, NotResumable, bu
 from gateway.resume.policy import Resumable, ResumePolicy, begin
 from gateway.resume.rewrite import Rewriter, ending
 from gateway.resume.transcript import Delivered
+from gateway.routing.base import Request as RouteRequest
+from gateway.tracing import RequestTrace
 from gateway.upstream import EngineErrorEvent, EventFilter, StreamStats, relay_sse, upstream_error
 from protocol.engine_errors import engine_message
 
@@ -49,11 +51,41 @@ class StreamSink(Protocol):
     async def fail(self, err: OpenAIError) -> None: ...
 
 
+class Progress(Protocol):
+    """What the resumer reads and writes of a request's progress (``call.Progress``: the
+    resumer is a part of the service, its one writer)."""
+
+    resume: Resumable | None
+    strip_usage: bool
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    usage_tail: bytes
+    route: RouteRequest
+    replica: str | None
+    trace: RequestTrace
+
+
+class Stream(Protocol):
+    """The request whose stream broke (``call.Call``)."""
+
+    @property
+    def kind(self) -> Kind: ...
+
+    @property
+    def request_id(self) -> bytes: ...
+
+    @property
+    def forward(self) -> bytes: ...
+
+    @property
+    def progress(self) -> Progress: ...
+
+
 class Upstreams(Protocol):
     @property
     def replicas(self) -> list[Replica]: ...
 
-    def pick(self, request: Any, exclude: tuple[Replica, ...] = ()) -> Replica | None: ...
+    def pick(self, request: RouteRequest, exclude: tuple[Replica, ...] = ()) -> Replica | None: ...
 
 
 class ContinuationRefused(Exception):
@@ -87,29 +119,31 @@ class Resumer:
         self.metrics = metrics
         self.stream_idle_s = stream_idle_s
 
-    def begin(self, call: Any, final: Final) -> Final:
-        """Before the request is sent: its resume state on ``call.resume`` (None: not
+    def begin(self, call: Stream, final: Final) -> Final:
+        """Before the request is sent: its resume state on ``call.progress.resume`` (None: not
         resumable) and the body to send (with the token-ids member when the gateway asks)."""
-        final, call.resume = begin(self.policy, call.kind, final, len(self.upstreams.replicas))
+        final, call.progress.resume = begin(
+            self.policy, call.kind, final, len(self.upstreams.replicas)
+        )
         return final
 
-    def events(self, call: Any) -> EventFilter | None:
+    def events(self, call: Stream) -> EventFilter | None:
         """The relay's filter: Chat and Completions streams (None: relayed as they come)."""
         if APIS[call.kind].resume is None:
             return None
-        state: Resumable | None = call.resume
+        state: Resumable | None = call.progress.resume
         if state is None:
-            return EventFilter(call.strip_usage)
-        return EventFilter(call.strip_usage, state.strip_ids, state.transcript)
+            return EventFilter(call.progress.strip_usage)
+        return EventFilter(call.progress.strip_usage, state.strip_ids, state.transcript)
 
     async def broken(
-        self, call: Any, sink: StreamSink, replica: Replica, broke: BaseException | None
+        self, call: Stream, sink: StreamSink, replica: Replica, broke: BaseException | None
     ) -> int:
         """The stream from ``replica`` broke after its first byte: continue it elsewhere, or
         end it with the terminal error event (the first break's: what the client's stream
         lost). Returns the status for the access metrics."""
         err = self._failed(replica, broke)
-        state: Resumable | None = call.resume
+        state: Resumable | None = call.progress.resume
         if state is None:
             await sink.fail(err)
             return err.status
@@ -117,19 +151,21 @@ class Resumer:
         while True:
             delivered = state.transcript.delivered()
             try:
-                plan = build(state, delivered, call.prompt_tokens)
+                plan = build(state, delivered, call.progress.prompt_tokens)
             except NotResumable as exc:
                 return await self._give_up(call, sink, err, "not_resumable", exc.reason)
             if isinstance(plan, Finished):  # nothing left to generate: end it here
                 tail = ending(state.fmt, delivered, plan)
-                await sink.chunk(EventFilter(call.strip_usage, state.strip_ids).events(tail))
-                call.completion_tokens, call.usage_tail = plan.delivered, tail
+                await sink.chunk(
+                    EventFilter(call.progress.strip_usage, state.strip_ids).events(tail)
+                )
+                call.progress.completion_tokens, call.progress.usage_tail = plan.delivered, tail
                 self.metrics.stream_resumes.labels("finished").inc()
                 await sink.end()
                 return 200
             if state.continuations >= self.policy.max_continuations:
                 return await self._give_up(call, sink, err, "exhausted", "GATEWAY_RESUME_MAX")
-            other = self.upstreams.pick(call.route, tried)
+            other = self.upstreams.pick(call.progress.route, tried)
             if other is None:
                 return await self._give_up(call, sink, err, "no_replica", "no other replica")
             state.continuations += 1
@@ -137,7 +173,7 @@ class Resumer:
             state.resumed_from = (
                 f"{state.resumed_from},{previous}" if state.resumed_from else previous
             )
-            call.replica = other.name
+            call.progress.replica = other.name
             log.info(
                 "stream %s broke on %s after %d tokens (%s): continuing on %s (%s)",
                 call.request_id.decode(), previous, delivered.tokens, err.code, other.name,
@@ -155,7 +191,7 @@ class Resumer:
 
     async def _continue(
         self,
-        call: Any,
+        call: Stream,
         sink: StreamSink,
         replica: Replica,
         plan: Continuation,
@@ -163,12 +199,12 @@ class Resumer:
     ) -> BaseException | OpenAIError | None:
         """One continuation on ``replica``: None when it finished the stream, else why not
         (an ``OpenAIError`` when the engine refused it, the failure when it broke)."""
-        state: Resumable = call.resume
+        state: Resumable = call.progress.resume
         rid = b"%s-resume%d" % (call.request_id, state.continuations)
         headers = _JSON_HEADER + b"x-request-id: " + rid + b"\r\n" + call.forward
         rewriter = Rewriter(state.fmt, plan, delivered)
-        with replica.lease(), call.trace.attempt(replica.name, state.continuations + 1,
-                                                 "resume") as at:  # fmt: skip
+        attempt = call.progress.trace.attempt(replica.name, state.continuations + 1, "resume")
+        with replica.lease(), attempt as at:
             try:
                 response = await replica.pool.request(
                     "POST", plan.path, plan.body, at.forward(headers), self.stream_idle_s
@@ -188,8 +224,10 @@ class Resumer:
                 if self.policy.comment:
                     await sink.chunk(b": resumed after %d tokens (continuation %d)\n\n" % (
                         plan.delivered, state.continuations))  # fmt: skip
-                stats = StreamStats(APIS[call.kind].stream, call.strip_usage)
-                events = EventFilter(call.strip_usage, state.strip_ids, state.transcript, rewriter)
+                stats = StreamStats(APIS[call.kind].stream, call.progress.strip_usage)
+                events = EventFilter(
+                    call.progress.strip_usage, state.strip_ids, state.transcript, rewriter
+                )
                 try:
                     await relay_sse(response, sink.chunk, stats, events)
                 except (httpx.HTTPError, EngineErrorEvent) as exc:
@@ -197,8 +235,8 @@ class Resumer:
                     return exc
                 finally:
                     self.metrics.tokens_streamed.inc(rewriter.tokens)
-                    call.completion_tokens = rewriter.completion_tokens
-                    call.usage_tail = rewriter.usage_event or call.usage_tail
+                    call.progress.completion_tokens = rewriter.completion_tokens
+                    call.progress.usage_tail = rewriter.usage_event or call.progress.usage_tail
                 return None if stats.done else EndedEarly()
             finally:
                 response.close()
@@ -210,7 +248,7 @@ class Resumer:
         return stream_failure(broke)
 
     async def _give_up(
-        self, call: Any, sink: StreamSink, err: OpenAIError, outcome: str, why: str
+        self, call: Stream, sink: StreamSink, err: OpenAIError, outcome: str, why: str
     ) -> int:
         log.info("stream %s not continued (%s: %s)", call.request_id.decode(), outcome, why)
         self.metrics.stream_resumes.labels(outcome).inc()

@@ -129,10 +129,10 @@ class CompletionsRoute:
         call: Call | None = None
         status = 500
         try:
-            caller = self.access.caller(scope["headers"])
+            tenant = self.access.authenticate(scope["headers"])
             body = await read_body(scope, receive, self.body_limit)
             call = Call(
-                *self.call_args, body, caller, sink.headers[0][1], t0, trace_headers(scope),
+                *self.call_args, body, tenant, sink.headers[0][1], t0, trace_headers(scope),
                 scope.get("http_version") == "1.0",
             )  # fmt: skip
             sink.guard = DisconnectGuard(receive)
@@ -148,8 +148,8 @@ class CompletionsRoute:
             if sink.guard is None or not sink.guard.absorb():
                 raise
             status = CLIENT_CLOSED
-            if call is not None and call.phase is not None:
-                m.disconnects.labels(call.phase).inc()
+            if call is not None and call.progress.phase is not None:
+                m.disconnects.labels(call.progress.phase).inc()
         except Exception:
             rid = sink.headers[0][1]
             log.exception("unexpected error on %s (request %s)", self.kind, rid.decode())
@@ -166,10 +166,11 @@ class CompletionsRoute:
                 self.access_log.emit(request_id=sink.headers[0][1], key=None, route=self.kind,
                                      status=status, duration_s=duration)  # fmt: skip
             else:
+                p = call.progress
                 self.access_log.emit(
-                    request_id=call.request_id, key=call.caller, route=self.kind, status=status,
-                    duration_s=duration, prompt_tokens=call.prompt_tokens,
-                    completion_tokens=call.completion_tokens, queue_wait_s=call.queue_wait_s,
-                    ttft_s=call.ttft_s, replica=call.replica,
-                    resumed_from=call.resume.resumed_from if call.resume else None,
+                    request_id=call.request_id, key=call.tenant.label, route=self.kind,
+                    status=status, duration_s=duration, prompt_tokens=p.prompt_tokens,
+                    completion_tokens=p.completion_tokens, queue_wait_s=p.queue_wait_s,
+                    ttft_s=p.ttft_s, replica=p.replica,
+                    resumed_from=p.resume.resumed_from if p.resume else None,
                 )  # fmt: skip

@@ -7,9 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from gateway.auth import ANONYMOUS, KeyStore, bearer, ensure_token_file, hash_key, token_matches
+from gateway.auth import KeyStore, bearer, ensure_token_file, hash_key, token_matches
+from gateway.tenants import OPEN_TENANT, Tenant
 
 KEY = "sk-test-0123456789abcdef"
+
+
+def label(tenant: Tenant | None) -> str | None:
+    return None if tenant is None else tenant.label
 
 
 def test_keys_file_plain_and_hashed(tmp_path: Path) -> None:
@@ -18,8 +23,8 @@ def test_keys_file_plain_and_hashed(tmp_path: Path) -> None:
     f.write_text(f"# comment\n{KEY} alice\n\n{hash_key(other)}\n")
     store = KeyStore.from_file(f)
     assert not store.open
-    assert store.identify(KEY) == "alice"
-    assert store.identify(other) == "key-" + hash_key(other)[7:15]
+    assert label(store.identify(KEY)) == "alice"
+    assert label(store.identify(other)) == "key-" + hash_key(other)[7:15]
     assert store.identify("sk-wrong-0123456789abcdef") is None
     assert store.identify(None) is None
     assert all(KEY not in repr(e) for e in store.entries)  # the raw key is not kept
@@ -36,7 +41,7 @@ def test_short_keys_and_empty_files_are_refused(tmp_path: Path) -> None:
 
 
 def test_open_store_lets_everyone_in_as_anonymous() -> None:
-    assert KeyStore().identify(None) == ANONYMOUS
+    assert KeyStore().identify(None) is OPEN_TENANT  # label anonymous, no limits
 
 
 def test_bearer_header_parsing() -> None:

@@ -36,6 +36,7 @@ from gateway.resume.policy import Resumable
 from gateway.resume.rewrite import Rewriter
 from gateway.resume.transcript import Delivered, Transcript
 from gateway.service import CompletionService
+from gateway.tenants import Tenant
 from gateway.upstream import EventFilter
 from tests.gateway.test_service import (
     Counter,
@@ -280,18 +281,22 @@ def chat(**body: Any) -> Call:
     payload = {"model": MODEL, "stream": True, "max_tokens": 12, "temperature": 0, "seed": 7,
                "messages": [{"role": "system", "content": "be brief"},
                             {"role": "user", "content": "tell me w3 w9"}], **body}  # fmt: skip
-    return Call("chat", "/v1/chat/completions", json.dumps(payload).encode(), "k1", b"rid-1")
+    return Call(
+        "chat", "/v1/chat/completions", json.dumps(payload).encode(), Tenant("k1"), b"rid-1"
+    )
 
 
 def completion(**body: Any) -> Call:
     payload = {"model": MODEL, "stream": True, "max_tokens": 12, "temperature": 0,
                "prompt": "once upon w4", **body}  # fmt: skip
-    return Call("completions", "/v1/completions", json.dumps(payload).encode(), "k1", b"rid-2")
+    return Call(
+        "completions", "/v1/completions", json.dumps(payload).encode(), Tenant("k1"), b"rid-2"
+    )
 
 
 def resumed_from(call: Call) -> str | None:
     """What the access log names (``routes/openai.py``)."""
-    return call.resume.resumed_from if call.resume else None
+    return call.progress.resume.resumed_from if call.progress.resume else None
 
 
 def resumes(metrics: GatewayMetrics, outcome: str) -> float:
@@ -359,8 +364,11 @@ async def test_a_chat_stream_broken_mid_way_is_continued_exactly_on_another_repl
     if usage:
         assert client.usage() == {"prompt_tokens": len(prompt), "total_tokens": len(prompt) + 12,
                                   "completion_tokens": 12}  # fmt: skip
-    assert call.completion_tokens == 12 and b'"prompt_tokens":%d' % len(prompt) in call.usage_tail
-    assert (call.replica, resumed_from(call)) == ("b:1", "a:1")
+    assert (
+        call.progress.completion_tokens == 12
+        and b'"prompt_tokens":%d' % len(prompt) in call.progress.usage_tail
+    )
+    assert (call.progress.replica, resumed_from(call)) == ("b:1", "a:1")
     assert resumes(metrics, "resumed") == 1 and adm.inflight == 0
     assert replicas[0].monitor.pokes == 1 and replicas[1].inflight == 0
 
@@ -509,7 +517,7 @@ async def test_one_replica_keeps_nothing_and_ends_with_the_terminal_error() -> N
     call = chat()
     assert await svc.run(call, client) == 502
     assert terminal(client)["code"] == "engine_connection_lost"
-    assert call.resume is None and "return_token_ids" not in dead.requests[0][1]
+    assert call.progress.resume is None and "return_token_ids" not in dead.requests[0][1]
     assert (await uninterrupted(chat)).text().startswith(client.text())
     assert len(client.text().split()) == 3 and resumes(metrics, "no_replica") == 0
 
@@ -523,7 +531,7 @@ async def test_a_replica_that_dies_again_ends_the_stream_after_resume_max_no_loo
     assert terminal(client)["code"] == "engine_connection_lost"
     assert len(first.requests) == len(second.requests) == 1 and not third.requests
     assert resumes(metrics, "exhausted") == 1 and adm.inflight == 0
-    assert (call.replica, resumed_from(call)) == ("b:1", "a:1")
+    assert (call.progress.replica, resumed_from(call)) == ("b:1", "a:1")
     # What reached the client before the end is still one clean prefix of the answer (the
     # second replica repeated token 3 and sent token 4, then broke).
     reference = await uninterrupted(chat)
@@ -543,7 +551,7 @@ async def test_with_resume_max_2_a_third_replica_finishes_it() -> None:
     # b repeated token 9 and sent 10 and 11 before it broke; c goes on from token 11.
     generated = [int(w[1:]) for w in client.text().split()]
     assert third.requests[0][1]["prompt"] == render(first.requests[0][1]) + generated[:10]
-    assert (call.replica, resumed_from(call)) == ("c:1", "a:1,b:1")
+    assert (call.progress.replica, resumed_from(call)) == ("c:1", "a:1,b:1")
     assert resumes(metrics, "resumed") == 1
 
 
@@ -600,7 +608,7 @@ async def test_n_above_one_is_never_resumable_and_keeps_nothing() -> None:
     svc, _, _, _ = gateway(dead, Toy("b"))
     call = chat(n=2)
     await svc.run(call, Client())
-    assert call.resume is None and "return_token_ids" not in dead.requests[0][1]
+    assert call.progress.resume is None and "return_token_ids" not in dead.requests[0][1]
 
 
 async def test_a_client_gone_is_never_continued() -> None:
@@ -629,10 +637,10 @@ async def test_responses_streams_are_not_continued() -> None:
     svc, _, metrics, _ = gateway(Toy("a"), engine)
     svc.upstreams.replicas[0].pool = _Once(dead)  # type: ignore[attr-defined]
     body = {"model": MODEL, "input": "hi", "stream": True, "max_output_tokens": 8}
-    call = Call("responses", "/v1/responses", json.dumps(body).encode(), "k", b"r")
+    call = Call("responses", "/v1/responses", json.dumps(body).encode(), Tenant("k"), b"r")
     client = Client(RESPONSES_STREAM.error_event)
     assert await svc.run(call, client) == 502
-    assert call.resume is None and not engine.requests
+    assert call.progress.resume is None and not engine.requests
     assert client.data.endswith(RESPONSES_STREAM.error_event(client.failed))  # type: ignore[arg-type]
     assert resumes(metrics, "resumed") == 0
 

@@ -23,6 +23,7 @@ from gateway.health import HealthTracker, Snapshot
 from gateway.metrics import GatewayMetrics
 from gateway.replica import Lease
 from gateway.service import CompletionService
+from gateway.tenants import Tenant
 from tests.gateway.test_validation import CPU, MODEL
 
 pytestmark = pytest.mark.anyio
@@ -203,7 +204,9 @@ def service(
 
 def chat_call(**body: Any) -> Call:
     payload = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], **body}
-    return Call("chat", "/v1/chat/completions", json.dumps(payload).encode(), "k1", b"rid-1")
+    return Call(
+        "chat", "/v1/chat/completions", json.dumps(payload).encode(), Tenant("k1"), b"rid-1"
+    )
 
 
 def sample(metrics: GatewayMetrics, name: str, **labels: str) -> float:
@@ -219,7 +222,7 @@ async def test_a_stream_is_relayed_in_order_and_its_slot_released() -> None:
     assert await svc.run(call, sink) == 200
     assert sink.kinds() == ["open", "chunk", "chunk", "chunk", "chunk", "end"]
     assert [d for k, d in sink.events if k == "chunk"] == SSE
-    assert adm.inflight == 0 and call.phase == "upstream"
+    assert adm.inflight == 0 and call.progress.phase == "upstream"
     path, body, headers, timeout = engine.requests[0]
     assert path == "/v1/chat/completions" and body == call.body  # forwarded untouched
     assert b"x-request-id: rid-1\r\n" in headers and timeout == 7.0  # the stream's idle bound
@@ -228,7 +231,7 @@ async def test_a_stream_is_relayed_in_order_and_its_slot_released() -> None:
     # Rate headers from the admission state when admitted: cap 2, this request holds 1.
     assert dict(sink.headers)[b"x-ratelimit-limit-requests"] == b"2"
     assert dict(sink.headers)[b"x-ratelimit-remaining-requests"] == b"1"
-    assert call.completion_tokens == 7 and call.queue_wait_s == 0.0
+    assert call.progress.completion_tokens == 7 and call.progress.queue_wait_s == 0.0
 
 
 async def test_a_non_stream_answer_is_one_reply_with_the_request_timeout() -> None:
@@ -300,7 +303,7 @@ async def test_a_refused_replica_fails_over_once_before_the_answer_started() -> 
     call = chat_call(stream=True, max_tokens=4)
     assert await svc.run(call, sink) == 200
     assert sink.kinds()[-1] == "end" and len(other.requests) == 1
-    assert live.marked_down == 1 and call.replica == "r0:1" and adm.inflight == 0
+    assert live.marked_down == 1 and call.progress.replica == "r0:1" and adm.inflight == 0
 
 
 async def test_a_503_before_the_answer_fails_over_and_a_second_failure_is_final() -> None:
@@ -387,7 +390,7 @@ async def test_cancellation_upstream_releases_the_slot() -> None:
     async with asyncio.timeout(30):
         while not engine.requests:
             await asyncio.sleep(0.005)
-    assert adm.inflight == 1 and call.phase == "upstream"
+    assert adm.inflight == 1 and call.progress.phase == "upstream"
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -403,7 +406,7 @@ async def test_stripped_parameters_are_announced_in_a_header() -> None:
     sink = Sink()
     body = {"model": TPU_MODEL, "messages": [{"role": "user", "content": "hi"}],
             "max_tokens": 4, "presence_penalty": 1}  # fmt: skip
-    call = Call("chat", "/v1/chat/completions", json.dumps(body).encode(), "k", b"r")
+    call = Call("chat", "/v1/chat/completions", json.dumps(body).encode(), Tenant("k"), b"r")
     await svc.run(call, sink)
     assert sink.headers[0] == (b"x-gateway-stripped-params", b"presence_penalty")
     assert "presence_penalty" not in json.loads(engine.requests[0][1]) and TPU.tpu
@@ -414,12 +417,12 @@ async def test_trace_context_reaches_the_engine_and_http10_cannot_stream() -> No
     svc, adm, _, _ = service(engine)
     payload = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
     trace = b"traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n"
-    call = Call("chat", "/v1/chat/completions", json.dumps(payload).encode(), "k", b"r", None,
-                trace)  # fmt: skip
+    call = Call("chat", "/v1/chat/completions", json.dumps(payload).encode(), Tenant("k"), b"r",
+                forward=trace)  # fmt: skip
     await svc.run(call, Sink())
     assert engine.requests[0][2].endswith(trace)
     old = Call("chat", "/v1/chat/completions", json.dumps({**payload, "stream": True}).encode(),
-               "k", b"r", None, b"", http10=True)  # fmt: skip
+               Tenant("k"), b"r", http10=True)  # fmt: skip
     with pytest.raises(OpenAIError) as info:
         await svc.run(old, Sink())
     assert (info.value.status, info.value.code) == (400, "stream_needs_http11")

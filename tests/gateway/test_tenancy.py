@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from gateway.admission import Admission
-from gateway.auth import KeyStore, hash_key
+from gateway.auth import hash_key
 from gateway.call import Call, Timeouts
 from gateway.errors import OpenAIError
 from gateway.metrics import GatewayMetrics
@@ -53,7 +53,7 @@ class Clock:
 
 def setup(*answers: Any) -> tuple[CompletionService, MemoryStore, GatewayMetrics, Clock]:
     metrics, store, clock = GatewayMetrics(), MemoryStore(), Clock()
-    tenancy = Tenancy(KeyStore(parse(KEYS)), store, metrics, "count", clock)
+    tenancy = Tenancy(store, metrics, "count", clock)
     svc = CompletionService(
         policy=CPU,
         upstreams=FakeUpstreams(ready_health(), FakeReplica("r0", FakeEngine(*answers))),
@@ -68,7 +68,8 @@ def setup(*answers: Any) -> tuple[CompletionService, MemoryStore, GatewayMetrics
 
 def call(label: str, **body: Any) -> Call:
     payload = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], **body}
-    return Call("chat", "/v1/chat/completions", json.dumps(payload).encode(), label, b"r")
+    tenant = parse(KEYS).by_label()[label]  # as the route's authentication finds it
+    return Call("chat", "/v1/chat/completions", json.dumps(payload).encode(), tenant, b"r")
 
 
 async def test_rpm_refuses_with_retry_after_and_headers_on_every_answer() -> None:

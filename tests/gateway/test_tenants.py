@@ -11,7 +11,7 @@ import pytest
 from env.settings import EngineSettings, GatewaySettings
 from gateway.app import ConfigError, create_app
 from gateway.auth import KeyStore, KeysWatcher, hash_key
-from gateway.tenants import KeysFileError, parse
+from gateway.tenants import KeysFileError, Tenant, parse
 from tests.support.gateway import PROFILE
 
 A = "sk-alice-0123456789abcdef"
@@ -39,17 +39,21 @@ keys:
 """
 
 
+def label(tenant: Tenant | None) -> str | None:
+    return None if tenant is None else tenant.label
+
+
 def test_yaml_keys_with_defaults_classes_and_rotation() -> None:
     keys = parse(GOOD)
     store = KeyStore(keys)
-    chat = store.tenant(store.identify(A) or "")
+    chat = store.identify(A)
     assert (chat.label, chat.rpm, chat.tpm, chat.max_tokens) == ("chat", 600, 20000, 256)
     assert chat.models == frozenset({"gemma-4-tiny"}) and chat.sched.name == "interactive"
-    nightly = store.tenant(store.identify("sk-bob-rotated-0123456789") or "")
-    assert store.identify(B) == "nightly" and nightly.label == "nightly"  # both keys
+    nightly = store.identify("sk-bob-rotated-0123456789")
+    assert label(store.identify(B)) == "nightly" and nightly.label == "nightly"  # both keys
     assert (nightly.sched.name, nightly.sched.priority, nightly.sched.weight) == ("batch", 0, 2)
     assert nightly.sched.inflight_share == 0.5 and nightly.sched.max_concurrency == 4
-    carol = store.tenant(store.identify("sk-carol-0123456789abcdef") or "")
+    carol = store.identify("sk-carol-0123456789abcdef")
     assert carol.label.startswith("key-") and carol.rpm == 5  # own value beats the default
     assert (carol.sched.name, carol.sched.queue_timeout_s) == ("bulk", 900)
     assert store.identify("sk-nobody-0123456789abcdef") is None
@@ -57,8 +61,9 @@ def test_yaml_keys_with_defaults_classes_and_rotation() -> None:
 
 def test_plain_format_still_works() -> None:
     store = KeyStore(parse(f"# comment\n{A} alice\n{hash_key(B)}\n"))
-    assert store.identify(A) == "alice"
-    assert not store.tenant("alice").limited and store.tenant("alice").sched.name == "interactive"
+    alice = store.identify(A)
+    assert alice is not None and alice.label == "alice"
+    assert not alice.limited and alice.sched.name == "interactive"
 
 
 BAD = f"""
@@ -114,10 +119,10 @@ def test_reload_swaps_keys_and_a_broken_file_keeps_the_previous(
         try:
             path.write_text(GOOD)
             for _ in range(500):  # the poller notices the change (bounded, not a timing claim)
-                if store.identify(A) == "chat":
+                if label(store.identify(A)) == "chat":
                     break
                 await asyncio.sleep(0.01)
-            assert store.identify(A) == "chat"
+            assert label(store.identify(A)) == "chat"
             caplog.clear()
             path.write_text(BAD + "\n")  # a different size: noticed as a change
             assert not watcher.reload("test")
@@ -126,6 +131,7 @@ def test_reload_swaps_keys_and_a_broken_file_keeps_the_previous(
 
     with caplog.at_level(logging.INFO, logger="gateway"):
         asyncio.run(go())
-    assert store.identify(A) == "chat" and store.tenant("chat").tpm == 20000  # kept
+    chat = store.identify(A)
+    assert chat is not None and (chat.label, chat.tpm) == ("chat", 20000)  # kept
     errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 5 and all("keeping the previous 4 keys" in e for e in errors)
