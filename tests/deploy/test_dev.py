@@ -195,7 +195,6 @@ def wait_dead(pid: int, timeout_s: float = 10) -> bool:
     return False
 
 
-@pytest.mark.timeout(120)
 def freshly_booted(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make ``time.monotonic`` read as on a machine that booted 5 s ago (it still advances).
 
@@ -209,6 +208,7 @@ def freshly_booted(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(time, "monotonic", lambda: real() - booted)
 
 
+@pytest.mark.timeout(120)
 def test_a_sigkilled_replica_is_restarted_with_backoff_and_the_others_untouched(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
