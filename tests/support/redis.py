@@ -73,16 +73,22 @@ class RedisServer:
         except OSError:
             return False
 
-    def stop(self) -> None:
-        """SIGKILL the group (no persistence: nothing to flush) and wait for it to be gone."""
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGKILL the group (no persistence: nothing to flush) and wait for it to be gone: a
+        port that still answers PING after ``timeout_s`` fails loudly (``AssertionError``)."""
         if self.proc is None:
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait(timeout=10)
         self.proc = None
-        deadline = time.monotonic() + 10
-        while self.ping() and time.monotonic() < deadline:
+        deadline = time.monotonic() + timeout_s
+        while self.ping():  # a later start on this port must never meet a previous server
+            if time.monotonic() >= deadline:
+                raise AssertionError(
+                    f"redis-server stopped, but 127.0.0.1:{self.port} still answers PING "
+                    f"after {timeout_s:g} s"
+                )
             time.sleep(0.05)
 
     def log(self) -> str:
