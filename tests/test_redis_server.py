@@ -36,6 +36,7 @@ def _sleeper() -> subprocess.Popen[bytes]:
     return subprocess.Popen(argv, start_new_session=True)
 
 
+@pytest.mark.redis
 def test_a_stopped_redis_no_longer_answers(tmp_path: Path) -> None:
     redis_server_binary()  # skips (or fails under CI) without redis-server
     server = RedisServer(tmp_path).start()
