@@ -219,7 +219,7 @@ class GatewaySettings(_Slice):
     queue_keepalive_s: float = Field(5.0, ge=0)
     per_key_concurrency: int = Field(0, ge=0)
     max_retry_after_s: int = Field(120, ge=1)
-    # Tenants (gateway/tenants.py): queue order (fair: priority classes + weighted fair queuing
+    # Tenants (gateway/tenancy/tenants.py): queue order (fair: priority classes + weighted fair queuing
     # between keys; fifo: arrival order), whether cached prompt tokens count against a key's tpm,
     # how often the keys file is checked for changes (0: SIGHUP only).
     scheduling: Literal["fair", "fifo"] = "fair"
@@ -237,7 +237,7 @@ class GatewaySettings(_Slice):
     stream_required_prompt_tokens: int = Field(4096, ge=1)
     stream_required_max_tokens: int = Field(1024, ge=1)
     unsupported_sampling: Literal["reject", "strip"] = "reject"
-    # HTTP limits per connection (gateway/httpproto.py): request head size, time to receive a
+    # HTTP limits per connection (gateway/edge/httpproto.py): request head size, time to receive a
     # head, silence allowed while a body is due.
     max_head_bytes: int = Field(32 * 1024, ge=1024)
     head_timeout_s: float = Field(30.0, gt=0)

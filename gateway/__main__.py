@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "hash-key":
-        from gateway.auth import hash_key
+        from gateway.tenancy.auth import hash_key
 
         key = sys.stdin.readline().strip()
         if not key:
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     # httpx logs every request at INFO: never on the token path.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    from gateway.app import ConfigError, create_app
+    from gateway.edge.app import ConfigError, create_app
 
     path = profile_path(args.profile)
     engine = EngineSettings.load(path)
@@ -74,9 +74,9 @@ def main(argv: list[str] | None = None) -> int:
             peers_dir=args.peers, parent_pid=args.parent,
         ).serve_forever()  # fmt: skip
         return 0
-    from gateway.drain import DrainingServer
+    from gateway.edge.drain import DrainingServer
 
-    # SIGTERM drains (gateway/drain.py): /health 503, new requests 503, held ones finish.
+    # SIGTERM drains (gateway/edge/drain.py): /health 503, new requests 503, held ones finish.
     DrainingServer(config, app, settings.drain_timeout_s).run()
     return 0
 
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 def _server_config(app: object, settings: GatewaySettings, log_level: str) -> uvicorn.Config:
     import uvicorn
 
-    from gateway.httpproto import GatewayHttpProtocol, Limits
+    from gateway.edge.httpproto import GatewayHttpProtocol, Limits
 
     limits = Limits(settings.max_head_bytes, settings.head_timeout_s, settings.body_timeout_s)
     return uvicorn.Config(

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from gateway.apis import Kind
 from gateway.resume import Resumable
 from gateway.routing.base import Request as RouteRequest
-from gateway.tenants import Tenant
+from gateway.tenancy.tenants import Tenant
 from gateway.tracing import NOOP_TRACE, RequestTrace
 
 

@@ -24,28 +24,28 @@ from typing import TYPE_CHECKING, Self
 from env.replicas import Upstream
 from env.settings import EngineSettings, GatewaySettings
 from gateway import tracing
-from gateway.accesslog import AccessLog
-from gateway.admission import Admission
-from gateway.auth import Access, KeysWatcher
+from gateway.admission.core import Admission
+from gateway.admission.headroom import KeyShares
 from gateway.call import Timeouts
-from gateway.headroom import KeyShares
-from gateway.health import Snapshot
+from gateway.edge.accesslog import AccessLog
 from gateway.ledger import Ledger
 from gateway.metrics import GatewayMetrics
-from gateway.policy import Policy
-from gateway.ratelimit import MemoryStore
-from gateway.replicas import ReplicaOptions, ReplicaSet, build_upstreams
+from gateway.replicas.core import ReplicaOptions, ReplicaSet, build_upstreams
+from gateway.replicas.health import Snapshot
+from gateway.replicas.saturation import SaturationPolicy
+from gateway.request.policy import Policy
+from gateway.request.tokens import TokenCounter
 from gateway.resume import ResumePolicy
 from gateway.routing import build_scheduler
-from gateway.saturation import SaturationPolicy
 from gateway.service import CompletionService
 from gateway.state.admission import FleetAdmission
-from gateway.tenancy import Tenancy
-from gateway.tokens import TokenCounter
+from gateway.tenancy.auth import Access, KeysWatcher
+from gateway.tenancy.core import Tenancy
+from gateway.tenancy.ratelimit import MemoryStore
 
 if TYPE_CHECKING:
     from gateway.kvindex import KVIndex
-    from gateway.replica import Replica
+    from gateway.replicas.replica import Replica
     from gateway.state.leases import Leases
     from gateway.state.limits import RedisLimitStore
     from gateway.state.store import SharedState

@@ -29,21 +29,21 @@ from typing import Protocol
 
 import httpx
 
-from gateway.admission import Admission
+from gateway.admission.core import Admission
 from gateway.apis import APIS
 from gateway.call import Call, Progress, Timeouts
 from gateway.errors import OpenAIError, reshape_engine_error
-from gateway.health import Snapshot, unavailable
 from gateway.metrics import GatewayMetrics
-from gateway.policy import Policy
-from gateway.replica import Replica
+from gateway.replicas.health import Snapshot, unavailable
+from gateway.replicas.replica import Replica
+from gateway.request.policy import Policy
+from gateway.request.validation import Final, finalize, needs_count, parse
 from gateway.resume import RESUME_OFF, ResumePolicy, Resumer
 from gateway.routing.base import Request as RouteRequest
-from gateway.tenancy import Tenancy, Used, usage_of
+from gateway.tenancy.core import Tenancy, Used, usage_of
 from gateway.tracing import NO_TRACING, Attr, Step, Tracing
-from gateway.upstream import EngineErrorEvent, StreamStats, relay_sse, upstream_error
-from gateway.validation import Final, finalize, needs_count, parse
-from gateway.wire import EngineResponse
+from gateway.upstream.relay import EngineErrorEvent, StreamStats, relay_sse, upstream_error
+from gateway.upstream.wire import EngineResponse
 from protocol.engine_errors import engine_message
 
 _JSON_HEADER = b"content-type: application/json\r\n"
@@ -79,7 +79,7 @@ class Sink(Protocol):
 
 
 class Upstreams(Protocol):
-    """The engine replicas (``gateway.replicas.ReplicaSet``): may we serve, and where."""
+    """The engine replicas (``gateway.replicas.core.ReplicaSet``): may we serve, and where."""
 
     def serving(self) -> Snapshot: ...
 
@@ -105,7 +105,7 @@ class Charges(Protocol):
 
 
 class Counter(Protocol):
-    """Prompt token counting (``gateway.tokens.TokenCounter``)."""
+    """Prompt token counting (``gateway.request.tokens.TokenCounter``)."""
 
     async def count(self, parsed: object, request_id: str) -> int | None: ...
 
@@ -347,7 +347,7 @@ def _route_attrs(
     step.set("gateway.routing.candidates",
              [r.name for r in upstreams.replicas if r.routable and r not in tried])  # fmt: skip
     step.set("gateway.routing.excluded", [r.name for r in tried])
-    step.set("gateway.replica", chosen.name if chosen is not None else "")
+    step.set("gateway.replicas.replica", chosen.name if chosen is not None else "")
 
 
 def _relay_attrs(p: Progress, stats: StreamStats) -> dict[str, Attr]:

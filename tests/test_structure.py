@@ -15,7 +15,7 @@ BESIDE_THE_GATEWAY = ("entrypoint", "env", "warmup", "deploy", "ops")
 PACKAGES = (*PRODUCT, "tests")
 # Where a completion request enters: the request path is every gateway module these import,
 # at any depth (derived from the imports, so a module added to the path is covered by itself).
-REQUEST_ENTRY = ("gateway.app", "gateway.routes.openai")
+REQUEST_ENTRY = ("gateway.edge.app", "gateway.routes.openai")
 MAX_LINES = 400
 
 
@@ -159,8 +159,9 @@ def request_path(g: dict[str, set[str]]) -> set[str]:
 def test_request_path_modules_stay_small() -> None:
     path = request_path(graph(REPO))
     # The modules gateway/README.md names on the way of one request are all on it.
-    named = {"service", "validation", "schema", "admission", "tokens", "upstream", "wire", "asgi",
-             "health", "errors", "web"}  # fmt: skip
+    named = {"service", "request.validation", "request.schema", "admission.core",
+             "request.tokens", "upstream.relay", "upstream.wire", "edge.asgi", "replicas.health",
+             "errors", "edge.web"}  # fmt: skip
     assert {f"gateway.{m}" for m in named} <= path
     mods = project_modules(REPO)
     sizes = {m: len(mods[m].read_text().splitlines()) for m in path}
@@ -188,3 +189,17 @@ def test_the_checks_can_fail(tmp_path: Path) -> None:
     assert g["gateway.c"] == {"tests.helper"}
     assert crossings(g, BESIDE_THE_GATEWAY, {"gateway"}) == ["warmup.d -> gateway.a"]
     assert crossings(g, ("protocol",), set(PACKAGES) - {"protocol"}) == ["protocol.e -> gateway.b"]
+
+
+# gateway/'s top floor: the service and what every part shares; everything else lives in a
+# folder named for its concern (gateway/README.md, "Layout").
+GATEWAY_TOP = {"__init__", "__main__", "call", "components", "errors", "metrics", "service"}
+
+
+def test_the_gateway_keeps_its_modules_in_concern_folders() -> None:
+    top = {p.stem for p in (REPO / "gateway").glob("*.py")}
+    assert top == GATEWAY_TOP, "a new gateway module goes in a concern folder (README: Layout)"
+    folders = {p.name for p in (REPO / "gateway").iterdir() if (p / "__init__.py").is_file()}
+    readme = (REPO / "gateway" / "README.md").read_text()
+    layout = readme[readme.index("## Layout") : readme.index("## The path of one request")]
+    assert {f for f in folders if f"\n{f}/" not in layout} == set()  # every folder is mapped

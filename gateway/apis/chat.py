@@ -14,7 +14,7 @@ from gateway.apis.base import (
     message_contents,
 )  # fmt: skip
 from gateway.errors import OpenAIError
-from gateway.schema import ChatRequest
+from gateway.request.schema import ChatRequest
 
 # Request fields that change the rendered prompt: what ``/tokenize`` must get to count the same.
 TEMPLATE_KEYS = (

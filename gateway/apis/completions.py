@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from gateway.apis.base import OPENAI_CACHED_USAGE, OPENAI_PROMPT_USAGE, OPENAI_STREAM, Api, Resume
-from gateway.schema import CompletionRequest
+from gateway.request.schema import CompletionRequest
 
 
 def prompts(body: Mapping[str, Any]) -> list[Any]:

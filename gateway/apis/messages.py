@@ -8,7 +8,7 @@ from typing import Any
 
 from gateway.apis.base import Api, StreamFormat, message_contents, named_error_event, text_of
 from gateway.errors import OpenAIError
-from gateway.schema import MessagesRequest
+from gateway.request.schema import MessagesRequest
 
 
 def error_event(err: OpenAIError) -> bytes:

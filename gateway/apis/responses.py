@@ -8,7 +8,7 @@ from typing import Any
 
 from gateway.apis.base import Api, StreamFormat, named_error_event, text_of
 from gateway.errors import OpenAIError
-from gateway.schema import ResponsesRequest
+from gateway.request.schema import ResponsesRequest
 
 
 def error_event(err: OpenAIError) -> bytes:

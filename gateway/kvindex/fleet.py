@@ -36,7 +36,7 @@ class _Health(Protocol):
 
 
 class Watched(Protocol):
-    """A replica as the index needs it (``gateway.replica.Replica``)."""
+    """A replica as the index needs it (``gateway.replicas.replica.Replica``)."""
 
     @property
     def name(self) -> str: ...

@@ -29,7 +29,7 @@ __all__ = ["EngineCounters", "Ledger", "ReplicaLedger", "Work"]
 
 
 class Sample(Protocol):
-    """The engine sample the ledger reads (``gateway.saturation.EngineSample``)."""
+    """The engine sample the ledger reads (``gateway.replicas.saturation.EngineSample``)."""
 
     at: float
     running: float
@@ -40,7 +40,7 @@ class Sample(Protocol):
 
 
 class Sampled(Protocol):
-    """What the ledger reads of a replica (``gateway.replica.Replica``)."""
+    """What the ledger reads of a replica (``gateway.replicas.replica.Replica``)."""
 
     @property
     def name(self) -> str: ...

@@ -28,7 +28,7 @@ from gateway.apis.base import Resume
 from gateway.resume.transcript import Transcript
 
 if TYPE_CHECKING:
-    from gateway.validation import Final
+    from gateway.request.validation import Final
 
 
 @dataclass(frozen=True)

@@ -24,18 +24,24 @@ import httpx
 from gateway.apis import APIS, Kind
 from gateway.errors import OpenAIError
 from gateway.metrics import GatewayMetrics
-from gateway.replica import Replica
+from gateway.replicas.replica import Replica
 from gateway.resume.continuation import Continuation, Finished, NotResumable, build
 from gateway.resume.policy import Resumable, ResumePolicy, begin
 from gateway.resume.rewrite import Rewriter, ending
 from gateway.resume.transcript import Delivered
 from gateway.routing.base import Request as RouteRequest
 from gateway.tracing import RequestTrace
-from gateway.upstream import EngineErrorEvent, EventFilter, StreamStats, relay_sse, upstream_error
+from gateway.upstream.relay import (
+    EngineErrorEvent,
+    EventFilter,
+    StreamStats,
+    relay_sse,
+    upstream_error,
+)
 from protocol.engine_errors import engine_message
 
 if TYPE_CHECKING:
-    from gateway.validation import Final
+    from gateway.request.validation import Final
 
 log = logging.getLogger("gateway.resume")
 _JSON_HEADER = b"content-type: application/json\r\n"

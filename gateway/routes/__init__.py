@@ -2,7 +2,7 @@
 the FastAPI routers of everything else, declared once for dispatch and the OpenAPI description.
 
 The generation routes are also declared to FastAPI, with their real request models from
-``schema.py``, so ``/openapi.json`` describes them; ``gateway.app.GatewayApp`` sends their
+``schema.py``, so ``/openapi.json`` describes them; ``gateway.edge.app.GatewayApp`` sends their
 requests straight to the raw handler ahead of FastAPI's middleware (the token path), and the
 FastAPI endpoint below is the same handler for a caller that reaches it another way.
 """
@@ -16,10 +16,10 @@ from starlette.responses import Response
 
 from gateway.apis import APIS, Api
 from gateway.components import Components
+from gateway.edge.types import Handler
+from gateway.edge.web import Raw
 from gateway.routes import engine, health, internal
 from gateway.routes.openai import CompletionsRoute
-from gateway.types import Handler
-from gateway.web import Raw
 
 
 def generation_handlers(c: Components) -> dict[str, Handler]:

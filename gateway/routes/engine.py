@@ -12,11 +12,19 @@ import httpx
 from fastapi import APIRouter, Depends, Path, Request
 from starlette.responses import Response
 
-from gateway.asgi import JSON, ClientGone, read_body
 from gateway.components import Components
+from gateway.edge.asgi import JSON, ClientGone, read_body
+from gateway.edge.web import (
+    ORIGINAL_PATH,
+    Answer,
+    ApiKey,
+    Nothing,
+    Parts,
+    count_refusal,
+    json_answer,
+)
 from gateway.errors import OpenAIError, reshape_engine_error
-from gateway.upstream import upstream_error
-from gateway.web import ORIGINAL_PATH, Answer, ApiKey, Nothing, Parts, count_refusal, json_answer
+from gateway.upstream.relay import upstream_error
 from protocol.engine_errors import engine_message
 
 router = APIRouter(tags=["engine"])

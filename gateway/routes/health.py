@@ -6,9 +6,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from starlette.responses import Response
 
-from gateway.health import unavailable
+from gateway.edge.web import Answer, Parts, json_answer, scraper
 from gateway.metrics import CONTENT_TYPE
-from gateway.web import Answer, Parts, json_answer, scraper
+from gateway.replicas.health import unavailable
 
 router = APIRouter(tags=["operations"])
 

@@ -19,11 +19,11 @@ from urllib.parse import unquote
 from fastapi import APIRouter, Depends, Path, Query, Request
 from starlette.responses import Response
 
-from gateway.asgi import read_body
+from gateway.edge.asgi import read_body
+from gateway.edge.web import ORIGINAL_PATH, Parts, internal_token, json_answer
 from gateway.errors import OpenAIError, bad_request
-from gateway.health import StaleInstance
-from gateway.replicas import ReplicaNotFound
-from gateway.web import ORIGINAL_PATH, Parts, internal_token, json_answer
+from gateway.replicas.core import ReplicaNotFound
+from gateway.replicas.health import StaleInstance
 from protocol import handshake
 
 REPLICAS_PATH = "/internal/replicas"

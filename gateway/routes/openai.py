@@ -14,9 +14,10 @@ import logging
 import time
 from collections.abc import Callable
 
-from gateway.accesslog import AccessLog
 from gateway.apis import Api
-from gateway.asgi import (
+from gateway.call import Call
+from gateway.edge.accesslog import AccessLog
+from gateway.edge.asgi import (
     ClientGone,
     DisconnectGuard,
     read_body,
@@ -25,12 +26,11 @@ from gateway.asgi import (
     send_error,
     trace_headers,
 )
-from gateway.auth import Access
-from gateway.call import Call
+from gateway.edge.types import Headers, Receive, Scope, Send
 from gateway.errors import OpenAIError, internal_error
 from gateway.metrics import CLIENT_CLOSED, GatewayMetrics, rejection_reason
 from gateway.service import CompletionService
-from gateway.types import Headers, Receive, Scope, Send
+from gateway.tenancy.auth import Access
 
 log = logging.getLogger("gateway")
 _KEEPALIVE = {"type": "http.response.body", "body": b": queued\n\n", "more_body": True}

@@ -31,7 +31,7 @@ class Request:
 
 
 class Candidate(Protocol):
-    """What routing needs to know of a replica (``gateway.replica.Replica``)."""
+    """What routing needs to know of a replica (``gateway.replicas.replica.Replica``)."""
 
     @property
     def name(self) -> str: ...

@@ -1,6 +1,6 @@
 """``FleetAdmission``: the admission of one process, then the fleet's (``GATEWAY_STATE_URL``).
 
-Why a subclass rather than a hook in ``gateway.admission``: that module is the one-process
+Why a subclass rather than a hook in ``gateway.admission.core``: that module is the one-process
 admission (cap, queue, fair order, headroom), unchanged and on the request path's size budget;
 with shared state a slot is granted here first (this process's queue and fair order as
 always), then one lease from ``SharedSlots`` (the key's concurrency and the in-flight cap across
@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, Protocol
 
-from gateway.admission import Admission, Slot, Ticket
-from gateway.fairqueue import DEFAULT_SCHED, Sched
+from gateway.admission.core import Admission, Slot, Ticket
+from gateway.admission.fairqueue import DEFAULT_SCHED, Sched
 
 OnWait = Callable[[], Awaitable[None]] | None
 

@@ -20,10 +20,10 @@ import math
 import time
 from collections.abc import Callable, Sequence
 
-from gateway.ratelimit import Charge, MemoryStore, Verdict, Window, window
 from gateway.state.link import share
 from gateway.state.scripts import ADJUST, CHARGE
 from gateway.state.store import PREFIX, SharedState, StateDown
+from gateway.tenancy.ratelimit import Charge, MemoryStore, Verdict, Window, window
 
 BUCKETS = PREFIX + "rl:"
 

@@ -10,7 +10,7 @@ own ``now`` as the first argument instead (an empty string means "the server's c
 are seconds since ``EPOCH`` (not 1970) so that a double keeps sub-microsecond resolution, and
 numbers travel as ``%.17g`` strings (Redis truncates a Lua number reply to an integer).
 
-The GCRA maths is ``gateway.ratelimit`` line for line (``gcra``, ``window``, ``adjusted``), with
+The GCRA maths is ``gateway.tenancy.ratelimit`` line for line (``gcra``, ``window``, ``adjusted``), with
 one difference: the slack on "exactly at the limit" is 1 us (the server clock's resolution)
 rather than 1 ns; ``tests/gateway/test_state_limits.py`` checks both give the same verdicts.
 """

@@ -23,7 +23,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from gateway.health import STATE_OF_REPORT, ReportStatus, Snapshot, StaleInstance
+from gateway.replicas.health import STATE_OF_REPORT, ReportStatus, Snapshot, StaleInstance
 from gateway.state.store import PREFIX, Command, SharedState
 
 log = logging.getLogger("gateway.state")
@@ -38,7 +38,7 @@ class _Health(Protocol):
 
 
 class Tracked(Protocol):
-    """What one replica shows the view (``gateway.replica.Replica``)."""
+    """What one replica shows the view (``gateway.replicas.replica.Replica``)."""
 
     name: str
     draining: bool
@@ -48,7 +48,7 @@ class Tracked(Protocol):
 
 
 class Replicas(Protocol):
-    """The part of ``gateway.replicas.ReplicaSet`` the view reads and applies to."""
+    """The part of ``gateway.replicas.core.ReplicaSet`` the view reads and applies to."""
 
     @property
     def replicas(self) -> Sequence[Tracked]: ...

@@ -5,7 +5,7 @@ serves a few hundred requests a second needs several processes behind one port. 
 uvicorn's own ``workers=N``: its workers share one pre-bound socket (libuv accepts every pending
 connection in whichever worker wakes first, so a burst lands on one core), a SIGHUP restarts
 every worker (ours reloads the keys file), a worker that dies is restarted without backoff, and
-its SIGTERM is uvicorn's, not our drain (``gateway/drain.py``).
+its SIGTERM is uvicorn's, not our drain (``gateway/edge/drain.py``).
 
 * ``supervisor.py``  the parent: starts N workers, restarts a dead one with backoff (logged),
                      forwards SIGHUP (keys reload) and SIGTERM (every worker drains; the parent

@@ -8,7 +8,7 @@ the port while a worker restarts.
 - A worker that exits while the gateway is not stopping is logged (its status or signal) and
   started again after ``Backoff.delay`` (doubling from 0.5 s to 30 s while workers keep dying
   young; reset by one that lived ``Backoff.stable_s``).
-- SIGTERM: forwarded to every worker once; each drains (``gateway/drain.py``); the parent exits
+- SIGTERM: forwarded to every worker once; each drains (``gateway/edge/drain.py``); the parent exits
   0 when every worker exited 0, else 1. A second SIGTERM, or SIGINT, is forwarded too (workers
   then stop at once). SIGHUP is forwarded (each worker reloads the keys file).
 - Workers run in their own process group so that a signal to the parent's group (a terminal's

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import uvicorn
 
-from gateway.drain import DrainingServer
+from gateway.edge.drain import DrainingServer
 from gateway.workers.metrics import gather, socket_path
 
 log = logging.getLogger("gateway.workers")

@@ -17,7 +17,7 @@ import pytest
 
 from bench import fairness
 from bench.cli import build_parser
-from gateway import tenants
+from gateway.tenancy import tenants
 from tests.support.process import REPO
 
 

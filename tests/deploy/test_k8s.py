@@ -155,7 +155,7 @@ def _routes(path: str) -> str:
 def _gateway_get_routes() -> set[str]:
     """The paths the gateway application really answers GET on (its route table, as built)."""
     from env.settings import EngineSettings, GatewaySettings
-    from gateway.app import create_app
+    from gateway.edge.app import create_app
 
     with tempfile.TemporaryDirectory() as tmp:
         settings = GatewaySettings(

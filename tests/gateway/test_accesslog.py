@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from gateway.accesslog import AccessLog
+from gateway.edge.accesslog import AccessLog
 
 pytestmark = pytest.mark.anyio
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.admission import Admission, Rejected
+from gateway.admission.core import Admission, Rejected
 
 pytestmark = pytest.mark.anyio
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from env.settings import EngineSettings, GatewaySettings
-from gateway.app import ConfigError, create_app
+from gateway.edge.app import ConfigError, create_app
 from tests.support.process import REPO
 
 

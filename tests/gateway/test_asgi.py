@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from gateway.apis.chat import STREAM as CHAT_STREAM
-from gateway.asgi import ClientGone, DisconnectGuard, read_body, request_id
+from gateway.edge.asgi import ClientGone, DisconnectGuard, read_body, request_id
 from gateway.errors import OpenAIError
 from gateway.routes.openai import AsgiSink
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.auth import KeyStore, bearer, ensure_token_file, hash_key, token_matches
-from gateway.tenants import OPEN_TENANT, Tenant
+from gateway.tenancy.auth import KeyStore, bearer, ensure_token_file, hash_key, token_matches
+from gateway.tenancy.tenants import OPEN_TENANT, Tenant
 
 KEY = "sk-test-0123456789abcdef"
 

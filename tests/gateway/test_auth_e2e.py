@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from gateway.auth import hash_key
+from gateway.tenancy.auth import hash_key
 from tests.support.engine import Engine
 from tests.support.gateway import RunningGateway, mark_warm, run_gateway, wait_for_instance
 

@@ -28,8 +28,8 @@ import pytest
 
 from bench.overhead import synthetic_upstream
 from env.settings import EngineSettings, GatewaySettings
-from gateway.app import create_app
-from gateway.auth import hash_key
+from gateway.edge.app import create_app
+from gateway.tenancy.auth import hash_key
 from tests.gateway.test_routes import Lifespan
 from tests.support.process import free_port
 

@@ -1,4 +1,4 @@
-"""SIGTERM drains the gateway (gateway/drain.py), against the real CPU engine.
+"""SIGTERM drains the gateway (gateway/edge/drain.py), against the real CPU engine.
 
 Four streams hold the gateway's four slots (``GATEWAY_MAX_INFLIGHT=4``) and four more wait in
 its admission queue when SIGTERM arrives. Every one of them ends with ``[DONE]``, a request that

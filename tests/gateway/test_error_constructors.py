@@ -8,9 +8,9 @@ from pathlib import Path
 
 import httpx
 
-from gateway.admission import Rejected
+from gateway.admission.core import Rejected
 from gateway.errors import RateLimited, engine_down, rate_limited, request_limits
-from gateway.upstream import upstream_error
+from gateway.upstream.relay import upstream_error
 
 GATEWAY = Path(__file__).resolve().parents[2] / "gateway"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.fairqueue import Entry, FairQueue
+from gateway.admission.fairqueue import Entry, FairQueue
 
 
 def drain(q: FairQueue) -> list[str]:

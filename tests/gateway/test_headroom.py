@@ -1,4 +1,4 @@
-"""Headroom between keys (gateway/headroom.py), in the admission queue with a fake clock.
+"""Headroom between keys (gateway/admission/headroom.py), in the admission queue with a fake clock.
 
 The promise: while another key is active, a flooding key holds at most the cap minus the reserve,
 so the other key's request is admitted at once (not after a flood stream ends). Alone, or once
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.admission import Admission
-from gateway.headroom import ACTIVE_S, KeyShares
+from gateway.admission.core import Admission
+from gateway.admission.headroom import ACTIVE_S, KeyShares
 
 pytestmark = pytest.mark.anyio
 
@@ -98,7 +98,7 @@ async def test_fifo_mode_keeps_the_old_behaviour() -> None:
 
 
 async def test_engine_pressure_holds_batch_first_and_interactive_last() -> None:
-    from gateway.fairqueue import Sched
+    from gateway.admission.fairqueue import Sched
 
     interactive, batch = Sched(priority=10), Sched(priority=0)
     adm = Admission(8, 64, 30.0, 0, 120, Clock())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.health import HealthTracker, StaleInstance
+from gateway.replicas.health import HealthTracker, StaleInstance
 
 
 def test_starts_down_then_warming_for_a_new_instance() -> None:

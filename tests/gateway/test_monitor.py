@@ -10,9 +10,9 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from gateway.health import HealthTracker
-from gateway.monitor import SLOW_HEALTH_POLLS, EngineMonitor
-from gateway.saturation import SaturationPolicy
+from gateway.replicas.health import HealthTracker
+from gateway.replicas.monitor import SLOW_HEALTH_POLLS, EngineMonitor
+from gateway.replicas.saturation import SaturationPolicy
 
 pytestmark = pytest.mark.anyio
 

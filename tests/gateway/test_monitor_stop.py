@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.app import GatewayApp
+from gateway.edge.app import GatewayApp
 from tests.gateway.test_routes import Lifespan, make_app
 
 pytestmark = pytest.mark.anyio

@@ -15,7 +15,7 @@ from fastapi.routing import APIRoute
 from openapi_spec_validator import validate
 
 from env.settings import ENV_DIR, EngineSettings, GatewaySettings
-from gateway.app import GatewayApp, create_app
+from gateway.edge.app import GatewayApp, create_app
 from tests.gateway.test_routes import Lifespan
 from tests.support.process import free_port
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from gateway.ratelimit import Charge, MemoryStore, adjusted, gcra, window
+from gateway.tenancy.ratelimit import Charge, MemoryStore, adjusted, gcra, window
 
 
 def test_five_per_minute_burst_then_one_every_twelve_seconds() -> None:

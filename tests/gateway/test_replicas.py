@@ -7,11 +7,11 @@ from __future__ import annotations
 import pytest
 
 from env.replicas import Upstream
-from gateway.admission import Admission
-from gateway.health import StaleInstance
-from gateway.replicas import ReplicaNotFound, ReplicaOptions, ReplicaSet
+from gateway.admission.core import Admission
+from gateway.replicas.core import ReplicaNotFound, ReplicaOptions, ReplicaSet
+from gateway.replicas.health import StaleInstance
+from gateway.replicas.saturation import SaturationPolicy
 from gateway.routing import Request, build_scheduler
-from gateway.saturation import SaturationPolicy
 
 pytestmark = pytest.mark.anyio
 

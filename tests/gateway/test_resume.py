@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.admission import Admission
+from gateway.admission.core import Admission
 from gateway.apis import APIS, OPENAI_STREAM
 from gateway.apis.chat import STREAM as CHAT_STREAM
 from gateway.call import Call, Timeouts
@@ -36,8 +36,8 @@ from gateway.resume.policy import Resumable
 from gateway.resume.rewrite import Rewriter
 from gateway.resume.transcript import Delivered, Transcript
 from gateway.service import CompletionService
-from gateway.tenants import Tenant
-from gateway.upstream import EventFilter
+from gateway.tenancy.tenants import Tenant
+from gateway.upstream.relay import EventFilter
 from tests.gateway.test_service import (
     Counter,
     FakeReplica,

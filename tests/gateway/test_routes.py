@@ -16,8 +16,8 @@ import httpx
 import pytest
 
 from env.settings import EngineSettings, GatewaySettings
-from gateway.app import GatewayApp, create_app
-from gateway.auth import hash_key
+from gateway.edge.app import GatewayApp, create_app
+from gateway.tenancy.auth import hash_key
 from protocol.prometheus import metric_sum
 from tests.support.process import free_port
 

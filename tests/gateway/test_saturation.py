@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gateway.saturation import SaturationPolicy, parse_engine_metrics
+from gateway.replicas.saturation import SaturationPolicy, parse_engine_metrics
 
 PAGE = """# HELP vllm:num_requests_waiting Number of requests waiting.
 vllm:num_requests_running{engine="0",model_name="m"} 3.0

@@ -18,7 +18,7 @@ from vllm.entrypoints.openai.chat_completion import protocol as vllm_chat
 from vllm.entrypoints.openai.completion import protocol as vllm_completion
 
 from gateway.errors import OpenAIError
-from gateway.validation import Kind, parse
+from gateway.request.validation import Kind, parse
 from tests.gateway.test_validation import CPU, MODEL
 
 M = MODEL

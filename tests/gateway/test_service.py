@@ -16,14 +16,14 @@ from typing import Any
 import httpx
 import pytest
 
-from gateway.admission import Admission, Rejected
+from gateway.admission.core import Admission, Rejected
 from gateway.call import Call, Timeouts
 from gateway.errors import OpenAIError
-from gateway.health import HealthTracker, Snapshot
 from gateway.metrics import GatewayMetrics
-from gateway.replica import Lease
+from gateway.replicas.health import HealthTracker, Snapshot
+from gateway.replicas.replica import Lease
 from gateway.service import CompletionService
-from gateway.tenants import Tenant
+from gateway.tenancy.tenants import Tenant
 from tests.gateway.test_validation import CPU, MODEL
 
 pytestmark = pytest.mark.anyio

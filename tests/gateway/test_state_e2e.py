@@ -14,7 +14,7 @@ import httpx
 import pytest
 import redis
 
-from gateway.auth import hash_key
+from gateway.tenancy.auth import hash_key
 from tests.support.engine import Engine
 from tests.support.gateway import RunningGateway, mark_warm, run_gateway
 from tests.support.redis import RedisServer

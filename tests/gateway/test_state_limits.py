@@ -11,10 +11,10 @@ from typing import TypeVar
 
 import pytest
 
-from gateway.ratelimit import Charge, MemoryStore
 from gateway.state.limits import RedisLimitStore
 from gateway.state.store import SharedState
 from gateway.state.url import StateUrlError, redact, resolve
+from gateway.tenancy.ratelimit import Charge, MemoryStore
 from tests.support.redis import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -174,7 +174,7 @@ def test_a_slow_store_falls_back_within_the_timeout_and_comes_back(
 
 def test_an_unparsable_state_url_refuses_the_start_in_one_line(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from env.settings import EngineSettings, GatewaySettings
-    from gateway.app import ConfigError, create_app
+    from gateway.edge.app import ConfigError, create_app
 
     settings = GatewaySettings(
         state_url="redis://:hunter2@state:port/0", internal_token_file=tmp_path / "token"

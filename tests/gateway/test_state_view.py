@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 import redis
 
-from gateway.health import HealthTracker
+from gateway.replicas.health import HealthTracker
 from gateway.state.store import SharedState
 from gateway.state.view import DRAIN, ReplicaView
 from tests.support.redis import RedisServer

@@ -8,15 +8,15 @@ from typing import Any
 
 import pytest
 
-from gateway.admission import Admission
-from gateway.auth import hash_key
+from gateway.admission.core import Admission
 from gateway.call import Call, Timeouts
 from gateway.errors import OpenAIError
 from gateway.metrics import GatewayMetrics
-from gateway.ratelimit import Charge, MemoryStore
 from gateway.service import CompletionService
-from gateway.tenancy import Tenancy
-from gateway.tenants import parse
+from gateway.tenancy.auth import hash_key
+from gateway.tenancy.core import Tenancy
+from gateway.tenancy.ratelimit import Charge, MemoryStore
+from gateway.tenancy.tenants import parse
 from tests.gateway.test_service import (
     CPU,
     MODEL,

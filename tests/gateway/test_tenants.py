@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from env.settings import EngineSettings, GatewaySettings
-from gateway.app import ConfigError, create_app
-from gateway.auth import KeyStore, KeysWatcher, hash_key
-from gateway.tenants import KeysFileError, Tenant, parse
+from gateway.edge.app import ConfigError, create_app
+from gateway.tenancy.auth import KeyStore, KeysWatcher, hash_key
+from gateway.tenancy.tenants import KeysFileError, Tenant, parse
 from tests.support.gateway import PROFILE
 
 A = "sk-alice-0123456789abcdef"

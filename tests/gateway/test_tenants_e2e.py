@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from gateway.auth import hash_key
+from gateway.tenancy.auth import hash_key
 from tests.gateway.conftest import SMALL, engine_metric
 from tests.support.engine import Engine
 from tests.support.gateway import RunningGateway, mark_warm, run_gateway

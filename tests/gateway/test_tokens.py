@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from gateway.errors import OpenAIError
-from gateway.tokens import TokenCounter
-from gateway.validation import parse
+from gateway.request.tokens import TokenCounter
+from gateway.request.validation import parse
 from tests.gateway.test_validation import CPU, MODEL
 
 pytestmark = pytest.mark.anyio

@@ -13,7 +13,7 @@ from gateway.apis.chat import STREAM as CHAT_STREAM
 from gateway.apis.messages import STREAM as MESSAGES_STREAM
 from gateway.apis.responses import STREAM as RESPONSES_STREAM
 from gateway.errors import OpenAIError
-from gateway.upstream import StreamStats, relay_sse, upstream_error
+from gateway.upstream.relay import StreamStats, relay_sse, upstream_error
 from protocol.engine_errors import engine_message
 
 pytestmark = pytest.mark.anyio

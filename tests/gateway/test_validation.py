@@ -9,8 +9,8 @@ import pytest
 
 from env.settings import EngineSettings, GatewaySettings
 from gateway.errors import OpenAIError
-from gateway.policy import Policy
-from gateway.validation import Kind, finalize, needs_count, parse
+from gateway.request.policy import Policy
+from gateway.request.validation import Kind, finalize, needs_count, parse
 
 ENV = {"GATEWAY_API_KEYS_FILE": "", "GATEWAY_UNSUPPORTED_SAMPLING": "reject"}
 

@@ -13,8 +13,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 
-from gateway import wire
-from gateway.wire import EnginePool
+from gateway.upstream import wire
+from gateway.upstream.wire import EnginePool
 
 pytestmark = pytest.mark.anyio
 

@@ -21,7 +21,7 @@ import httpx
 import pytest
 
 from entrypoint.process import descendants
-from gateway.auth import hash_key
+from gateway.tenancy.auth import hash_key
 from protocol.prometheus import samples
 from tests.support.engine import Engine
 from tests.support.gateway import RunningGateway, run_gateway

@@ -8,7 +8,7 @@ would without the guard. Test support only: the product has no such setting.
 
 import asyncio
 
-from gateway import asgi
+from gateway.edge import asgi
 
 
 async def _never(self: asgi.DisconnectGuard, receive: object) -> None:

@@ -1,0 +1,216 @@
+"""The admission queue's order: priority classes, and weighted fair queuing between keys in one.
+
+Why: one FIFO lets a single key that queues a hundred requests push every other key's TTFT up by
+a hundred service times. Here every key (a *flow*) has its own FIFO; between the flows of one
+class the next request is picked by start-time fair queuing (SFQ, Goyal et al. 1996): each flow
+carries the virtual finish time of its last served request, a request's start tag is
+``max(class virtual time, its flow's finish)``, the smallest start tag is served, its flow's
+finish becomes ``start + 1 / weight`` and the class's virtual time becomes that start. So a
+key's share of the slots is its weight over the weights of the keys *waiting* now, whatever the
+number of requests it queued: a newcomer's first request starts at the current virtual time and
+goes after at most one request of each other waiting key (of equal weight).
+
+Classes are strict priorities: a higher ``priority`` is always served first when it is
+*eligible* (the caller decides: ``Admission`` bounds each class's share of the in-flight cap).
+When the queue is full, ``victim`` names the request to drop for a newcomer (longest-queue
+drop): the newest request of the longest flow in the lowest class below the newcomer's, or in
+its own class a flow longer than the newcomer's would be after joining by more than one.
+
+``fair=False`` is a single FIFO (every entry in one flow of one class): the old behaviour, kept
+for the fairness benchmark's comparison.
+
+Pure and deterministic: no clock, no asyncio; ties break on arrival order.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Sched:
+    """How one request is scheduled: its class, weight, wait budget and caps (from its key)."""
+
+    priority: int = 0  # higher is served first
+    weight: float = 1.0  # share between keys of one class
+    queue_timeout_s: float | None = None  # None: the admission's default
+    max_concurrency: int = 0  # in flight + queued for this key; 0: the admission's default
+    inflight_share: float = 1.0  # the class's share of the in-flight cap
+    name: str = "default"  # the class's name, for messages and metrics
+
+
+DEFAULT_SCHED = Sched()
+
+
+@dataclass(eq=False)
+class Entry:
+    """One queued request: its key (flow), class and weight; ``payload`` is the caller's."""
+
+    key: str
+    priority: int = 0
+    weight: float = 1.0
+    payload: object = None
+    seq: int = field(default=0, init=False)
+    flow: _Flow | None = field(default=None, init=False, repr=False)
+
+
+class _Flow:
+    __slots__ = ("finish", "items", "key", "weight")
+
+    def __init__(self, key: str, weight: float) -> None:
+        self.key = key
+        self.weight = weight
+        self.items: deque[Entry] = deque()
+        self.finish = 0.0  # virtual finish time of the last served request
+
+
+class _Class:
+    __slots__ = ("count", "flows", "priority", "vtime")
+
+    def __init__(self, priority: int) -> None:
+        self.priority = priority
+        self.flows: dict[str, _Flow] = {}
+        self.vtime = 0.0
+        self.count = 0
+
+    def start(self, flow: _Flow) -> float:
+        return max(self.vtime, flow.finish)
+
+
+class FairQueue:
+    def __init__(self, fair: bool = True) -> None:
+        self.fair = fair
+        self._classes: dict[int, _Class] = {}
+        self._order: list[int] = []  # priorities, highest first
+        self._seq = 0
+        self._len = 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def count(self, priority: int) -> int:
+        cls = self._classes.get(priority if self.fair else 0)
+        return cls.count if cls else 0
+
+    def __iter__(self) -> Iterator[Entry]:
+        """Every queued entry (no particular order)."""
+        for cls in self._classes.values():
+            for flow in cls.flows.values():
+                yield from flow.items
+
+    def push(self, entry: Entry) -> None:
+        prio, key = (entry.priority, entry.key) if self.fair else (0, "")
+        cls = self._classes.get(prio)
+        if cls is None:
+            cls = self._classes[prio] = _Class(prio)
+            self._order = sorted(self._classes, reverse=True)
+        flow = cls.flows.get(key)
+        if flow is None:
+            flow = cls.flows[key] = _Flow(key, entry.weight)
+        flow.weight = entry.weight  # the latest (a keys-file reload may change it)
+        self._seq += 1
+        entry.seq = self._seq
+        entry.flow = flow
+        flow.items.append(entry)
+        cls.count += 1
+        self._len += 1
+
+    def pop(
+        self,
+        eligible: Callable[[int], bool] | None = None,
+        flow_ok: Callable[[str], bool] | None = None,
+    ) -> Entry | None:
+        """The next entry of the highest eligible class with any, or None; ``flow_ok`` skips
+        the flows (keys) that may not be served now (over their share of the slots)."""
+        for prio in self._order:
+            cls = self._classes[prio]
+            if cls.count and (eligible is None or eligible(prio)):
+                entry = self._pop(cls, flow_ok)
+                if entry is not None:
+                    return entry
+        return None
+
+    def peek_priority(self, eligible: Callable[[int], bool] | None = None) -> int | None:
+        """The class ``pop`` would serve, without serving it."""
+        for prio in self._order:
+            if self._classes[prio].count and (eligible is None or eligible(prio)):
+                return prio
+        return None
+
+    def remove(self, entry: Entry) -> bool:
+        """Take ``entry`` out (a disconnect, a timeout); False if it is not queued."""
+        flow = entry.flow
+        if flow is None:
+            return False
+        try:
+            flow.items.remove(entry)
+        except ValueError:
+            return False
+        entry.flow = None
+        self._classes[entry.priority if self.fair else 0].count -= 1
+        self._len -= 1
+        return True
+
+    def victim(self, key: str, priority: int) -> Entry | None:
+        """What to drop so that a newcomer (``key``, ``priority``) can join a full queue."""
+        if not self.fair:
+            return None
+        for prio in reversed(self._order):  # lowest class first
+            if prio > priority:
+                break
+            cls = self._classes[prio]
+            if not cls.count:
+                continue
+            longest = max(
+                (f for f in cls.flows.values() if f.items),
+                key=lambda f: (len(f.items), f.items[-1].seq),
+            )
+            if prio < priority:
+                return longest.items[-1]
+            own = cls.flows.get(key)
+            own_len = len(own.items) if own is not None else 0
+            if longest.key != key and len(longest.items) > own_len + 1:
+                return longest.items[-1]
+        return None
+
+    def ahead(self, entry: Entry) -> int:
+        """About how many queued entries will be served before ``entry`` (for Retry-After)."""
+        own = entry.flow
+        if own is None:
+            return 0
+        prio = entry.priority if self.fair else 0
+        n = sum(self._classes[p].count for p in self._order if p > prio)
+        cls = self._classes[prio]
+        k = own.items.index(entry)
+        tag = cls.start(own) + k / own.weight
+        for flow in cls.flows.values():
+            if flow is own:
+                n += k
+            elif flow.items:  # its j-th entry's tag is start + j / weight; ties by arrival
+                x = (tag - cls.start(flow)) * flow.weight
+                before = max(0, math.ceil(x - 1e-9))
+                if before < len(flow.items) and abs(x - before) < 1e-9:
+                    before += flow.items[before].seq < entry.seq
+                n += min(len(flow.items), before)
+        return n
+
+    def _pop(self, cls: _Class, flow_ok: Callable[[str], bool] | None = None) -> Entry | None:
+        best: _Flow | None = None
+        best_tag = (math.inf, 0)
+        for flow in cls.flows.values():
+            if flow.items and (flow_ok is None or flow_ok(flow.key)):
+                tag = (cls.start(flow), flow.items[0].seq)
+                if tag < best_tag:
+                    best, best_tag = flow, tag
+        if best is None:
+            return None
+        entry = best.items.popleft()
+        entry.flow = None
+        cls.vtime = best_tag[0]
+        best.finish = best_tag[0] + 1.0 / best.weight
+        cls.count -= 1
+        self._len -= 1
+        return entry
