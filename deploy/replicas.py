@@ -1,6 +1,6 @@
 """Compose services for a profile's engine replicas (``ENGINE_REPLICAS`` > 1).
 
-    python -m deploy.replicas compose --profile v6e4-gemma4-12b-x4 > .cache/compose/<name>.replicas.yml
+    python -m deploy.replicas compose --profile v6e4-gemma4-12b-x2 > .cache/compose/<name>.replicas.yml
 
 Compose cannot loop, so ``make`` writes this override file and adds it after the base and the
 platform file (only when ``ENGINE_REPLICAS`` > 1: a single-engine stack is exactly as before).

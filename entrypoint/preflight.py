@@ -206,7 +206,7 @@ _DECLARED_HOST = re.compile(r"^(v\d+[a-z]*)(\d+)-")
 
 
 def declared_tpu_chips(profile: Path | None) -> tuple[str, int] | None:
-    """The TPU host a profile's name declares: ``v6e4-gemma4-12b-x4`` -> ``("v6e-4", 4)``."""
+    """The TPU host a profile's name declares: ``v6e4-gemma4-12b-x2`` -> ``("v6e-4", 4)``."""
     match = _DECLARED_HOST.match(profile.name) if profile is not None else None
     if match is None:
         return None

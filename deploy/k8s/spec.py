@@ -14,6 +14,7 @@ import math
 import re
 from dataclasses import dataclass
 
+from entrypoint import capacity
 from env.settings import EngineEnv, EngineSettings, GatewaySettings, StackSettings, WarmupSettings
 
 # Fixed in-pod ports and paths (the base manifests name them; the tests check they agree).
@@ -86,13 +87,6 @@ OVERLAYS: dict[str, Overlay] = {
             "gke-v6e4-gemma4-26b",
             "v6e4-gemma4-26b",
             max_replicas=4,
-            components=("autoscaling", "loadbalancer", "shared-state", "redis"),
-        ),
-        Overlay(
-            "gke-v6e1-gemma4-12b",
-            "v6e1-gemma4-12b",
-            engine_replicas=2,
-            max_replicas=8,
             components=("autoscaling", "loadbalancer", "shared-state", "redis"),
         ),
         Overlay(
@@ -175,6 +169,10 @@ def plan(
                 f"{overlay.name}: {chips} TPU chips per replica is not a single-host v6e slice "
                 f"({sorted(V6E_TOPOLOGY)}); multi-host needs LeaderWorkerSet (docs/kubernetes.md)"
             )
+    budget = capacity.chip_budget(engine, runtime) if platform == "tpu" else None
+    if budget is not None and budget.problem is not None:
+        # The engine's preflight would refuse it: every pod would restart forever (issue 26).
+        problems.append(f"{overlay.name}: the profile does not fit its chips: {budget.problem}")
     if platform == "gpu" and not overlay.gpu_accelerator:
         problems.append(f"{overlay.name}: a GPU overlay needs gpu_accelerator")
     cpu, memory = _RESOURCES.get((platform, max(chips, 1)), ("", ""))

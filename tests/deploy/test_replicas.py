@@ -19,7 +19,7 @@ from env.settings import ENV_DIR, EngineSettings, GatewaySettings
 from tests.compose.docker import cli_problem, require
 from tests.support.process import REPO
 
-X4 = ENV_DIR / "v6e4-gemma4-12b-x4.env"
+X2 = ENV_DIR / "v6e4-gemma4-12b-x2.env"
 _PROFILE_PREFIXES = ("ENGINE_", "GATEWAY_", "STACK_", "VLLM_", "WARMUP_", "CACHE_", "COMPOSE_")
 
 
@@ -35,37 +35,37 @@ def test_one_engine_adds_nothing() -> None:
 
 
 def test_n_replicas_become_engine_1_to_n_minus_1() -> None:
-    model = compose_model(EngineSettings.load(X4), GatewaySettings.load(X4))["services"]
-    assert sorted(model) == ["engine", "engine-1", "engine-2", "engine-3", "gateway", "warmup"]
-    for i in (1, 2, 3):
+    model = compose_model(EngineSettings.load(X2), GatewaySettings.load(X2))["services"]
+    assert sorted(model) == ["engine", "engine-1", "gateway", "warmup"]
+    for i in (1,):
         svc = model[f"engine-{i}"]
         assert svc["extends"] == {"file": "docker-compose.tpu.yml", "service": "engine"}
         assert svc["command"][-2:] == ["--replica", str(i)]
         assert f"+ {i})" in svc["healthcheck"]["test"][-1]
-    for name in ("engine", "engine-1", "engine-2", "engine-3", "warmup"):  # what they resolve
-        assert model[name]["environment"]["ENGINE_REPLICAS"] == "4"
-    urls = "http://127.0.0.1:8000,http://127.0.0.1:8001,http://127.0.0.1:8002,http://127.0.0.1:8003"
+    for name in ("engine", "engine-1", "warmup"):  # what they resolve
+        assert model[name]["environment"]["ENGINE_REPLICAS"] == "2"
+    urls = "http://127.0.0.1:8000,http://127.0.0.1:8001"
     assert model["gateway"]["environment"]["GATEWAY_UPSTREAM_URLS"] == urls
     assert model["warmup"]["environment"]["GATEWAY_UPSTREAM_URLS"] == urls
-    assert set(model["warmup"]["depends_on"]) == {"engine", "engine-1", "engine-2", "engine-3"}
+    assert set(model["warmup"]["depends_on"]) == {"engine", "engine-1"}
 
 
 def test_environment_overrides_apply(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`make up ENGINE_REPLICAS=2 ENGINE_PORT=9000`: the file follows the environment."""
-    monkeypatch.setenv("ENGINE_REPLICAS", "2")
+    """`make up ENGINE_REPLICAS=3 ENGINE_PORT=9000`: the file follows the environment."""
+    monkeypatch.setenv("ENGINE_REPLICAS", "3")
     monkeypatch.setenv("ENGINE_PORT", "9000")
-    text = render(str(X4))
-    assert "engine-1:" in text and "engine-2:" not in text
-    assert "http://127.0.0.1:9000,http://127.0.0.1:9001" in text
-    # A container reads the profile (4 replicas), not make's environment: the file says 2.
-    assert text.count('ENGINE_REPLICAS: "2"') == 3  # engine, engine-1, warmup
+    text = render(str(X2))
+    assert "engine-2:" in text and "engine-3:" not in text
+    assert "http://127.0.0.1:9000,http://127.0.0.1:9001,http://127.0.0.1:9002" in text
+    # A container reads the profile (2 replicas), not make's environment: the file says 3.
+    assert text.count('ENGINE_REPLICAS: "3"') == 4  # engine, engine-1, engine-2, warmup
 
 
 def test_a_bad_upstream_list_is_one_line(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     profile = tmp_path / "bad.env"
-    profile.write_text(X4.read_text() + "\nGATEWAY_UPSTREAM_URLS=http://a:1,http://a:1\n")
+    profile.write_text(X2.read_text() + "\nGATEWAY_UPSTREAM_URLS=http://a:1,http://a:1\n")
     assert main(["compose", "--profile", str(profile)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "listed twice" in err
@@ -74,12 +74,7 @@ def test_a_bad_upstream_list_is_one_line(
 def test_make_up_watches_every_replica(tmp_path: Path) -> None:
     from deploy.profile import Profile
 
-    assert engine_services(Profile(X4, environ={})) == [
-        "engine",
-        "engine-1",
-        "engine-2",
-        "engine-3",
-    ]
+    assert engine_services(Profile(X2, environ={})) == ["engine", "engine-1"]
     assert engine_services(Profile(ENV_DIR / "cpu.env", environ={})) == ["engine"]
 
 
@@ -103,21 +98,13 @@ def _config(profile: Path, *files: str) -> dict:
 def test_compose_merges_the_override_into_complete_engines(tmp_path: Path) -> None:
     require(cli_problem())
     override = tmp_path / "replicas.yml"
-    override.write_text(render(str(X4)))
-    model = _config(X4, str(override))
+    override.write_text(render(str(X2)))
+    model = _config(X2, str(override))
     services = model["services"]
     # the TPU stack runs several gateway workers sharing their state (the `state` service)
-    assert set(services) == {
-        "engine",
-        "engine-1",
-        "engine-2",
-        "engine-3",
-        "warmup",
-        "gateway",
-        "state",
-    }
+    assert set(services) == {"engine", "engine-1", "warmup", "gateway", "state"}
     base = services["engine"]
-    for i in (1, 2, 3):
+    for i in (1,):
         replica = services[f"engine-{i}"]
         differs = {k for k in base.keys() | replica.keys() if base.get(k) != replica.get(k)}
         assert differs == {"command", "healthcheck"}, (i, differs)
@@ -127,7 +114,7 @@ def test_compose_merges_the_override_into_complete_engines(tmp_path: Path) -> No
         assert {s["source"] for s in replica["secrets"]} == {"hf_token"}
         assert {v.get("source") for v in replica["volumes"]} >= {"compile-hot", "compile-persist"}
         assert replica["healthcheck"]["start_period"] == base["healthcheck"]["start_period"]
-    assert services["gateway"]["environment"]["GATEWAY_UPSTREAM_URLS"].count(",") == 3
+    assert services["gateway"]["environment"]["GATEWAY_UPSTREAM_URLS"].count(",") == 1
 
 
 SINGLE = [p for p in sorted(ENV_DIR.glob("*.env")) if EngineSettings.load(p).replicas == 1]

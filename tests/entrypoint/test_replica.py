@@ -16,32 +16,32 @@ from entrypoint.render import render
 from env.settings import ENV_DIR, CacheSettings, EngineEnv, EngineSettings
 from tests.entrypoint.test_render import vllm_parse
 
-X4 = ENV_DIR / "v6e4-gemma4-12b-x4.env"
+X2 = ENV_DIR / "v6e4-gemma4-12b-x2.env"
 
 
 def tpu(**kw: object) -> EngineSettings:
     return EngineSettings(platform="tpu", model="google/gemma-4-12B-it", **kw)  # type: ignore[arg-type]
 
 
-def x4_render(index: int):
+def x2_render(index: int):
     return render(
-        EngineSettings.load(X4), EngineEnv.load(X4), CacheSettings.load(X4), replica=index
+        EngineSettings.load(X2), EngineEnv.load(X2), CacheSettings.load(X2), replica=index
     )
 
 
-def test_the_x4_profile_pins_each_replica_to_its_own_chip_and_port() -> None:
+def test_the_x2_profile_pins_each_replica_to_its_own_chips_and_port() -> None:
     """Per process, what current tpu-inference sets so that several runtimes coexist on one host
     (``tpu_worker._setup_dp_chip_isolation``: TPU_VISIBLE_CHIPS, bounds 1,C,1 and 1,1,1, a
     distinct TPU_PROCESS_PORT with TPU_PROCESS_ADDRESSES=localhost:<port>, CLOUD_TPU_TASK_ID=0),
     and none of the older names no cited source for the libtpu of vllm-tpu 0.32 reads."""
     seen_chips, seen_mesh, seen_ports = set(), set(), set()
-    for i in range(4):
-        r = x4_render(i)
+    for i in range(2):
+        r = x2_render(i)
         args = vllm_parse(r.argv[1:])
         assert args.port == 8000 + i
-        assert args.tensor_parallel_size == 1
-        assert r.env["TPU_VISIBLE_CHIPS"] == str(i)
-        assert r.env["TPU_CHIPS_PER_PROCESS_BOUNDS"] == "1,1,1"
+        assert args.tensor_parallel_size == 2
+        assert r.env["TPU_VISIBLE_CHIPS"] == f"{2 * i},{2 * i + 1}"
+        assert r.env["TPU_CHIPS_PER_PROCESS_BOUNDS"] == "1,2,1"
         assert r.env["TPU_PROCESS_BOUNDS"] == "1,1,1"
         assert r.env["TPU_PROCESS_PORT"] == str(8476 + i)
         assert r.env["TPU_PROCESS_ADDRESSES"] == f"localhost:{8476 + i}"
@@ -52,8 +52,8 @@ def test_the_x4_profile_pins_each_replica_to_its_own_chip_and_port() -> None:
         seen_chips.add(r.env["TPU_VISIBLE_CHIPS"])
         seen_mesh.add(r.env["TPU_PROCESS_PORT"])
         seen_ports.add(args.port)
-    assert len(seen_chips) == len(seen_mesh) == len(seen_ports) == 4
-    key = {Path(x4_render(i).env["VLLM_XLA_CACHE_PATH"]).parent.name for i in range(4)}
+    assert len(seen_chips) == len(seen_mesh) == len(seen_ports) == 2
+    key = {Path(x2_render(i).env["VLLM_XLA_CACHE_PATH"]).parent.name for i in range(2)}
     assert len(key) == 1
 
 
@@ -75,12 +75,12 @@ def test_a_single_engine_is_rendered_as_before() -> None:
 
 def test_out_of_range_replica_is_one_clear_error() -> None:
     with pytest.raises(
-        replica.ReplicaError, match=r"--replica 4 is out of range: ENGINE_REPLICAS=4"
+        replica.ReplicaError, match=r"--replica 2 is out of range: ENGINE_REPLICAS=2"
     ):
-        x4_render(4)
+        x2_render(2)
     env = {k: v for k, v in os.environ.items() if not k.startswith("ENGINE_")}
     for argv in (["render", "--profile", "cpu", "--replica", "1"],
-                 ["serve", "--profile", str(X4), "--replica", "-1"]):  # fmt: skip
+                 ["serve", "--profile", str(X2), "--replica", "-1"]):  # fmt: skip
         done = subprocess.run(
             [sys.executable, "-m", "entrypoint", *argv],
             capture_output=True, text=True, env=env, timeout=60, check=False,
@@ -220,10 +220,10 @@ def test_prestart_clears_the_libtpu_lockfile_and_staggers(tmp_path: Path) -> Non
     lock = tmp_path / "libtpu_lockfile"
     lock.write_text("")
     slept: list[float] = []
-    e = EngineSettings.load(X4)
-    done = replica.prestart(e, 2, lockfile=lock, sleep=slept.append)
-    assert not lock.exists() and slept == [2 * replica.STAGGER_S] == [40.0]
-    assert done == [f"removed a stale {lock}", "replica 2: start staggered by 40 s"]
+    e = EngineSettings.load(X2)
+    done = replica.prestart(e, 1, lockfile=lock, sleep=slept.append)
+    assert not lock.exists() and slept == [replica.STAGGER_S] == [20.0]
+    assert done == [f"removed a stale {lock}", "replica 1: start staggered by 20 s"]
     assert replica.prestart(e, 0, lockfile=lock, sleep=slept.append) == []  # no lock, no wait
     single = ENV_DIR / "v6e4-gemma4-26b.env"
     lock.write_text("")
