@@ -89,6 +89,35 @@ def test_tpu_26b_flags_match_facts() -> None:
     assert r.env["USE_BATCHED_RPA_KERNEL"] == "1" and r.env["MODEL_IMPL_TYPE"] == "flax_nnx"
 
 
+TPU_PROFILES = sorted(ENV_DIR.glob("v6e*.env"))
+# --gpu-memory-utilization per model path (entrypoint/capacity.py PROGRAM_HEADROOM_GIB): 0.95 on
+# the JAX path (Google's GKE reference for Gemma 4 on v6e, accelerated-platforms; it leaves the
+# 1.56 GiB per chip the JAX programs fit in, tpu-inference PR #3408); on the torchax path the most
+# that leaves the ~9.5 GiB upstream's passing run freed for its programs (same PR): 0.65.
+UTILIZATION = {"flax_nnx": 0.95, "vllm": 0.65}
+
+
+def test_every_tpu_profile_is_covered() -> None:
+    names = {p.stem for p in TPU_PROFILES}
+    assert {"v6e4-gemma4-26b", "v6e4-gemma4-31b", "v6e8-gemma4-31b", "v6e4-gemma4-12b-x2"} <= names
+
+
+@pytest.mark.parametrize("profile", TPU_PROFILES, ids=lambda p: p.stem)
+def test_every_tpu_profile_sets_upstreams_block_size_and_utilization(profile: Path) -> None:
+    """What vLLM's own parser reads from the rendered command of EVERY TPU profile:
+    --block-size 256 (tpu-inference CI BLOCK_SIZE=256 and #2333; the automatic choice would be 16
+    at 16K context, tpu-inference flash_attn.py) and the utilization of the profile's model path,
+    never above what leaves its compiled programs their headroom."""
+    from entrypoint import capacity
+
+    r = rendered(profile)
+    a = vllm_parse(r.argv[1:])
+    assert a.block_size == 256
+    impl = r.env["MODEL_IMPL_TYPE"]
+    assert a.gpu_memory_utilization == pytest.approx(UTILIZATION[impl])
+    assert a.gpu_memory_utilization <= capacity.max_utilization(impl)
+
+
 def test_batch_profile_has_no_speculation() -> None:
     a = vllm_parse(rendered(ENV_DIR / "v6e4-gemma4-26b-batch.env").argv[1:])
     assert a.max_num_seqs == 512
