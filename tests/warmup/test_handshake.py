@@ -15,7 +15,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from protocol.handshake import DETAIL_MAX
 from protocol.identity import engine_instance
 from tests.support.gateway import run_gateway
 from tests.support.process import REPO, free_port
+from tests.support.wait import wait_until
 from tests.warmup.fakes import Answer, FakeEngine, FakeGateway, serve
 from warmup.notify import HandshakeClient
 from warmup.progress import PlainReporter
@@ -281,12 +281,20 @@ def test_a_real_gateway_restart_is_re_posted_by_the_watching_sidecar(
 
 
 def wait_ready(url: str, log_path: Path, timeout_s: float = 60.0) -> str:
-    """Poll /health until 200; returns the engine instance it serves."""
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = httpx.get(f"{url}/health", timeout=5)
-        if last.status_code == 200:
-            return str(last.json()["engine_instance"])
-        time.sleep(0.1)
-    raise AssertionError(f"/health never 200: {last and last.text}\n{log_path.read_text()[-3000:]}")
+    """Poll /health until 200 (a slow or refused answer is "not yet"); returns the engine
+    instance it serves."""
+    last: list[str] = []
+
+    def served() -> str | None:
+        r = httpx.get(f"{url}/health", timeout=5)
+        if r.status_code == 200:
+            return str(r.json()["engine_instance"])
+        last[:] = [f"{r.status_code} {r.text}"]
+        return None
+
+    try:
+        return wait_until(served, "/health 200", timeout_s, interval_s=0.1)
+    except AssertionError as exc:
+        raise AssertionError(
+            f"{exc}; last answer: {last}\n{log_path.read_text()[-3000:]}"
+        ) from None

@@ -29,6 +29,7 @@ from env.settings import EngineEnv, EngineSettings, WarmupSettings
 from tests.support.engine import PROFILE, Engine, running_after
 from tests.support.gateway import RunningGateway, run_gateway, wait_for_instance
 from tests.support.process import REPO
+from tests.support.wait import wait_until
 from warmup.plan import build_plan
 
 pytestmark = pytest.mark.engine
@@ -106,13 +107,20 @@ def health(gw: RunningGateway) -> httpx.Response:
 
 
 def wait_health(gw: RunningGateway, predicate, timeout_s: float) -> httpx.Response:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    """The first /health answer matching ``predicate`` (a slow or refused one is "not yet")."""
+    last: list[str] = []
+
+    def matched() -> httpx.Response | None:
         r = health(gw)
         if predicate(r):
             return r
-        time.sleep(0.1)
-    raise AssertionError(f"gateway /health never matched: {health(gw).text}\n{gw.log_tail()}")
+        last[:] = [f"{r.status_code} {r.text}"]
+        return None
+
+    try:
+        return wait_until(matched, "a matching gateway /health", timeout_s, interval_s=0.1)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last answer: {last}\n{gw.log_tail()}") from None
 
 
 def files(root: Path) -> set[str]:
