@@ -223,3 +223,27 @@ def test_the_cli_restarts_every_replica_through_a_command(tmp_path: Path) -> Non
     assert refused.returncode == 1
     assert refused.stdout.strip().endswith("FAILED: the gateway has no replica 'nope:1' "
                                            "(it has: 127.0.0.1:8000, 127.0.0.1:8001, 127.0.0.1:8002)")  # fmt: skip
+
+
+def test_the_cli_dev_restart_without_a_dev_stack_fails_in_one_line(tmp_path: Path) -> None:
+    """``make rolling-restart`` (``--restart dev``) when no ``make dev`` stack runs: one line that
+    says so, exit 1, the drained replica undrained, nothing restarted, no traceback."""
+    gw = FakeGateway([FakeReplica("127.0.0.1:8000", "a"), FakeReplica("127.0.0.1:8001", "b")])
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    run_dir = tmp_path / "no-dev-stack"
+    with serve(gw) as url:
+        done = subprocess.run(
+            [sys.executable, "-m", "deploy.rolling", "--profile", "cpu", "--gateway-url", url,
+             "--token-file", str(token), "--poll", "0.01", "restart", "--restart", "dev",
+             "--run-dir", str(run_dir)],
+            cwd=REPO, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stderr == ""
+    failed = [line for line in done.stdout.splitlines() if "FAILED" in line]
+    assert len(failed) == 1 and failed[0].endswith(
+        f"FAILED: no make dev stack with replica 0 is running (run dir {run_dir})"
+    ), done.stdout
+    assert gw.events == ["drain 127.0.0.1:8000", "undrain 127.0.0.1:8000"]
+    assert [r.restarts for r in gw.replicas] == [0, 0] and not gw.replicas[0].draining
