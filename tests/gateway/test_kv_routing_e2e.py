@@ -33,7 +33,7 @@ from bench.kvrouting import WORDS
 from gateway.kvindex import KVIndex
 from tests.gateway.conftest import engine_metric
 from tests.support.engine import Engine, running_after
-from tests.support.gateway import RunningGateway, run_gateway
+from tests.support.gateway import RunningGateway, pair_gateway
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow]
 MODEL = "gemma-4-tiny"
@@ -46,13 +46,7 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="module")
 def kv_pair(engine: Engine, engine2: Engine) -> Iterator[RunningGateway]:
-    env = {
-        "GATEWAY_UPSTREAM_URLS": f"{engine.url},{engine2.url}",
-        "GATEWAY_ROUTING": "kv",
-        "GATEWAY_QUEUE_DEPTH": "64",
-    }
-    with run_gateway(engine.url, env=env) as gw:
-        mark_all_warm(gw)
+    with pair_gateway(engine.url, engine2.url, "kv") as gw:
         yield gw
 
 

@@ -22,7 +22,7 @@ from bench.gatewayproc import mark_all_warm, replicas
 from entrypoint.process import descendants, groups_of
 from tests.gateway.conftest import engine_metric
 from tests.support.engine import Engine, assert_confined, last_core, running_after
-from tests.support.gateway import RunningGateway, run_gateway
+from tests.support.gateway import RunningGateway, pair_gateway
 from tests.support.load import steady_chats
 from tests.support.sse import error_events
 from tests.support.wait import wait_until, wait_until_async
@@ -37,13 +37,7 @@ SYSTEM = (
 
 @pytest.fixture(scope="module")
 def pair(engine: Engine, engine2: Engine) -> Iterator[RunningGateway]:
-    env = {
-        "GATEWAY_UPSTREAM_URLS": f"{engine.url},{engine2.url}",
-        "GATEWAY_ROUTING": "prefix",
-        "GATEWAY_QUEUE_DEPTH": "64",
-    }
-    with run_gateway(engine.url, env=env) as gw:
-        mark_all_warm(gw)
+    with pair_gateway(engine.url, engine2.url, "prefix") as gw:
         yield gw
 
 

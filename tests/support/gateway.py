@@ -64,3 +64,17 @@ def run_gateway(
     """``python -m gateway --profile cpu`` against ``upstream_url``; stopped by process group."""
     with gatewayproc.run_gateway(upstream_url, port, env, profile) as gw:
         yield RunningGateway(server=gw.server, port=gw.port, env=gw.env, workdir=gw.workdir)
+
+
+@contextmanager
+def pair_gateway(first_url: str, second_url: str, routing: str) -> Iterator[RunningGateway]:
+    """One gateway in front of two engines with ``GATEWAY_ROUTING=routing``, both marked warm
+    (the replicas and KV-routing e2e tests differ only in the routing policy)."""
+    env = {
+        "GATEWAY_UPSTREAM_URLS": f"{first_url},{second_url}",
+        "GATEWAY_ROUTING": routing,
+        "GATEWAY_QUEUE_DEPTH": "64",
+    }
+    with run_gateway(first_url, env=env) as gw:
+        gatewayproc.mark_all_warm(gw)
+        yield gw
