@@ -69,14 +69,17 @@ class ServerProcess:
             raise RuntimeError("not started")
         return self.proc.pid
 
-    def start(self, timeout_s: float = 600.0, silent_s: float = 120.0) -> ServerProcess:
+    def start(
+        self, timeout_s: float = 600.0, silent_s: float = 120.0, sample_s: float = 10.0
+    ) -> ServerProcess:
         """Start and wait until ``ready_url`` answers 200; an outer bound, generous because a
         vLLM CPU engine compiles for minutes on a loaded 2-core machine.
 
         A start whose log has not grown for ``silent_s`` is diagnosed while it still runs
-        (``entrypoint.procdiag``: two samples of its tree 10 s apart, the host's pressure, the
-        Python stacks), into ``<log>.silent.txt`` and stderr; a start that times out is
-        diagnosed before it is stopped. Slow or stuck then shows in the evidence."""
+        (``entrypoint.procdiag``: two samples of its tree ``sample_s`` apart, the host's
+        pressure, the Python stacks, and the log's last lines: whether the launcher's own lines
+        were printed), into ``<log>.silent.txt`` and stderr; a start that times out is diagnosed
+        before it is stopped. Slow or stuck then shows in the evidence."""
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             list(self.argv), env={**os.environ, **self.env}, cwd=REPO,
@@ -100,13 +103,11 @@ class ServerProcess:
                 size, grew_at = now_size, time.monotonic()
             elif not diagnosed and time.monotonic() - grew_at >= silent_s:
                 diagnosed = True
-                self.diagnose(f"no output for {silent_s:.0f} s")
+                self.diagnose(f"no output for {silent_s:g} s", sample_s)
             time.sleep(0.5)
-        report = self.diagnose(f"not ready after {timeout_s:.0f} s")
+        report = self.diagnose(f"not ready after {timeout_s:g} s", sample_s)
         self.stop()
-        raise TimeoutError(
-            f"{self.ready_url} not ready after {timeout_s}s:\n{self.log_tail()}\n{report}"
-        )
+        raise TimeoutError(f"{self.ready_url} not ready after {timeout_s:g} s:\n{report}")
 
     def _log_size(self) -> int:
         try:
@@ -114,22 +115,29 @@ class ServerProcess:
         except OSError:
             return -1
 
-    def diagnose(self, why: str) -> str:
+    def diagnose(self, why: str, sample_s: float = 10.0) -> str:
         """Write and print what the running tree is doing (see ``start``); returns the text."""
         from entrypoint.procdiag import report
 
-        text = f"{' '.join(self.argv[:5])}: {why}\n{report(self.pid)}\n"
+        tail = self.log_tail(20) or "(nothing: the log is empty)"
+        text = (
+            f"{' '.join(self.argv[:5])}: {why}\n"
+            f"--- last lines of {self.log_path} ---\n{tail}\n--- end of log ---\n"
+            f"{report(self.pid, interval_s=sample_s)}\n"
+        )
         out = self.log_path.with_name(self.log_path.name + ".silent.txt")
         with contextlib.suppress(OSError), out.open("a") as fh:
             fh.write(text)
         print(text, file=sys.stderr, flush=True)
         return text
 
-    def stop(self, grace_s: float = 15.0) -> int | None:
+    def stop(self, grace_s: float = 15.0, settle_s: float = 10.0) -> int | None:
         """SIGTERM the group, then SIGKILL after ``grace_s``. Returns the exit code.
 
         Groups the server made for its own children (the entrypoint runs vLLM as a session
         leader) are SIGKILLed at the end too, so even a failed graceful stop orphans nothing.
+        A member of those groups or a listener on the port still there ``settle_s`` later fails
+        the stop (``AssertionError`` naming what is left).
         """
         if self.proc is None:
             return None
@@ -147,7 +155,7 @@ class ServerProcess:
         for pgid in {self.proc.pid, *groups}:  # children that outlived the leader
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
-        self._assert_gone({self.proc.pid, *groups})
+        self._assert_gone({self.proc.pid, *groups}, settle_s)
         return self.proc.returncode
 
     def _assert_gone(self, groups: set[int], timeout_s: float = 10.0) -> None:
@@ -164,7 +172,7 @@ class ServerProcess:
             if not members and not listening:
                 return
             if time.monotonic() >= deadline:
-                raise RuntimeError(
+                raise AssertionError(
                     f"{self.argv[:4]} stopped, but after {timeout_s:g} s its groups still have "
                     f"members {members} and port {port} listening={listening}"
                 )
