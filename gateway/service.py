@@ -347,7 +347,7 @@ def _route_attrs(
     step.set("gateway.routing.candidates",
              [r.name for r in upstreams.replicas if r.routable and r not in tried])  # fmt: skip
     step.set("gateway.routing.excluded", [r.name for r in tried])
-    step.set("gateway.replicas.replica", chosen.name if chosen is not None else "")
+    step.set("gateway.replica", chosen.name if chosen is not None else "")
 
 
 def _relay_attrs(p: Progress, stats: StreamStats) -> dict[str, Attr]:

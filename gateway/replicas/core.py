@@ -48,7 +48,7 @@ from gateway.routing import Request, Scheduler
 from gateway.upstream.relay import make_client
 from gateway.upstream.wire import EnginePool
 
-log = logging.getLogger("gateway.replicas.core")
+log = logging.getLogger("gateway.replicas")
 CONTROL_CONNECTIONS = 16  # httpx connections per replica for /tokenize and the passthroughs
 # The state shown when no replica is ready: the most hopeful one among them.
 _HOPE: tuple[State, ...] = ("warming_up", "warmup_failed", "engine_down")

@@ -29,7 +29,7 @@ import httpx
 from gateway.replicas.health import STATE_OF_REPORT, HealthTracker, StaleInstance
 from gateway.replicas.saturation import EngineSample, SaturationPolicy, parse_engine_metrics
 
-log = logging.getLogger("gateway.replicas.monitor")
+log = logging.getLogger("gateway.monitor")
 SLOW_HEALTH_POLLS = 3  # consecutive late /health answers before the engine counts as down
 
 

@@ -99,7 +99,7 @@ class SpanTrace:
 
     @contextmanager
     def attempt(self, replica: str, number: int, reason: str) -> Iterator[Step]:
-        attrs = {"gateway.replicas.replica": replica, "gateway.attempt": number,
+        attrs = {"gateway.replica": replica, "gateway.attempt": number,
                  "gateway.attempt.reason": reason}  # fmt: skip
         with self._span("upstream attempt", self._ctx, SpanKind.CLIENT, **attrs) as step:
             self._attempt = trace.set_span_in_context(step.span)

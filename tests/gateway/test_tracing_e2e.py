@@ -181,14 +181,14 @@ def test_one_trace_across_gateway_and_engine(gateway: RunningGateway, receiver: 
         assert relay.attrs["gateway.relay.completion_tokens"] == 4
         assert relay.attrs["gateway.ttft_s"] > 0
         route = by_name["route"][-1]
-        assert route.attrs["gateway.replicas.replica"] == last.attrs["gateway.replicas.replica"]
+        assert route.attrs["gateway.replica"] == last.attrs["gateway.replica"]
         if len(attempts) == 2:
             seen_failover = True
             first = attempts[0]
             assert first.attrs["gateway.attempt.reason"] == "first"
             assert last.attrs["gateway.attempt.reason"] == "failover"
             assert first.status_code == 2 and "error.type" in first.attrs
-            assert first.attrs["gateway.replicas.replica"] != last.attrs["gateway.replicas.replica"]
+            assert first.attrs["gateway.replica"] != last.attrs["gateway.replica"]
             assert len(by_name["route"]) == 2
             break
     assert seen_failover, "no request met the resetting replica first"

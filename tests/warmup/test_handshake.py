@@ -96,7 +96,7 @@ def test_a_409_while_the_gateway_lags_is_retried_until_it_sees_the_instance(
         return gw.accept(body)
 
     gateway = FakeGateway(instance=None, on_post=lagging)
-    with serve(engine.app) as eng_url, serve(gateway.edge.app) as gw_url:
+    with serve(engine.app) as eng_url, serve(gateway.app) as gw_url:
         sidecar = make_sidecar(tmp_path, eng_url, gw_url)
         outcome = post_final(sidecar, passed(engine.instance), timeout_s=30)
     assert (outcome.status, outcome.posted, outcome.gateway_error) == ("passed", "passed", None)
@@ -111,7 +111,7 @@ def test_a_409_after_an_engine_restart_is_engine_lost_without_retrying(tmp_path:
     warmed = engine.instance
     engine.start_time += 60  # restarted after the plan ran
     gateway = FakeGateway(instance=engine.instance)
-    with serve(engine.app) as eng_url, serve(gateway.edge.app) as gw_url:
+    with serve(engine.app) as eng_url, serve(gateway.app) as gw_url:
         outcome = post_final(make_sidecar(tmp_path, eng_url, gw_url), passed(warmed), 30)
     assert outcome.status == "engine_lost" and outcome.posted is None
     assert outcome.message == "engine restarted before the result could be posted"
@@ -122,7 +122,7 @@ def test_a_409_after_an_engine_restart_is_engine_lost_without_retrying(tmp_path:
 def test_a_gateway_that_never_sees_the_instance_is_a_gateway_error(tmp_path: Path) -> None:
     engine = FakeEngine()
     gateway = FakeGateway(instance="another-engine")
-    with serve(engine.app) as eng_url, serve(gateway.edge.app) as gw_url:
+    with serve(engine.app) as eng_url, serve(gateway.app) as gw_url:
         outcome = post_final(make_sidecar(tmp_path, eng_url, gw_url), passed(engine.instance), 2.0)
     assert outcome.status == "gateway_error" and outcome.exit_code == 3
     assert outcome.gateway_error == f"gateway {gw_url} does not see {engine.instance}"
@@ -133,7 +133,7 @@ def test_a_failure_is_posted_with_its_step_and_a_bounded_detail(tmp_path: Path) 
     engine = FakeEngine()
     gateway = FakeGateway(instance=engine.instance)
     failed = Outcome("failed", engine.instance, "prompt_64", "x" * 2000, result="failed")
-    with serve(engine.app) as eng_url, serve(gateway.edge.app) as gw_url:
+    with serve(engine.app) as eng_url, serve(gateway.app) as gw_url:
         outcome = post_final(make_sidecar(tmp_path, eng_url, gw_url), failed, 30)
     assert outcome.status == "failed" and outcome.posted == "failed"
     [post] = gateway.posts
@@ -149,7 +149,7 @@ def test_a_restarted_gateway_gets_the_result_again_without_a_new_warm_up(tmp_pat
     engine = FakeEngine()
     gateway = FakeGateway(instance=engine.instance, state="ready")
     outcome = Outcome("passed", engine.instance, result="passed", posted="passed")
-    with serve(engine.app) as eng_url, serve(gateway.edge.app) as gw_url:
+    with serve(engine.app) as eng_url, serve(gateway.app) as gw_url:
         sidecar = make_sidecar(tmp_path, eng_url, gw_url, watch_interval_s=0.05)
 
         async def go() -> None:
@@ -225,7 +225,7 @@ def test_exit_code_3_when_the_gateway_cannot_be_told(
     # the gateway sees the synthetic engine's instance, as its monitor would
     instance = engine_instance(httpx.get(f"{synthetic_engine}/metrics", timeout=10).text)
     gateway = FakeGateway(instance=instance, on_post=on_post)
-    with serve(gateway.edge.app) as gw_url:
+    with serve(gateway.app) as gw_url:
         done = run_warmup(tmp_path, synthetic_engine, gw_url)
     assert done.returncode == code, done.stderr[-3000:]
     report = json.loads((tmp_path / "report.json").read_text())
