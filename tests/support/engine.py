@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import sys
 from collections.abc import Iterator
@@ -105,6 +106,31 @@ def assert_confined(eng: Engine, cores: set[int]) -> None:
         with contextlib.suppress(ProcessLookupError):  # a helper process that just exited
             masks[pid] = os.sched_getaffinity(pid)
     assert masks and all(m <= cores for m in masks.values()), masks
+
+
+def engine_core_pid(eng: Engine) -> int:
+    """The pid of the engine's core process (vLLM's ``EngineCore``, titled ``VLLM::EngineCore``:
+    it schedules and generates; the API server beside it takes HTTP and aborts requests)."""
+    found = []
+    for pid in descendants(eng.server.pid):
+        with contextlib.suppress(OSError):  # a helper process that just exited
+            if b"EngineCore" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+    assert len(found) == 1, f"one EngineCore process expected under {eng.server.pid}: {found}"
+    return found[0]
+
+
+@contextlib.contextmanager
+def core_frozen(eng: Engine) -> Iterator[None]:
+    """The engine's core stopped (SIGSTOP) for the block, resumed (SIGCONT) however it ends:
+    nothing is generated meanwhile, while the API server keeps answering, taking disconnects and
+    queueing aborts for the core."""
+    pid = engine_core_pid(eng)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
 
 
 def serving(eng: Engine) -> bool:
