@@ -93,14 +93,24 @@ def test_a_dead_gateway_gives_its_slots_back_within_the_ttl(redis_server: RedisS
             assert len(expiries) == 2 and max(expiries) <= killed_at + 1.5 + 1e-6
             deadline = time.monotonic() + 60  # a guard against a hang, not a measurement
             while True:
+                before = await server_now(r)
                 try:
                     await alive.acquire("k", 2, 0)
                     break
                 except OpenAIError:
                     assert time.monotonic() < deadline, "the dead gateway's slots never came back"
                     await asyncio.sleep(0.05)
-            assert await server_now(r) >= min(expiries)  # not given back before it expired
-            assert await r.zcard(KEY_SET + "k") == 1
+            after = await server_now(r)
+            assert after >= min(expiries)  # not given back before it expired
+            # The acquire purged exactly the dead leases expired when it ran (between ``before``
+            # and ``after``): the two were taken one after the other, so on a slow machine the
+            # first can be gone while the second still holds (a CI run: 2 left, not 1).
+            left = await r.zcard(KEY_SET + "k")
+            assert (
+                1 + sum(e > after for e in expiries)
+                <= left
+                <= 1 + sum(e > before for e in expiries)
+            )
         finally:
             await close(fleet)
 

@@ -125,7 +125,7 @@ def test_one_shot_warms_and_reports_each_replica_and_exits_with_the_worst(
         synthetic_upstream("synthetic", itl_ms=1.0, ttft_ms=0.0) as (b, _),
     ):
         gateway = FakeReplicaGateway(instances={instance_of(a), instance_of(b)})
-        with serve(gateway.edge.app) as gw_url:
+        with serve(gateway.app) as gw_url:
             proc = warmup(tmp_path, f"{a},{b}", WARMUP_GATEWAY_URL=gw_url)
             assert proc.wait(timeout=120) == 0, (tmp_path / "warmup.log").read_text()[-3000:]
             dead = f"http://127.0.0.1:{free_port()}"
