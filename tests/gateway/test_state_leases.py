@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import pytest
 
@@ -21,6 +22,7 @@ from tests.support.process import free_port
 from tests.support.redis import RedisServer
 
 pytestmark = pytest.mark.redis
+T = TypeVar("T")
 
 
 async def fresh(url: str, n: int, ttl_s: float = 1.5, **kw: object) -> list[Leases]:
@@ -117,6 +119,18 @@ def test_a_dead_gateway_gives_its_slots_back_within_the_ttl(redis_server: RedisS
     asyncio.run(go())
 
 
+async def until(
+    probe: Callable[[], Awaitable[T]], ok: Callable[[T], bool], timeout_s: float = 30.0
+) -> T:
+    """Await ``probe`` until ``ok`` holds for its value; the bound stops a hang, it is no
+    timing claim."""
+    deadline = time.monotonic() + timeout_s
+    while not ok(value := await probe()):
+        assert time.monotonic() < deadline, f"still {value!r} after {timeout_s} s"
+        await asyncio.sleep(0.05)
+    return value
+
+
 async def server_now(r: Any) -> float:
     """The Redis server's clock, as the scripts read it (seconds since ``EPOCH``)."""
     sec, usec = await r.time()
@@ -129,16 +143,24 @@ def test_renewals_keep_leases_and_rebuild_an_emptied_store(redis_server: RedisSe
         lz = fleet[0]
         try:
             lease = await lz.acquire("k", 2, 5)
-            await asyncio.sleep(2.0)  # > 2 TTLs: alive only because it is renewed
             r = lz.state._redis
-            assert await r.zscore(KEY_SET + "k", lease.member) is not None
+            first = await r.zscore(KEY_SET + "k", lease.member)
+            assert first is not None
+            # Past its first expiry on the server's clock, the lease is still there with a later
+            # one: renewed, not merely unpurged (waits bounded against a hang, not timed).
+            await until(lambda: server_now(r), lambda now: now > first + 0.9)
+            renewed = await until(
+                lambda: r.zscore(KEY_SET + "k", lease.member),
+                lambda score: score is not None and score > first,
+            )
+            assert renewed is not None
             await r.flushdb()  # the store restarted empty
             assert await lz.state.beat() == 1
             assert await r.zscore(CAP_SET, lease.member) is not None
             assert await r.zscore(KEY_SET + "k", lease.member) is not None
-            lz.release(lease)
-            await asyncio.sleep(0.1)
-            assert await r.zcard(CAP_SET) == 0 and await r.zcard(KEY_SET + "k") == 0
+            lz.release(lease)  # given back through the outbox, on the next round trip
+            await until(lambda: r.zcard(CAP_SET), lambda n: n == 0)
+            assert await r.zcard(KEY_SET + "k") == 0
         finally:
             await close(fleet)
 
