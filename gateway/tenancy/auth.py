@@ -54,6 +54,7 @@ class KeyStore:
 
     def __init__(self, keys: Keys | None = None) -> None:
         self._keys = keys or Keys()
+        self._tenants = len(self._keys.by_label())  # read on admission (headroom): counted once
 
     @property
     def entries(self) -> tuple[tuple[bytes, Tenant], ...]:
@@ -66,7 +67,7 @@ class KeyStore:
     @property
     def tenants(self) -> int:
         """Distinct tenants (labels) the keys name: 0 when the gateway runs open."""
-        return len(self._keys.by_label())
+        return self._tenants
 
     @classmethod
     def from_file(cls, path: Path) -> KeyStore:
@@ -75,6 +76,7 @@ class KeyStore:
 
     def replace(self, keys: Keys) -> None:
         self._keys = keys
+        self._tenants = len(keys.by_label())
 
     def reload(self, path: Path) -> list[str]:
         """Re-read the keys file; on any problem keep the current keys. Returns the problems."""
