@@ -15,6 +15,7 @@ import pytest
 from gateway.tenancy.auth import hash_key
 from tests.support.engine import Engine
 from tests.support.gateway import RunningGateway, mark_warm, run_gateway, wait_for_instance
+from tests.support.held import HELD_BODY
 
 pytestmark = pytest.mark.engine
 KEY = "sk-gw-test-0123456789abcdef"
@@ -137,13 +138,11 @@ def test_per_key_concurrency_limit(keyed: RunningGateway) -> None:
     ``tests/support/held.py``), so "in flight" can be read from the gateway's gauge
     however late a scrape is answered on a starved 2-core box."""
     url = f"{keyed.url}/v1/completions"
-    long = {"model": "gemma-4-tiny", "prompt": "Count", "max_tokens": 1900, "n": 8,
-            "logprobs": 5, "stream": True, "ignore_eos": True}  # fmt: skip
     short = {"model": "gemma-4-tiny", "prompt": "x", "max_tokens": 2}
     release = threading.Event()
 
     def first() -> list[str]:
-        with httpx.stream("POST", url, json=long, headers=auth(KEY), timeout=120) as r:
+        with httpx.stream("POST", url, json=HELD_BODY, headers=auth(KEY), timeout=120) as r:
             assert r.status_code == 200
             release.wait(120)
             return [line for line in r.iter_lines() if line]
