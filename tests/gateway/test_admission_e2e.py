@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.gateway.conftest import SMALL, engine_metric
-from tests.support.engine import Engine, core_frozen
+from tests.support.engine import Engine, core_stepped
 from tests.support.gateway import NOCANCEL, RunningGateway, mark_warm, run_gateway
 from tests.support.held import held_slots, holds
 from tests.support.sse import error_events
@@ -78,50 +78,57 @@ async def test_overload_4x_cap_only_200_or_429_and_admitted_complete(
     assert gateway.metric("gateway_queue_depth") == 0
 
 
-# 8 sequences of 1,900 tokens: an abort shows as fewer, and the engine core is stopped while the
-# disconnect travels (``disconnect_mid_stream``), so however starved the box it cannot finish them.
+# 8 sequences of 1,900 tokens: an abort shows as fewer. The engine's core runs in short steps
+# until the client has its chunks and stays stopped while the disconnect travels
+# (``disconnect_mid_stream``), so however starved the box it cannot finish them first.
 DISCONNECT_BODY = {"model": MODEL, "prompt": "Count", "max_tokens": 1900, "n": 8, "stream": True,
                    "ignore_eos": True}  # fmt: skip
 FULL_GENERATION = 8 * 1900
 
 
-async def disconnect_mid_stream(gateway_url: str, engine: Engine, freeze: bool = True) -> float:
+async def disconnect_mid_stream(gateway_url: str, engine: Engine, step: bool = True) -> float:
     """Read 3 chunks of a long generation through ``gateway_url``, hang up, wait until the
     engine runs nothing, and return how many tokens the engine generated for it.
 
     Counted, not timed: with ignore_eos the engine generates all FULL_GENERATION tokens unless the
     request is aborted, so a disconnect that reached the engine shows as fewer tokens. With
-    ``freeze`` the engine's core is stopped from the third chunk until vLLM's API server has
-    finished the request (its ``http_requests_total`` for the route moves only once the response
-    is over, and an abandoned stream's abort is queued for the core on the way out): the core
-    cannot finish the generation while the disconnect travels, however starved the box (a CI
-    run's API server lagged its core by the whole generation: all 15,200 tokens were done before
-    the third chunk reached the client). Completions, not chat: chat's output parsers add lag on
-    long random output.
+    ``step`` the engine's core generates only in short steps, each once the client has read what
+    the last one produced (``tests.support.engine.CoreSteps``), and stays stopped from the third
+    chunk until vLLM's API server has finished the request (its ``http_requests_total`` for the
+    route moves only once the response is over, and an abandoned stream's abort is queued for the
+    core on the way out). Why: two CI runs' API servers lagged their core by the whole generation
+    (all 15,200 tokens were done before the third chunk reached the client), the second after
+    the core was stopped only from the third chunk. Completions, not chat: chat's output parsers
+    add lag on long random output.
     """
     before = engine_metric(engine.url, "vllm:generation_tokens_total")
     done = engine_metric(engine.url, "http_requests_total", handler="/v1/completions")
-    async with contextlib.AsyncExitStack() as stack:
-        client = await stack.enter_async_context(
-            httpx.AsyncClient(base_url=gateway_url, timeout=60)
-        )
-        async with client.stream("POST", "/v1/completions", json=DISCONNECT_BODY) as r:
-            assert r.status_code == 200
-            got = 0
-            async for line in r.aiter_lines():
-                got += line.startswith("data: {")  # tokens, not queue keep-alive comments
-                if got == 3:
-                    if freeze:
-                        stack.enter_context(core_frozen(engine))
-                    break  # ends the iterator: httpx closes the connection, i.e. a disconnect
-        if freeze:  # the API server is done with the request: its abort is on its way
-            await wait_until(
-                lambda: (
-                    engine_metric(engine.url, "http_requests_total", handler="/v1/completions")
-                    > done
-                ),
-                120,
-            )
+    got = 0
+    async with httpx.AsyncClient(base_url=gateway_url, timeout=600) as client:
+
+        async def read() -> None:
+            nonlocal got
+            async with client.stream("POST", "/v1/completions", json=DISCONNECT_BODY) as r:
+                assert r.status_code == 200
+                async for line in r.aiter_lines():
+                    got += line.startswith("data: {")  # tokens, not queue keep-alive comments
+                    if got == 3:
+                        break  # leaving the block closes the connection: a disconnect
+
+        reader = asyncio.create_task(read())
+        if step:
+            async with core_stepped(engine) as core:
+                await core.until(reader.done, lambda: got)
+                await reader  # hung up, with the core stopped
+                await wait_until(  # the API server is done with the request: its abort is queued
+                    lambda: (
+                        engine_metric(engine.url, "http_requests_total", handler="/v1/completions")
+                        > done
+                    ),
+                    120,
+                )
+        else:
+            await reader
     await wait_until(lambda: engine_metric(engine.url, "vllm:num_requests_running") == 0, 300)
     return engine_metric(engine.url, "vllm:generation_tokens_total") - before
 
@@ -142,13 +149,13 @@ async def test_disconnect_mid_stream_aborts_the_engine_request(
 
 async def test_the_disconnect_check_fails_without_cancellation(engine: Engine) -> None:
     """The check above against a gateway that ignores disconnects (test-only build): the engine
-    generates everything, so the check would fail. Proves the check is not vacuous. Not frozen:
+    generates everything, so the check would fail. Proves the check is not vacuous. Not stepped:
     that gateway keeps the engine's response open, so the API server would never finish it while
     the core is stopped."""
     env = {**SMALL, **NOCANCEL}
     with run_gateway(engine.url, env=env) as gw:
         mark_warm(gw)
-        generated = await disconnect_mid_stream(gw.url, engine, freeze=False)
+        generated = await disconnect_mid_stream(gw.url, engine, step=False)
     assert generated == FULL_GENERATION
 
 

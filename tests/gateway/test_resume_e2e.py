@@ -42,7 +42,7 @@ import pytest
 
 from bench.gatewayproc import mark_all_warm, replicas
 from tests.gateway.test_replicas_e2e import kill_hard
-from tests.support.engine import Engine, assert_confined, last_core, start_engine
+from tests.support.engine import Engine, assert_confined, core_stepped, last_core, start_engine
 from tests.support.gateway import RunningGateway, run_gateway
 from tests.support.sse import error_events
 from tests.support.wait import wait_until, wait_until_async
@@ -236,7 +236,7 @@ def test_streams_survive_the_sigkill_of_their_replica(
 
     async def scenario() -> None:
         drain(gw, name1, True)  # every stream starts on the doomed replica
-        async with httpx.AsyncClient(timeout=300) as client:
+        async with httpx.AsyncClient(timeout=300) as client, core_stepped(doomed) as core:
             tasks = []
             for s in streams:
                 if s.name.startswith("raw"):
@@ -246,19 +246,29 @@ def test_streams_survive_the_sigkill_of_their_replica(
                 else:
                     tasks.append(asyncio.create_task(asyncio.to_thread(with_openai, gw.url, s)))
 
-            async def progress(n: int) -> bool:
+            def chunks() -> tuple[int, ...]:
+                return tuple(s.chunks for s in streams)
+
+            def progress(n: int) -> bool:
                 for t in tasks:
                     if t.done():  # a stream that ended already: its own error, or too fast
                         t.result()
                         raise AssertionError(f"a stream ended before the kill: {streams}")
-                return all(s.chunks >= n for s in streams)
+                return min(chunks()) >= n
 
             try:
-                await wait_until_async(lambda: progress(1), "every stream started", 300)
+                # The doomed core generates only in steps, each once the clients have read what
+                # the last produced (tests.support.engine.CoreSteps): its API server and this
+                # test's eight clients on 2 busy cores cannot fall a whole answer behind it.
+                await wait_until_async(
+                    lambda: asyncio.to_thread(lambda: gw.metric("gateway_inflight") >= 8),
+                    "the eight admitted", 300,
+                )  # fmt: skip
+                await core.until(lambda: progress(1), chunks)  # every stream started
                 drain(gw, name1, False)  # healthy takes continuations (and new work) again
-                await wait_until_async(lambda: progress(KILL_AFTER), "streams under way", 300)
+                await core.until(lambda: progress(KILL_AFTER), chunks)  # streams under way
                 at_kill = {s.name: s.chunks for s in streams}
-                await asyncio.to_thread(kill_hard, doomed)
+                await asyncio.to_thread(kill_hard, doomed)  # its core stopped mid-generation
                 await asyncio.wait_for(asyncio.gather(*tasks), 600)
             finally:
                 for t in tasks:

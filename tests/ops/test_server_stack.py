@@ -125,7 +125,9 @@ def test_metrics_running_count_equals_the_engines_at_the_same_moment(ops_stack: 
     async def bracketed(session: ClientSession) -> tuple[list[tuple[float, float, float]], dict]:
         readings: list[tuple[float, float, float]] = []
         m: dict = {}
-        limits = httpx.Limits(max_connections=BURST + 4)
+        # No keep-alive: a connection reused after more than the engine's 5 s idle timeout
+        # (uvicorn's) can meet its close on the way in and read a reset (a CI run's ReadError).
+        limits = httpx.Limits(max_connections=BURST + 4, max_keepalive_connections=0)
         async with httpx.AsyncClient(timeout=300, limits=limits) as client:
 
             async def running() -> float:

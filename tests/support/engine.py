@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
 import socket
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,17 +122,61 @@ def engine_core_pid(eng: Engine) -> int:
     return found[0]
 
 
-@contextlib.contextmanager
-def core_frozen(eng: Engine) -> Iterator[None]:
-    """The engine's core stopped (SIGSTOP) for the block, resumed (SIGCONT) however it ends:
-    nothing is generated meanwhile, while the API server keeps answering, taking disconnects and
-    queueing aborts for the core."""
-    pid = engine_core_pid(eng)
-    os.kill(pid, signal.SIGSTOP)
+class CoreSteps:
+    """The engine's core run in short steps, the API server left to catch up between them.
+
+    Why: on 2 busy cores vLLM's API server can lag its own core by a whole generation (the core
+    generates thousands of tokens before the first one reaches a client), so a test that must act
+    *during* a generation (a disconnect, a replica kill) cannot wait for "a few chunks" and hope
+    the core is not done. Stepped, the core generates only in ``run_s`` bursts, and the next one
+    starts only once the clients' progress has stopped moving for ``settle_s`` (the API server has
+    delivered what was generated): whatever the box's speed, the clients are never far behind.
+    A stopped core still takes requests and aborts: they wait in its socket."""
+
+    def __init__(self, eng: Engine, run_s: float = 0.02, settle_s: float = 0.3) -> None:
+        self.pid = engine_core_pid(eng)
+        self.run_s, self.settle_s = run_s, settle_s
+        self.steps = 0
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):  # killed by the test: nothing to stop
+            os.kill(self.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGCONT)
+
+    async def until(
+        self, done: Callable[[], bool], progress: Callable[[], object], limit_s: float = 600
+    ) -> None:
+        """Step the core until ``done()``; the next step only once ``progress()`` (what the
+        clients have received) has not changed for ``settle_s``. Returns with the core stopped."""
+        deadline = time.monotonic() + limit_s  # a bound against a hang, not a timing claim
+        self.stop()
+        while not done():
+            seen, still_since = progress(), time.monotonic()
+            while time.monotonic() - still_since < self.settle_s and not done():
+                await asyncio.sleep(0.02)
+                if (now := progress()) != seen:
+                    seen, still_since = now, time.monotonic()
+            if done():
+                break
+            assert time.monotonic() < deadline, f"not done after {self.steps} steps: {seen}"
+            self.resume()
+            await asyncio.sleep(self.run_s)
+            self.stop()
+            self.steps += 1
+
+
+@contextlib.asynccontextmanager
+async def core_stepped(eng: Engine, **kwargs: float) -> AsyncIterator[CoreSteps]:
+    """``CoreSteps`` for the block (the core stopped from the start); resumed however it ends."""
+    steps = CoreSteps(eng, **kwargs)
+    steps.stop()
     try:
-        yield
+        yield steps
     finally:
-        os.kill(pid, signal.SIGCONT)
+        steps.resume()
 
 
 def serving(eng: Engine) -> bool:
