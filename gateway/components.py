@@ -269,8 +269,8 @@ def _on_health(metrics: GatewayMetrics, snap: Snapshot) -> None:
 
 
 def _register_gauges(m: GatewayMetrics, adm: Admission, replicas: ReplicaSet) -> None:
-    m.gauge("gateway_inflight", "Requests currently upstream", lambda: adm.inflight)
-    m.gauge("gateway_queue_depth", "Requests waiting for a slot", lambda: adm.queued)
+    m.gauge("gateway_inflight", "Requests currently upstream", lambda: adm.upstream)
+    m.gauge("gateway_queue_depth", "Requests waiting for a slot", lambda: adm.waiting)
     m.gauge("gateway_inflight_limit", "The in-flight cap (sum over routable replicas)",
             lambda: adm.max_inflight)  # fmt: skip
     m.gauge(

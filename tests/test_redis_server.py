@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,27 @@ def test_a_stopped_redis_no_longer_answers(tmp_path: Path) -> None:
     assert server.ping()
     server.stop()
     assert server.proc is None and not server.ping()
+
+
+def _command(server: RedisServer, line: bytes) -> bytes:
+    """One inline command on its own connection, its answer."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(line + b"\r\n")
+        return s.recv(64)
+
+
+@pytest.mark.redis
+def test_flush_empties_what_an_earlier_test_left(tmp_path: Path) -> None:
+    """The gateway modules' ``redis_server`` starts each module from an empty store."""
+    redis_server_binary()
+    server = RedisServer(tmp_path).start()
+    try:
+        assert _command(server, b"SET gw:rl:rpm10/requests 1") == b"+OK\r\n"
+        assert _command(server, b"DBSIZE") == b":1\r\n"
+        server.flush()
+        assert _command(server, b"DBSIZE") == b":0\r\n"
+    finally:
+        server.stop()
 
 
 def test_a_port_that_still_answers_ping_after_the_stop_fails_it(tmp_path: Path) -> None:

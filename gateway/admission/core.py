@@ -115,6 +115,19 @@ class Admission:
         return len(self._queue)
 
     @property
+    def upstream(self) -> int:
+        """Requests sent (or about to be sent) upstream: the ``gateway_inflight`` gauge. One
+        process: every slot granted. A fleet's admission (``gateway.state.admission``) leaves out
+        the slots still waiting for the fleet's lease."""
+        return self._inflight
+
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a slot: the ``gateway_queue_depth`` gauge (a fleet's admission
+        adds those waiting for the fleet's lease)."""
+        return len(self._queue)
+
+    @property
     def saturated(self) -> bool:
         return self._saturated
 

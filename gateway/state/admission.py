@@ -34,6 +34,17 @@ class FleetAdmission(Admission):
     def __init__(self, *args: Any, shared: SharedSlots, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.shared = shared
+        self.leasing = 0  # local slots granted, their fleet lease not yet
+
+    @property
+    def upstream(self) -> int:
+        """Not the slots waiting for a lease: with two gateways on a cap of 2, a third request
+        holds a local slot while it waits, and the fleet's gauges would sum to 3 in flight."""
+        return self.inflight - self.leasing
+
+    @property
+    def waiting(self) -> int:
+        return self.queued + self.leasing
 
     def slot(
         self,
@@ -53,6 +64,7 @@ class FleetSlot(Slot):
         adm: FleetAdmission = self._admission  # type: ignore[assignment]
         sched = self._sched
         left = max(0.0, adm._timeout(sched) - ticket.queued_s)
+        adm.leasing += 1
         try:
             self._lease = await adm.shared.acquire(
                 self._key, sched.max_concurrency or adm.per_key_limit, adm.max_inflight,
@@ -61,6 +73,8 @@ class FleetSlot(Slot):
         except BaseException:
             adm.release(ticket)
             raise
+        finally:
+            adm.leasing -= 1
         return ticket
 
     async def __aexit__(

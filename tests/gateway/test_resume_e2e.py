@@ -121,23 +121,28 @@ async def raw(client: httpx.AsyncClient, url: str, s: Stream) -> None:
 
 def with_openai(url: str, s: Stream) -> None:
     """The official client, sync: iterates the stream like any application would."""
-    client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=300)
     args = {k: v for k, v in s.request.items() if k not in ("ignore_eos",)}
     args["extra_body"] = {"ignore_eos": True}
-    api = client.chat.completions if s.kind == "chat" else client.completions
-    for chunk in api.create(stream=True, stream_options={"include_usage": True}, **args):
-        _take(s, chunk)
+    with openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=300) as client:
+        api = client.chat.completions if s.kind == "chat" else client.completions
+        for chunk in api.create(stream=True, stream_options={"include_usage": True}, **args):
+            _take(s, chunk)
     s.done = s.finished = True
 
 
 async def with_async_openai(url: str, s: Stream) -> None:
-    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=300)
+    """Closed here, on this loop: left to the garbage collector, the async client's ``__del__``
+    schedules its close on whatever loop runs then, a later test's, where the closed loop's
+    sockets fail it ("Event loop is closed"; a CI run's anyio test errored on two of them)."""
     args = {k: v for k, v in s.request.items() if k not in ("ignore_eos",)}
     args["extra_body"] = {"ignore_eos": True}
-    api = client.chat.completions if s.kind == "chat" else client.completions
-    async for chunk in await api.create(stream=True, stream_options={"include_usage": True},
-                                        **args):  # fmt: skip
-        _take(s, chunk)
+    async with openai.AsyncOpenAI(
+        base_url=url + "/v1", api_key="none", max_retries=0, timeout=300
+    ) as client:
+        api = client.chat.completions if s.kind == "chat" else client.completions
+        async for chunk in await api.create(stream=True, stream_options={"include_usage": True},
+                                            **args):  # fmt: skip
+            _take(s, chunk)
     s.done = s.finished = True
 
 

@@ -131,6 +131,15 @@ async def until(
     return value
 
 
+def _now(read: Callable[[], T]) -> Callable[[], Awaitable[T]]:
+    """A plain read as ``until``'s probe."""
+
+    async def probe() -> T:
+        return read()
+
+    return probe
+
+
 async def server_now(r: Any) -> float:
     """The Redis server's clock, as the scripts read it (seconds since ``EPOCH``)."""
     sec, usec = await r.time()
@@ -212,6 +221,39 @@ def test_admission_takes_a_fleet_lease_per_slot_and_gives_it_back(
             assert fleet[0].count() == 0 and adms[0].inflight == 0
             async with adms[1].slot("k"):
                 pass
+        finally:
+            await close(fleet)
+
+    asyncio.run(go())
+
+
+def test_a_slot_waiting_for_the_fleet_lease_is_counted_waiting_not_upstream(
+    redis_server: RedisServer,
+) -> None:
+    """Two gateways on a fleet cap of 1: the second one's request holds its local slot while it
+    waits for the lease. Its gauges say waiting (``gateway_queue_depth``), not in flight, so the
+    fleet's ``gateway_inflight`` never sums above the cap; once the lease is its, upstream."""
+
+    async def go() -> None:
+        fleet = await fresh(redis_server.url, 2)
+        try:
+            adms = [FleetAdmission(1, 8, 30.0, shared=lz) for lz in fleet]
+            entered = asyncio.Event()
+
+            async def second() -> None:
+                async with adms[1].slot("b"):
+                    entered.set()
+                    await asyncio.sleep(0.2)
+
+            async with adms[0].slot("a"):
+                task = asyncio.create_task(second())
+                await until(_now(lambda: adms[1].leasing), lambda n: n == 1)  # it waits
+                assert (adms[1].inflight, adms[1].upstream, adms[1].waiting) == (1, 0, 1)
+                assert sum(a.upstream for a in adms) == 1
+            await asyncio.wait_for(entered.wait(), 30)
+            assert (adms[1].upstream, adms[1].waiting) == (1, 0)
+            await task
+            assert (adms[1].upstream, adms[1].waiting, adms[1].leasing) == (0, 0, 0)
         finally:
             await close(fleet)
 

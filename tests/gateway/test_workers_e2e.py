@@ -14,6 +14,7 @@ import asyncio
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from gateway.tenancy.auth import hash_key
 from protocol.prometheus import samples
 from tests.support.engine import Engine
 from tests.support.gateway import RunningGateway, run_gateway
+from tests.support.held import held_slots
 from tests.support.redis import RedisServer
 from tests.support.wait import wait_until
 
@@ -38,6 +40,8 @@ keys:
   - {{key: {hash_key(OPEN)}, label: open}}
 """
 WORKERS = ("0", "1")
+CAP = 2  # the drain test's fleet-wide in-flight cap: both slots held
+MIN_QUEUED = 4
 
 
 def env_for(redis_server: RedisServer, keys: Path, **extra: str) -> dict[str, str]:
@@ -86,6 +90,19 @@ def every_worker_ready(gw: RunningGateway) -> str | None:
     return text if ok else None
 
 
+def why(gw: RunningGateway, codes: list[int]) -> str:
+    """What a failure report needs first, short (a CI log shows only its start): the codes, each
+    worker's key counters and shared-state gauges, and the log's warnings."""
+    text = gw.metrics_text()
+    series = [
+        ln
+        for ln in text.splitlines()
+        if ln.startswith("gateway_state_") or (ln.startswith("gateway_key_") and "rpm10" in ln)
+    ]
+    warnings = [ln for ln in gw.log_tail(400).splitlines() if " WARNING " in ln or "ERROR" in ln]
+    return "\n".join([f"codes {dict(Counter(codes))}: {codes}", *series, *warnings[-20:]])
+
+
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("workers") / "keys.yaml"
@@ -114,7 +131,7 @@ def test_a_warmup_reported_to_one_worker_makes_every_worker_ready(two: RunningGa
 def test_rpm_10_is_exact_across_workers_and_one_scrape_counts_both(two: RunningGateway) -> None:
     wait_until(lambda: every_worker_ready(two), "both workers ready", 30)
     codes = [chat(two, RPM10) for _ in range(30)]
-    assert codes.count(200) == 10 and codes.count(429) == 20, (codes, two.log_tail(60))
+    assert codes.count(200) == 10 and codes.count(429) == 20, why(two, codes)
     text = two.metrics_text()
     admitted = by_worker(text, "gateway_key_requests_total", key="rpm10")
     refused = by_worker(text, "gateway_key_rejections_total", key="rpm10")
@@ -142,22 +159,32 @@ def test_a_killed_worker_is_restarted_and_ready_without_a_new_report(
 
 
 def test_sigterm_drains_every_worker_and_the_supervisor_exits_0(
-    engine: Engine, redis_server: RedisServer, keys: Path
+    engine: Engine, redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    env = env_for(redis_server, keys, GATEWAY_MAX_INFLIGHT="6", GATEWAY_DRAIN_TIMEOUT_S="120",
-                  GATEWAY_QUEUE_TIMEOUT_S="300")  # fmt: skip
+    """Two slots (fleet-wide) held by clients that do not read (``tests/support/held.py``: the
+    drain cannot end before the test lets them go, however fast the engine), and short streams
+    queued behind them, one new connection at a time until both workers have some: then SIGTERM,
+    then the held streams are read. Every stream ends ``[DONE]`` and the supervisor exits 0.
+    (A CI run lost the earlier version's race: twelve unheld 200-token streams were over before
+    the test's first look at the workers' gauges.)"""
+    # One tenant: a key alone takes the whole cap (with several, it leaves one slot free for
+    # the others, gateway/admission/headroom.py, and could not hold both).
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(f"keys:\n  - {{key: {hash_key(OPEN)}, label: open}}\n")
+    env = env_for(redis_server, keys, GATEWAY_MAX_INFLIGHT=str(CAP), GATEWAY_QUEUE_DEPTH="32",
+                  GATEWAY_DRAIN_TIMEOUT_S="300", GATEWAY_QUEUE_TIMEOUT_S="300")  # fmt: skip
+    headers = {"Authorization": f"Bearer {OPEN}"}
     with run_gateway(engine.url, env=env) as gw:
         report_passed_once(gw)
         wait_until(lambda: every_worker_ready(gw), "both workers ready", 30)
         ends: list[str] = []
 
-        async def stream(i: int) -> None:
+        async def queued_stream(i: int) -> None:
             body = {
-                "model": MODEL, "stream": True, "max_tokens": 200, "ignore_eos": True,
+                "model": MODEL, "stream": True, "max_tokens": 16, "ignore_eos": True,
                 "messages": [{"role": "user", "content": f"drain {i}"}],
             }  # fmt: skip
             last = ""
-            headers = {"Authorization": f"Bearer {OPEN}"}
             async with (
                 httpx.AsyncClient(timeout=300, headers=headers) as client,  # its own connection
                 client.stream("POST", f"{gw.url}/v1/chat/completions", json=body) as r,
@@ -168,27 +195,38 @@ def test_sigterm_drains_every_worker_and_the_supervisor_exits_0(
                         last = line
             ends.append(last)
 
+        def out_by_worker() -> tuple[dict[str, float], float]:
+            text = gw.metrics_text()
+            held = by_worker(text, "gateway_inflight")
+            queued = by_worker(text, "gateway_queue_depth")
+            out = {w: held.get(w, 0) + queued.get(w, 0) for w in WORKERS}
+            return out, sum(queued.values())
+
         async def scenario() -> None:
-            tasks = [asyncio.create_task(stream(i)) for i in range(12)]
-            deadline = time.monotonic() + 120
-            async with httpx.AsyncClient(timeout=30, headers=gw.internal_headers) as client:
-                while True:  # both workers hold streams, some still waiting for the 6 slots
-                    text = (await client.get(f"{gw.url}/metrics")).text
-                    held = by_worker(text, "gateway_inflight")
-                    queued = by_worker(text, "gateway_queue_depth")
-                    out = {w: held.get(w, 0) + queued.get(w, 0) for w in WORKERS}
-                    if all(out[w] >= 1 for w in WORKERS) and sum(out.values()) >= 8:
+            limits = httpx.Limits(max_connections=CAP + 2)
+            async with (
+                httpx.AsyncClient(base_url=gw.url, timeout=300, limits=limits,
+                                  headers=headers) as client,
+                held_slots(gw, client, CAP),  # read to [DONE] on leaving the block
+            ):  # fmt: skip
+                tasks: list[asyncio.Task[None]] = []
+                deadline = time.monotonic() + 120  # a bound against hanging, not a timing claim
+                while True:  # the kernel picks each new connection's worker
+                    out, queued = await asyncio.to_thread(out_by_worker)
+                    if all(out[w] >= 1 for w in WORKERS) and queued >= MIN_QUEUED:
                         break
-                    for t in tasks:
-                        if t.done() and t.exception() is not None:
-                            raise AssertionError(f"a stream failed: {t.exception()}")
+                    for t in tasks:  # a queued stream refused or broken says why, now
+                        if t.done():
+                            raise AssertionError(f"a queued stream ended: {t.exception()}")
                     assert time.monotonic() < deadline, f"never held by both: {out}"
+                    if queued == len(tasks) < 24:  # every one so far is queued: one more
+                        tasks.append(asyncio.create_task(queued_stream(len(tasks))))
                     await asyncio.sleep(0.1)
-            gw.server.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-            await asyncio.gather(*tasks)
+                gw.server.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+            await asyncio.wait_for(asyncio.gather(*tasks), 300)
+            assert ends == ["data: [DONE]"] * len(tasks), ends
 
         asyncio.run(scenario())
-        assert ends == ["data: [DONE]"] * 12, ends
         proc = gw.server.proc
         assert proc is not None and proc.wait(timeout=60) == 0
         log = gw.server.log_path.read_text()

@@ -65,6 +65,14 @@ class RedisServer:
         self.stop()
         raise TimeoutError(f"redis-server on {self.port} not answering PING: {self.log()}")
 
+    def flush(self) -> None:
+        """Empty the database (``FLUSHDB``): what earlier tests left is gone."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5.0) as s:
+            s.sendall(b"FLUSHDB\r\n")
+            answer = s.recv(64)
+        if not answer.startswith(b"+OK"):
+            raise RuntimeError(f"FLUSHDB on {self.port}: {answer!r}")
+
     def ping(self) -> bool:
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=1.0) as s:
