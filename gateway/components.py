@@ -179,6 +179,13 @@ async def running(config: GatewayConfig) -> AsyncIterator[Components]:
 
             replicas.shared = view = ReplicaView(state[0], replicas)
             state[0].pulls.append(view)
+            # one chip-time ledger for the fleet: this gateway's, or the leader's
+            from gateway.state.ledger import FleetLedger
+
+            fleet_ledger = FleetLedger(state[0], ledger)
+            ledger.remote = fleet_ledger.send
+            ledger.lead(False)  # until a heartbeat gives it the leadership
+            state[0].pulls.append(fleet_ledger)
         _register_gauges(metrics, admission, replicas)
         replicas.subscribe(lambda snap: _on_health(metrics, snap))
         stack.push_async_callback(replicas.stop)
@@ -269,8 +276,8 @@ def _on_health(metrics: GatewayMetrics, snap: Snapshot) -> None:
 
 
 def _register_gauges(m: GatewayMetrics, adm: Admission, replicas: ReplicaSet) -> None:
-    m.gauge("gateway_inflight", "Requests currently upstream", lambda: adm.upstream)
-    m.gauge("gateway_queue_depth", "Requests waiting for a slot", lambda: adm.waiting)
+    m.gauge("gateway_inflight", "Requests currently upstream", lambda: adm.gauges()[0])
+    m.gauge("gateway_queue_depth", "Requests waiting for a slot", lambda: adm.gauges()[1])
     m.gauge("gateway_inflight_limit", "The in-flight cap (sum over routable replicas)",
             lambda: adm.max_inflight)  # fmt: skip
     m.gauge(

@@ -114,18 +114,10 @@ class Admission:
     def queued(self) -> int:
         return len(self._queue)
 
-    @property
-    def upstream(self) -> int:
-        """Requests sent (or about to be sent) upstream: the ``gateway_inflight`` gauge. One
-        process: every slot granted. A fleet's admission (``gateway.state.admission``) leaves out
-        the slots still waiting for the fleet's lease."""
-        return self._inflight
-
-    @property
-    def waiting(self) -> int:
-        """Requests waiting for a slot: the ``gateway_queue_depth`` gauge (a fleet's admission
-        adds those waiting for the fleet's lease)."""
-        return len(self._queue)
+    def gauges(self) -> tuple[int, int]:
+        """Upstream and waiting: ``gateway_inflight``, ``gateway_queue_depth`` (a fleet's
+        admission counts the slots still awaiting their lease as waiting)."""
+        return self._inflight, len(self._queue)
 
     @property
     def saturated(self) -> bool:

@@ -86,6 +86,10 @@ class Ledger:
                 "gateway_key_chip_cost_usd", "The keys' chip-seconds at the deployment's price "
                 "(PRICE_PER_HOUR_USD)", ["key"], registry=registry,
             )  # fmt: skip
+        # Alone this gateway keeps its ledger. In a fleet (gateway.state.ledger) one gateway
+        # does: the others send their finished work there (``remote``) and charge nothing.
+        self.leader = True
+        self.remote: Callable[[str, Work], None] | None = None
         self.busy = Counter(
             "gateway_replica_busy_seconds", "Engine busy time (a request running), from its "
             "sampled vllm:num_requests_running", ["replica"], registry=registry,
@@ -105,7 +109,34 @@ class Ledger:
         u.prefill_tokens += max(0, prompt - cached)
         u.cached_tokens += cached
         u.decode_tokens += completion
-        self._replica(replica).finished(Work(key, max(0, prompt - cached), completion))
+        work = Work(key, max(0, prompt - cached), completion)
+        if self.leader or self.remote is None:
+            self._replica(replica).finished(work)
+        else:
+            self.remote(replica, work)
+
+    def record(self, replica: str, work: Work) -> None:
+        """Work another gateway of the fleet finished (this one keeps the fleet's ledger)."""
+        self._replica(replica).finished(work)
+
+    def lead(self, leader: bool) -> None:
+        """Take or give up the fleet's ledger. A new leader starts from its next engine samples
+        (none of the busy time before them is its to charge); one that stops hands the work it
+        had not settled to the new leader, and its busy time not charged yet is dropped (the
+        new leader measures its own from its first samples)."""
+        if leader == self.leader:
+            return
+        self.leader = leader
+        if leader:
+            self.replicas.clear()
+            self._settled.clear()
+            return
+        for name, r in self.replicas.items():
+            for work in r.work:
+                if self.remote is not None:
+                    self.remote(name, work)
+        self.replicas.clear()
+        self._settled.clear()
 
     def observe(self, replica: str, sample: EngineCounters) -> None:
         r = self._replica(replica)
@@ -130,7 +161,10 @@ class Ledger:
                 self.cost.labels(key).inc(chip_s * self.price_per_chip_s)
 
     def poll(self, replicas: Sequence[Sampled]) -> None:
-        """Feed every replica's latest engine sample (a repeated one is ignored)."""
+        """Feed every replica's latest engine sample (a repeated one is ignored); in a fleet,
+        only the gateway that keeps the ledger measures."""
+        if not self.leader:
+            return
         for rep in replicas:
             s = rep.sample
             r = self.replicas.get(rep.name)

@@ -36,15 +36,11 @@ class FleetAdmission(Admission):
         self.shared = shared
         self.leasing = 0  # local slots granted, their fleet lease not yet
 
-    @property
-    def upstream(self) -> int:
-        """Not the slots waiting for a lease: with two gateways on a cap of 2, a third request
-        holds a local slot while it waits, and the fleet's gauges would sum to 3 in flight."""
-        return self.inflight - self.leasing
-
-    @property
-    def waiting(self) -> int:
-        return self.queued + self.leasing
+    def gauges(self) -> tuple[int, int]:
+        """The slots still waiting for their lease are waiting, not upstream: with two gateways
+        on a cap of 2, a third request holds a local slot while it waits, and the fleet's
+        ``gateway_inflight`` would sum to 3."""
+        return self.inflight - self.leasing, self.queued + self.leasing
 
     def slot(
         self,

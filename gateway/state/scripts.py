@@ -173,4 +173,26 @@ return redis.call('ZCARD', KEYS[1])
 """,
 )
 
-ALL = (CHARGE, ADJUST, ACQUIRE, RENEW)
+# KEYS: the ledger's leader key, the fleet's work list. ARGV: gateway id, lease in ms. Takes the
+# chip-time ledger's leadership when nobody holds it, renews it when this gateway does; the
+# leader takes (and empties) the work the others sent. Reply: {1, items} to the leader, {0}.
+LEDGER = Script(
+    "ledger",
+    """
+local cur = redis.call('GET', KEYS[1])
+if not cur then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  cur = ARGV[1]
+elseif cur == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+if cur ~= ARGV[1] then
+  return {0}
+end
+local items = redis.call('LRANGE', KEYS[2], 0, -1)
+redis.call('DEL', KEYS[2])
+return {1, items}
+""",
+)
+
+ALL = (CHARGE, ADJUST, ACQUIRE, RENEW, LEDGER)

@@ -103,3 +103,46 @@ def test_no_price_no_cost_series() -> None:
     reg = CollectorRegistry()
     Ledger(reg, chips_each=1, price_per_chip_s=None)
     assert "gateway_key_chip_cost_usd" not in {m.name for m in reg.collect()}
+
+
+class _Sampled:
+    def __init__(self, name: str, sample: EngineCounters) -> None:
+        self.name, self.sample = name, sample
+
+
+def test_a_gateway_that_does_not_keep_the_fleet_ledger_sends_its_work_and_measures_nothing() -> (
+    None
+):
+    reg = CollectorRegistry()
+    sent: list[tuple[str, Work]] = []
+    ledger = Ledger(reg, chips_each=1, price_per_chip_s=None)
+    ledger.remote = lambda replica, work: sent.append((replica, work))
+    ledger.lead(False)
+    ledger.finished("r1", "team-a", prompt=100, cached=60, completion=5)
+    assert sent == [("r1", Work("team-a", 40, 5))] and not ledger.replicas
+    ledger.poll([_Sampled("r1", s(1.0, 1))])
+    assert not ledger.replicas  # no busy time measured: the leader measures it
+    assert reg.get_sample_value("gateway_replica_busy_seconds_total", {"replica": "r1"}) is None
+
+
+def test_the_leader_charges_the_fleets_work_and_hands_it_on_when_it_stops_leading() -> None:
+    now = [0.0]
+    reg = CollectorRegistry()
+    sent: list[tuple[str, Work]] = []
+    ledger = Ledger(reg, chips_each=1, price_per_chip_s=None, clock=lambda: now[0])
+    ledger.remote = lambda replica, work: sent.append((replica, work))
+    ledger.lead(False)
+    ledger.lead(True)
+    ledger.observe("r1", s(0.0, 1))
+    ledger.record("r1", Work("team-b", 10, 10))  # finished by another gateway
+    now[0] = 1.0
+    ledger.observe("r1", s(1.0, 0, **COSTS))
+    charged = sum(
+        reg.get_sample_value("gateway_key_chip_seconds_total", {"key": "team-b", "phase": p}) or 0.0
+        for p in ("prefill", "decode")
+    )
+    assert charged == pytest.approx(0.5)
+    ledger.observe("r1", s(2.0, 1, **COSTS))
+    ledger.record("r1", Work("team-c", 1, 1))  # not settled yet when the leadership goes
+    ledger.lead(False)
+    assert sent == [("r1", Work("team-c", 1, 1))] and not ledger.replicas

@@ -248,12 +248,12 @@ def test_a_slot_waiting_for_the_fleet_lease_is_counted_waiting_not_upstream(
             async with adms[0].slot("a"):
                 task = asyncio.create_task(second())
                 await until(_now(lambda: adms[1].leasing), lambda n: n == 1)  # it waits
-                assert (adms[1].inflight, adms[1].upstream, adms[1].waiting) == (1, 0, 1)
-                assert sum(a.upstream for a in adms) == 1
+                assert adms[1].inflight == 1 and adms[1].gauges() == (0, 1)
+                assert sum(a.gauges()[0] for a in adms) == 1
             await asyncio.wait_for(entered.wait(), 30)
-            assert (adms[1].upstream, adms[1].waiting) == (1, 0)
+            assert adms[1].gauges() == (1, 0)
             await task
-            assert (adms[1].upstream, adms[1].waiting, adms[1].leasing) == (0, 0, 0)
+            assert adms[1].gauges() == (0, 0) and adms[1].leasing == 0
         finally:
             await close(fleet)
 
