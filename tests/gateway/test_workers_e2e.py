@@ -117,9 +117,10 @@ def two(engine: Engine, redis_server: RedisServer, keys: Path) -> Iterator[Runni
         yield gw
 
 
-def chat(gw: RunningGateway, key: str) -> int:
+def chat(gw: RunningGateway, key: str, max_tokens: int = 1) -> int:
     """One request on a new connection (the kernel picks the worker)."""
-    body = {"model": MODEL, "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
+    body = {"model": MODEL, "max_tokens": max_tokens,
+            "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
     with httpx.Client(timeout=60, headers={"Authorization": f"Bearer {key}"}) as c:
         return c.post(f"{gw.url}/v1/chat/completions", json=body).status_code
 
@@ -139,6 +140,34 @@ def test_rpm_10_is_exact_across_workers_and_one_scrape_counts_both(two: RunningG
     took = {w: admitted.get(w, 0) + refused.get(w, 0) for w in WORKERS}
     assert all(took[w] > 0 for w in WORKERS), took  # both workers answered some
     print(f"rpm 10 over 2 workers: {took} requests per worker, 10 admitted: {admitted}")
+
+
+def test_one_worker_keeps_the_chip_ledger_and_charges_both_workers_requests(
+    two: RunningGateway,
+) -> None:
+    """Issue 28 in a fleet: each worker samples the engine, but only the ledger's leader
+    measures busy time and charges it (gateway/state/ledger.py); the other sends its finished
+    work there. So exactly one worker exports busy seconds, the requests both workers served are
+    charged, and the fleet's chip-seconds equal that one measurement (one CPU chip: chip-seconds
+    = busy seconds). Before, each worker charged its own requests all the busy time it saw."""
+    wait_until(lambda: every_worker_ready(two), "both workers ready", 30)
+    before = by_worker(two.metrics_text(), "gateway_key_requests_total", key="open")
+    assert [chat(two, OPEN, max_tokens=24) for _ in range(16)] == [200] * 16
+
+    def settled() -> tuple[dict[str, float], float, dict[str, float]] | None:
+        text = two.metrics_text()
+        busy = by_worker(text, "gateway_replica_busy_seconds_total")
+        chips = sum(by_worker(text, "gateway_key_chip_seconds_total").values())  # every key
+        served = by_worker(text, "gateway_key_requests_total", key="open")
+        measured = sum(busy.values())
+        done = measured > 0 and abs(chips - measured) < 1e-6 * max(1.0, measured)
+        return (busy, chips, served) if done else None
+
+    busy, chips, served = wait_until(settled, "the ledger settled", 60)
+    assert len([w for w, v in busy.items() if v > 0]) == 1, busy  # one worker measures
+    took = {w: served.get(w, 0) - before.get(w, 0) for w in WORKERS}
+    assert all(took[w] > 0 for w in WORKERS), took  # both served some: all of it charged once
+    print(f"ledger over 2 workers: busy {busy}, charged {chips:.3f} chip-s, requests {took}")
 
 
 def test_a_killed_worker_is_restarted_and_ready_without_a_new_report(
