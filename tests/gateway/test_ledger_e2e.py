@@ -182,8 +182,14 @@ def test_key_chip_seconds_add_up_to_the_engine_busy_time(
     for k in KEYS:
         print(f"{k}: work share {weighted[k] / total_w:.3f}, chip share {per_key[k] / total_c:.3f}")
         assert per_key[k] / total_c == pytest.approx(weighted[k] / total_w, abs=SPLIT_TOLERANCE)
-    assert _chip(gw, key="prefill", phase="prefill") > _chip(gw, key="prefill", phase="decode")
-    assert _chip(gw, key="decode", phase="decode") > _chip(gw, key="decode", phase="prefill")
+    # The phase split follows each key's shape: the long-prompt key's charge is more prefill
+    # than the long-output key's. Not "more prefill than decode" for it: that depends on the
+    # engine's per-token phase times, and a CI run on a slow box measured decode per token 80x
+    # prefill (batched decode time is per request, overlapping), enough to tip 4 output tokens
+    # over ~300 prompt tokens (prefill key: 0.118 prefill vs 0.142 decode chip-seconds).
+    prefill_part = {k: _chip(gw, key=k, phase="prefill") / per_key[k] for k in KEYS}
+    print(f"prefill part of each key's charge: {prefill_part}")
+    assert prefill_part["prefill"] > prefill_part["decode"], prefill_part
 
 
 def _settled(gw: RunningGateway, before: float) -> float | None:
