@@ -126,15 +126,11 @@ class Ledger:
         new leader measures its own from its first samples)."""
         if leader == self.leader:
             return
-        self.leader = leader
-        if leader:
-            self.replicas.clear()
-            self._settled.clear()
-            return
-        for name, r in self.replicas.items():
-            for work in r.work:
-                if self.remote is not None:
+        if not leader and self.remote is not None:
+            for name, r in self.replicas.items():
+                for work in r.work:
                     self.remote(name, work)
+        self.leader = leader
         self.replicas.clear()
         self._settled.clear()
 
