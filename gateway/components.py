@@ -36,7 +36,8 @@ from gateway.replicas.saturation import SaturationPolicy
 from gateway.request.policy import Policy
 from gateway.request.tokens import TokenCounter
 from gateway.resume import ResumePolicy
-from gateway.routing import build_scheduler
+from gateway.routing import Scheduler, build_scheduler
+from gateway.routing.prefix import PrefixAffinity
 from gateway.service import CompletionService
 from gateway.state.admission import FleetAdmission
 from gateway.tenancy.auth import Access, KeysWatcher
@@ -140,6 +141,7 @@ async def running(config: GatewayConfig) -> AsyncIterator[Components]:
         stack.callback(spans.shutdown)
         ledger = Ledger(metrics.registry, config.engine.chips_each, _price_per_chip_s(config))
         kv_index = _kv_index(config, lambda: replicas.replicas)  # GATEWAY_ROUTING=kv
+        scheduler = build_scheduler(s.routing, kv_index)
         replicas = ReplicaSet(
             config.upstreams,
             ReplicaOptions(
@@ -153,7 +155,7 @@ async def running(config: GatewayConfig) -> AsyncIterator[Components]:
                 s.warmup_status_port,
             ),
             admission,
-            build_scheduler(s.routing, kv_index),
+            scheduler,
             s.min_ready_replicas,
             config.dns,
             s.dns_refresh_s,
@@ -186,6 +188,7 @@ async def running(config: GatewayConfig) -> AsyncIterator[Components]:
             ledger.remote = fleet_ledger.send
             ledger.lead(False)  # until a heartbeat gives it the leadership
             state[0].pulls.append(fleet_ledger)
+            _share_prefixes(state[0], scheduler)
         _register_gauges(metrics, admission, replicas)
         replicas.subscribe(lambda snap: _on_health(metrics, snap))
         stack.push_async_callback(replicas.stop)
@@ -226,6 +229,20 @@ def _kv_index(config: GatewayConfig, replicas: Callable[[], Sequence[Replica]]) 
 
     e = config.engine
     return KVIndex(replicas, e.kv_events_port_offset, hash_algo(e.extra_args))
+
+
+def _share_prefixes(state: SharedState, scheduler: Scheduler) -> None:
+    """One placement per prompt prefix for the fleet (``gateway.state.prefixes``), where the
+    policy places prefixes: ``prefix``, and ``kv``'s fallback to it."""
+    picker: object = scheduler.picker
+    table = picker if isinstance(picker, PrefixAffinity) else getattr(picker, "fallback", None)
+    if not isinstance(table, PrefixAffinity):
+        return
+    from gateway.state.prefixes import FleetPrefixes
+
+    fleet = FleetPrefixes(state, table)
+    table.placed = fleet.place
+    state.riders.append(fleet)
 
 
 def _price_per_chip_s(config: GatewayConfig) -> float | None:

@@ -14,8 +14,11 @@ cache then skips their prefill. Two ways to get there were weighed:
   does, shared ones stick. Chosen.
 
 The memory is a bounded LRU table from the key (``routing_key``: the first ``PREFIX_CHARS``
-characters of the prompt's text) to the replica's name, per gateway process: two gateway pods
-may warm one prefix on two replicas, which costs one extra prefill each, not correctness.
+characters of the prompt's text) to the replica's name, per gateway process. Alone, two gateway
+pods or workers would each place a prefix by their own loads and warm it on two replicas; with
+shared state (``gateway.state.prefixes``) each new placement is offered to the fleet
+(``placed``), the first one stands, and every gateway learns it (``learn``) at its next exchange
+with the store: one prefix, one replica, whichever gateway takes the request.
 
 Bounded load (Mirrokni, Thorup and Zadimoghaddam, "Consistent Hashing with Bounded Loads",
 2016): the remembered replica takes the request only while its load after it stays within
@@ -34,7 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from gateway.apis import APIS
@@ -56,6 +59,15 @@ class PrefixAffinity:
         self.table_size = table_size
         self.table: OrderedDict[bytes, str] = OrderedDict()
         self.fallback = LeastLoaded()
+        # a new placement (digest, replica, the replica it replaces), told to the fleet
+        self.placed: Callable[[bytes, str, str | None], None] | None = None
+
+    def learn(self, digest: bytes, name: str) -> None:
+        """The fleet's placement of a prefix (``gateway.state.prefixes``): it replaces ours."""
+        self.table[digest] = name
+        self.table.move_to_end(digest)
+        if len(self.table) > self.table_size:
+            self.table.popitem(last=False)
 
     def pick(self, request: Request, candidates: Sequence[C]) -> C:
         key = affinity_key(request)
@@ -76,6 +88,8 @@ class PrefixAffinity:
         self.table[digest] = chosen.name
         if len(self.table) > self.table_size:
             self.table.popitem(last=False)
+        if self.placed is not None:
+            self.placed(digest, chosen.name, name)
         return chosen
 
 

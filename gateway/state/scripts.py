@@ -195,4 +195,27 @@ return {1, items}
 """,
 )
 
-ALL = (CHARGE, ADJUST, ACQUIRE, RENEW, LEDGER)
+# KEYS: the prefix's placement key, the fleet's placement stream. ARGV: the replica this gateway
+# placed the prefix on, the one it replaced ('' if none), ttl_s, the stream's length, the
+# prefix's digest (hex). Compare-and-set: the placement is taken when the prefix has none or
+# still has the replaced one; otherwise the fleet's placement stands. Either way the placement
+# that holds is published on the stream when it is not what this gateway placed (the others, or
+# this gateway, learn it at their next read). Reply: the placement that holds.
+PLACE = Script(
+    "place",
+    """
+local cur = redis.call('GET', KEYS[1])
+if (not cur) or cur == ARGV[2] then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[3])
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'd', ARGV[5], 'r', ARGV[1])
+  return ARGV[1]
+end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+if cur ~= ARGV[1] then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'd', ARGV[5], 'r', cur)
+end
+return cur
+""",
+)
+
+ALL = (CHARGE, ADJUST, ACQUIRE, RENEW, LEDGER, PLACE)

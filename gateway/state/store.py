@@ -6,7 +6,9 @@ settlement leave together: one round trip), in order with the lease renewals, so
 can never re-create a lease released just before it. The same task renews every lease this
 gateway holds and its membership every ``ttl / 3`` s: one script, whose answer is the number of
 live gateways (for the fallback shares) and whose failure or success drives ``Link``; what the
-``pulls`` read (the fleet's warm-up reports and drains, ``view.py``) rides in the same pipeline.
+``pulls`` read (the fleet's warm-up reports and drains, ``view.py``) rides in the same pipeline;
+``riders`` ride in every flush too (the fleet's prefix placements, ``prefixes.py``: a gateway
+learns the fleet's choice in the pipeline that carried its own).
 
 The request path calls ``script`` (admission: a charge, a lease): one round trip, bounded by
 ``GATEWAY_STATE_TIMEOUT_S``, no retries (a retry is the fallback's job). While the link is down
@@ -79,7 +81,8 @@ class SharedState:
         self.link = Link(redact(url), policy, lease_ttl_s / 3)
         self.round_trips = 0
         self.leases: HeldLeases = HeldLeases()
-        self.pulls: list[Pull] = []
+        self.pulls: list[Pull] = []  # read at each heartbeat
+        self.riders: list[Pull] = []  # read at each heartbeat and each outbox flush
         self._redis = aioredis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0), health_check_interval=0, decode_responses=True,
@@ -175,7 +178,7 @@ class SharedState:
     async def beat(self) -> int:
         """Renew membership and leases now, with whatever is queued; the live gateways."""
         queued = len(self._outbox)
-        pulls = [(p, p.commands()) for p in self.pulls]
+        pulls = [(p, p.commands()) for p in (*self.pulls, *self.riders)]
         commands = [*self._outbox, self._renewal(), *(c for _, cs in pulls for c in cs)]
         self._outbox = []
         self._wake.clear()
@@ -186,14 +189,22 @@ class SharedState:
             raise StateDown(_why(exc)) from None
         gateways = int(results[queued])
         self.link.recovered(gateways)
-        at = queued + 1
-        for pull, cs in pulls:
-            try:
-                pull.apply(results[at : at + len(cs)])
-            except Exception:  # a bad record must not stop the heartbeat
-                log.exception("shared state: applying %s failed", type(pull).__name__)
-            at += len(cs)
+        _apply(pulls, results[queued + 1 :])
         return gateways
+
+    async def _send_queued(self) -> None:
+        """Flush the outbox now, with what the riders read."""
+        commands, self._outbox = self._outbox, []
+        self._wake.clear()
+        if not commands:
+            return
+        riders = [(p, p.commands()) for p in self.riders]
+        try:
+            results = await self._flush([*commands, *(c for _, cs in riders for c in cs)])
+        except (TimeoutError, RedisError, OSError) as exc:
+            self.link.failed(_why(exc))
+            return
+        _apply(riders, results[len(commands) :])
 
     async def _run(self) -> None:
         interval = self.ttl_s / 3
@@ -214,14 +225,7 @@ class SharedState:
                     self._outbox.clear()
                     await asyncio.sleep(max(0.0, next_beat - loop.time()))
                 continue
-            commands, self._outbox = self._outbox, []
-            self._wake.clear()
-            if not commands:
-                continue
-            try:
-                await self._flush(commands)
-            except (TimeoutError, RedisError, OSError) as exc:
-                self.link.failed(_why(exc))
+            await self._send_queued()
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -251,6 +255,17 @@ class SharedState:
             with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
                 await self._flush(commands)
         await self._redis.aclose()
+
+
+def _apply(pulls: list[tuple[Pull, list[Command]]], results: list[Any]) -> None:
+    """Give each pull its commands' answers, in order; a bad record must not stop the caller."""
+    at = 0
+    for pull, cs in pulls:
+        try:
+            pull.apply(results[at : at + len(cs)])
+        except Exception:
+            log.exception("shared state: applying %s failed", type(pull).__name__)
+        at += len(cs)
 
 
 def _why(exc: BaseException) -> str:

@@ -1,5 +1,6 @@
-"""Two real CPU engines behind one gateway: spread, prefix affinity, and a replica killed under
-load (issue 12's "must show", against vLLM itself).
+"""Two real CPU engines behind one gateway: spread, prefix affinity (one gateway, and two that
+share their state), and a replica killed under load (issue 12's "must show", against vLLM
+itself).
 
 The second engine belongs to this module (it is killed here); the first is the session's. The
 gateway routes with ``GATEWAY_ROUTING=prefix``.
@@ -24,6 +25,7 @@ from tests.gateway.conftest import engine_metric
 from tests.support.engine import Engine, assert_confined, last_core, running_after
 from tests.support.gateway import RunningGateway, pair_gateway
 from tests.support.load import steady_chats
+from tests.support.redis import RedisServer
 from tests.support.sse import error_events
 from tests.support.wait import wait_until, wait_until_async
 
@@ -86,6 +88,33 @@ def test_a_shared_prefix_lands_on_one_replica_and_hits_its_prefix_cache(
     after = served(pair)
     assert after[home] - before[home] >= 18, (before, after)  # >= 90% of 20 on one replica
     assert engine_metric(home_url, "vllm:prefix_cache_hits_total") > hits_before
+
+
+@pytest.mark.redis
+def test_two_gateways_sharing_state_send_a_shared_prefix_to_one_replica(
+    engine: Engine, engine2: Engine, redis_server: RedisServer
+) -> None:
+    """Issue 23's prefix check: 2 gateways x 2 real replicas, 20 requests sharing a system
+    prompt alternating between the gateways. Alone, each gateway would place the prompt by its
+    own tie-breaking, which the first request to b moves on: a on one replica, b on the other."""
+    state = {"GATEWAY_STATE_URL": redis_server.url}
+    system = SYSTEM.replace("platform team", "fleet of gateways")
+    with (
+        pair_gateway(engine.url, engine2.url, "prefix", state) as a,
+        pair_gateway(engine.url, engine2.url, "prefix", state) as b,
+    ):
+        chat(b, [{"role": "user", "content": "which port does the engine use?"}])
+        before = {n: served(a)[n] + served(b)[n] for n in served(a)}
+        urls = {f"127.0.0.1:{e.port}": e.url for e in (engine, engine2)}
+        hits = {n: engine_metric(u, "vllm:prefix_cache_hits_total") for n, u in urls.items()}
+        for i in range(20):
+            question = {"role": "user", "content": f"incident {i}: the gateway returns 503"}
+            chat((a, b)[i % 2], [{"role": "system", "content": system}, question])
+        after = {n: served(a)[n] + served(b)[n] for n in served(a)}
+        landed = {n: after[n] - before[n] for n in after}
+        home = max(landed, key=lambda n: landed[n])
+        assert landed[home] >= 18, landed  # >= 90% of 20 on one replica, whichever gateway
+        assert engine_metric(urls[home], "vllm:prefix_cache_hits_total") > hits[home]
 
 
 @dataclass

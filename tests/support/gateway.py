@@ -67,13 +67,17 @@ def run_gateway(
 
 
 @contextmanager
-def pair_gateway(first_url: str, second_url: str, routing: str) -> Iterator[RunningGateway]:
+def pair_gateway(
+    first_url: str, second_url: str, routing: str, extra: Mapping[str, str] | None = None
+) -> Iterator[RunningGateway]:
     """One gateway in front of two engines with ``GATEWAY_ROUTING=routing``, both marked warm
-    (the replicas and KV-routing e2e tests differ only in the routing policy)."""
+    (the replicas and KV-routing e2e tests differ only in the routing policy; ``extra``: more
+    settings, e.g. the fleet's ``GATEWAY_STATE_URL``)."""
     env = {
         "GATEWAY_UPSTREAM_URLS": f"{first_url},{second_url}",
         "GATEWAY_ROUTING": routing,
         "GATEWAY_QUEUE_DEPTH": "64",
+        **(extra or {}),
     }
     with run_gateway(first_url, env=env) as gw:
         gatewayproc.mark_all_warm(gw)
