@@ -14,13 +14,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import math
+import shutil
+import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 
-from bench.gatewayproc import mark_warm, run_gateway
+from bench.gatewayproc import free_port, mark_warm, port_listening, run_gateway
 from bench.overhead import synthetic_upstream
 
 FLOOD = "sk-flood-0123456789abcdef"
@@ -53,6 +58,16 @@ async def _ttft(client: httpx.AsyncClient, key: str, tokens: int) -> float | Non
         return first
 
 
+async def _short(client: httpx.AsyncClient, args: argparse.Namespace) -> float | None:
+    """One short request's TTFT; ``inf`` when it had none within ``--short-timeout-s`` (a
+    starved request is a result, and the flood would otherwise keep it waiting for minutes)."""
+    try:
+        async with asyncio.timeout(args.short_timeout_s):
+            return await _ttft(client, SHORT, args.short_tokens)
+    except TimeoutError:
+        return math.inf
+
+
 async def _flood(client: httpx.AsyncClient, n: int, tokens: int, stop: asyncio.Event) -> None:
     async def one() -> None:
         while not stop.is_set():
@@ -64,26 +79,43 @@ async def _flood(client: httpx.AsyncClient, n: int, tokens: int, stop: asyncio.E
     await asyncio.gather(*(one() for _ in range(n)))
 
 
-async def _measure(url: str, args: argparse.Namespace, flood: bool) -> list[float]:
+async def _measure(
+    short_url: str, args: argparse.Namespace, flood_urls: list[str] | tuple[str, ...] = ()
+) -> list[float]:
+    """The short key's TTFTs through ``short_url`` while ``8 x cap`` flood streams, split over
+    ``flood_urls`` (none: no flood), keep their gateways' queues full."""
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+    async with contextlib.AsyncExitStack() as stack:
+        client = await stack.enter_async_context(
+            httpx.AsyncClient(base_url=short_url, timeout=600, limits=limits)
+        )
         stop = asyncio.Event()
-        flooder = None
-        if flood:
-            flooder = asyncio.create_task(_flood(client, 8 * args.cap, args.long_tokens, stop))
+        flooders = []
+        for url in flood_urls:
+            fc = await stack.enter_async_context(
+                httpx.AsyncClient(base_url=url, timeout=600, limits=limits)
+            )
+            n = 8 * args.cap // len(flood_urls)
+            flooders.append(asyncio.create_task(_flood(fc, n, args.long_tokens, stop)))
+        if flooders:
             await asyncio.sleep(args.warmup_s)  # the flood's queue builds up
         ttfts: list[float] = []
         pending = []
         for _ in range(args.samples):
-            pending.append(asyncio.create_task(_ttft(client, SHORT, args.short_tokens)))
+            pending.append(asyncio.create_task(_short(client, args)))
             await asyncio.sleep(1.0)
         for t in await asyncio.gather(*pending):
             if t is not None:
                 ttfts.append(t)
         stop.set()
-        if flooder is not None:
-            flooder.cancel()
+        for f in flooders:
+            f.cancel()
         return ttfts
+
+
+def _n(ttfts: list[float]) -> int:
+    """Short requests answered (a starved one is in the list as ``inf``, for the percentiles)."""
+    return sum(1 for t in ttfts if t != math.inf)
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -112,10 +144,10 @@ def run(args: argparse.Namespace) -> int:
                     }
                     with run_gateway(upstream, env=env) as gw:
                         mark_warm(gw)
-                        ttfts = asyncio.run(_measure(gw.url, args, flood))
+                        ttfts = asyncio.run(_measure(gw.url, args, (gw.url,) if flood else ()))
                 label = f"{'flood ' + scheduling if flood else 'no flood'}"
                 rows.append((flood_class, label, ttfts))
-                print(f"  {flood_class:11s} {label:11s} n={len(ttfts):3d} "
+                print(f"  {flood_class:11s} {label:11s} n={_n(ttfts):3d} "
                       f"p50={_pct(ttfts, .5) * 1000:8.1f} ms p99={_pct(ttfts, .99) * 1000:8.1f} ms",
                       flush=True)  # fmt: skip
     print(f"\nshort key TTFT, cap {args.cap}, flood {8 * args.cap} streams of "
@@ -127,9 +159,85 @@ def run(args: argparse.Namespace) -> int:
         base = next(t for c, lab, t in rows if c == flood_class and lab == "no flood")
         # the same p50 on both sides (a median of an even count would put "no flood" off 1.00x)
         ratio = _pct(ttfts, 0.5) / _pct(base, 0.5) if base and ttfts else float("nan")
-        print(f"| {flood_class} | {label} | {len(ttfts)} | {_pct(ttfts, .5) * 1000:.1f} | "
+        print(f"| {flood_class} | {label} | {_n(ttfts)} | {_pct(ttfts, .5) * 1000:.1f} | "
               f"{_pct(ttfts, .99) * 1000:.1f} | {ratio:.2f}x |")  # fmt: skip
     return 0
+
+
+def run_fleet(args: argparse.Namespace) -> int:
+    """``--gateways N``: N gateway processes sharing their state through a local redis-server
+    (``GATEWAY_STATE_URL``), the short key's requests through the last one; the flood through
+    the first one, then spread over all of them (the case each gateway's own headroom cannot
+    see: every gateway keeps its reserve, and the flood holds the fleet's cap)."""
+    rows = []
+    with (
+        synthetic_upstream(MODEL, args.itl_ms, args.ttft_ms) as (upstream, _),
+        tempfile.TemporaryDirectory() as tmp,
+        _redis(Path(tmp)) as state_url,
+    ):
+        keys = Path(tmp) / "keys.yaml"
+        keys.write_text(keys_yaml("interactive"))
+        env = {
+            "GATEWAY_API_KEYS_FILE": str(keys), "GATEWAY_MAX_INFLIGHT": str(args.cap),
+            "GATEWAY_QUEUE_DEPTH": str(16 * args.cap), "GATEWAY_QUEUE_TIMEOUT_S": "600",
+            "GATEWAY_METRICS_MAX_AGE_S": "30", "GATEWAY_LOG_FORMAT": "off",
+            "GATEWAY_STATE_URL": state_url,
+        }  # fmt: skip
+        with contextlib.ExitStack() as stack:
+            gws = [
+                stack.enter_context(run_gateway(upstream, env=env)) for _ in range(args.gateways)
+            ]
+            for gw in gws:
+                mark_warm(gw)
+            urls = [gw.url for gw in gws]
+            scenarios = (("no flood", ()), ("flood on gateway 1", urls[:1]),
+                         (f"flood on all {len(urls)}", urls))  # fmt: skip
+            for label, flood_urls in scenarios:
+                ttfts = asyncio.run(_measure(urls[-1], args, flood_urls))
+                rows.append((label, ttfts))
+                print(f"  {label:20s} n={_n(ttfts):3d} p50={_pct(ttfts, .5) * 1000:8.1f} ms "
+                      f"p99={_pct(ttfts, .99) * 1000:8.1f} ms", flush=True)  # fmt: skip
+                time.sleep(args.long_tokens * args.itl_ms / 1000 + 1)  # the flood's streams end
+    print(
+        f"\nshort key TTFT through gateway {args.gateways} of {args.gateways} (shared state), "
+        f"fleet cap {args.cap}, flood {8 * args.cap} streams of {args.long_tokens} tokens"
+    )
+    print("| scenario | n | TTFT p50 ms | TTFT p99 ms | p50 / no flood | p99 / no flood |")
+    print("|---|---|---|---|---|---|")
+    base = rows[0][1]
+    for label, ttfts in rows:
+        r50 = _pct(ttfts, 0.5) / _pct(base, 0.5) if base and ttfts else float("nan")
+        r99 = _pct(ttfts, 0.99) / _pct(base, 0.99) if base and ttfts else float("nan")
+        print(f"| {label} | {_n(ttfts)} | {_pct(ttfts, .5) * 1000:.1f} | "
+              f"{_pct(ttfts, .99) * 1000:.1f} | {r50:.2f}x | {r99:.2f}x |")  # fmt: skip
+    return 0
+
+
+@contextlib.contextmanager
+def _redis(workdir: Path) -> Iterator[str]:
+    """A private redis-server on a free loopback port, persistence off; its URL."""
+    if shutil.which("redis-server") is None:
+        raise SystemExit("--gateways > 1 needs redis-server on PATH (apt-get install redis-server)")
+    port = free_port()
+    proc = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+         "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while not port_listening(port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"redis-server did not start on port {port}")
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _main(args: argparse.Namespace) -> int:
+    return run_fleet(args) if args.gateways > 1 else run(args)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -141,4 +249,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ttft-ms", type=float, default=20.0)
     p.add_argument("--samples", type=int, default=20, help="short requests (one a second)")
     p.add_argument("--warmup-s", type=float, default=3.0, help="flood head start")
-    p.set_defaults(func=run)
+    p.add_argument("--short-timeout-s", type=float, default=30.0,
+                   help="a short request without a first token by then counts as starved (inf)")  # fmt: skip
+    p.add_argument("--gateways", type=int, default=1,
+                   help="> 1: that many gateways sharing their state through a local "
+                   "redis-server; the flood through one, then all (fleet-wide headroom)")  # fmt: skip
+    p.set_defaults(func=_main)

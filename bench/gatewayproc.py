@@ -46,7 +46,7 @@ def free_port() -> int:
 NOT_YET = (httpx.TimeoutException, httpx.NetworkError)
 
 
-def _listening(port: int) -> bool:
+def port_listening(port: int) -> bool:
     """Whether something accepts connections on 127.0.0.1:``port``."""
     with socket.socket() as s:
         s.settimeout(1.0)
@@ -168,7 +168,7 @@ class ServerProcess:
         deadline = time.monotonic() + timeout_s
         while True:
             members = {g: left for g in groups if (left := group_members(g))}
-            listening = port is not None and _listening(port)
+            listening = port is not None and port_listening(port)
             if not members and not listening:
                 return
             if time.monotonic() >= deadline:

@@ -57,13 +57,26 @@ class KeyShares:
         else:
             self.inflight.pop(key, None)
 
+    def reserve(self, cap: int) -> int:
+        """The slots of ``cap`` one key leaves to the others while they are active (0: none)."""
+        if cap < 2 or self.reserve_fraction <= 0:
+            return 0
+        return max(1, math.ceil(cap * self.reserve_fraction))
+
+    def reserves(self, cap: int) -> tuple[int, int]:
+        """(the reserve while other keys are active, the one while a key is alone): the same
+        rule for the fleet's leases (``gateway.state.leases``, counted in Redis)."""
+        active = self.reserve(cap)
+        return active, (1 if active and self.tenants() >= 2 else 0)
+
     def ok(self, key: str, cap: int, now: float, busy: Container[str]) -> bool:
         """Whether ``key`` may take one more of ``cap`` slots; ``busy``: keys with requests
         queued or in flight."""
-        if cap < 2 or self.reserve_fraction <= 0:
+        reserve = self.reserve(cap)
+        if not reserve:
             return True
         held = self.inflight.get(key, 0)
-        if held < cap - max(1, math.ceil(cap * self.reserve_fraction)):
+        if held < cap - reserve:
             return True
         horizon = now - self.active_s
         for other, at in list(self.last_seen.items()):

@@ -24,8 +24,9 @@ class SharedSlots(Protocol):
     """The fleet's slots (``gateway.state.leases.Leases``): raises the 429 (or a 503)."""
 
     async def acquire(
-        self, key: str, limit: int, cap: int, on_wait: OnWait, tick_s: float, timeout_s: float
-    ) -> Any: ...
+        self, key: str, limit: int, cap: int, on_wait: OnWait, tick_s: float, timeout_s: float,
+        reserves: tuple[int, int],
+    ) -> Any: ...  # fmt: skip
 
     def release(self, lease: Any) -> None: ...
 
@@ -62,9 +63,11 @@ class FleetSlot(Slot):
         left = max(0.0, adm._timeout(sched) - ticket.queued_s)
         adm.leasing += 1
         try:
+            cap = adm.max_inflight
             self._lease = await adm.shared.acquire(
-                self._key, sched.max_concurrency or adm.per_key_limit, adm.max_inflight,
+                self._key, sched.max_concurrency or adm.per_key_limit, cap,
                 self._on_wait, self._tick, left,
+                adm._keys.reserves(cap) if adm.fair else (0, 0),
             )  # fmt: skip
         except BaseException:
             adm.release(ticket)

@@ -12,8 +12,16 @@ renewal (it re-creates the leases the live gateways still hold).
 One acquire is one script: the key's set (when the key has a concurrency limit) and the cap's
 set, checked and joined together. A key at its limit is refused at once (429 ``per_key_limit``,
 as in one process); a full cap waits here (polling, with the caller's keep-alives) until a slot
-frees anywhere or the queue timeout passes (429 ``wait_timeout``). The order in which waiting
-requests of *different* gateways get freed slots is not fair fleet-wide (issue 23, later).
+frees anywhere or the queue timeout passes (429 ``wait_timeout``).
+
+Headroom between keys holds fleet-wide (``reserves``: ``gateway.admission.headroom``'s rule,
+counted in Redis): each key's leases are counted in its set, and a key active in the last
+``ACTIVE_S`` seconds (any gateway) is in ``gw:active``; while another key is active one key may
+hold at most the cap minus the reserve, and alone all but one slot (several tenants), so a
+flood spread over every gateway still leaves a slot that another key's request takes at once
+(each gateway's own headroom alone left one slot *per gateway*: a flood through N gateways
+could hold the whole cap). The order in which *different* gateways' waiting requests get freed
+slots is still each gateway's own (by the poll, not by a fleet-wide fair tag).
 
 Store unavailable: ``local`` counts this gateway's own leases against its share of each limit
 (``limit // live gateways``); they are renewed into the store once it answers again.
@@ -28,6 +36,7 @@ import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from gateway.admission.headroom import ACTIVE_S
 from gateway.errors import RateLimited, rate_limited, request_limits
 from gateway.state.link import share
 from gateway.state.scripts import ACQUIRE
@@ -35,6 +44,7 @@ from gateway.state.store import PREFIX, SharedState, StateDown
 
 KEY_SET = PREFIX + "lease:key:"
 CAP_SET = PREFIX + "lease:inflight"
+ACTIVE = PREFIX + "active"  # key -> when it last asked for a slot (server time)
 _POLL_S = (0.02, 0.05, 0.1, 0.2)  # a full cap is re-tried after these, then every 0.2 s
 # A key at its limit is checked again after these before the 429: a client that sends its next
 # request through another gateway the moment its last answer ended must not be refused because
@@ -80,19 +90,22 @@ class Leases:
         on_wait: Callable[[], Awaitable[None]] | None = None,
         tick_s: float = 0.0,
         timeout_s: float = 30.0,
+        reserves: tuple[int, int] = (0, 0),
     ) -> Lease:
         """A lease on one of ``cap`` fleet-wide slots (and one of the key's ``key_limit``, if
-        > 0), waiting up to ``timeout_s`` for the cap; raises the 429 (or the ``closed`` 503)."""
+        > 0), waiting up to ``timeout_s`` for the cap, and for the key's share of it while
+        ``reserves`` (others active, alone: ``KeyShares.reserves``) are kept for other keys;
+        raises the 429 (or the ``closed`` 503)."""
         loop = asyncio.get_running_loop()
         start = loop.time()
         deadline = start + timeout_s
         next_tick = start + tick_s if on_wait is not None and tick_s > 0 else math.inf
         polls = iter(_POLL_S)
         member = f"{self.state.id}:{next(self._seq)}"
-        key_set = KEY_SET + key if key_limit > 0 else None
+        key_set = KEY_SET + key if key_limit > 0 or reserves[0] > 0 else None
         recheck = iter(_RECHECK_S)
         while True:
-            verdict = await self._try(member, key, key_set, key_limit, cap)
+            verdict = await self._try(member, key, key_set, key_limit, cap, reserves)
             if verdict == 0:
                 lease = Lease(member, key, key_set)
                 self._held[member] = lease
@@ -124,15 +137,18 @@ class Leases:
                     await self._freed.wait()
 
     async def _try(
-        self, member: str, key: str, key_set: str | None, key_limit: int, cap: int
-    ) -> int:
-        """0 granted, 1 key at its limit, 2 cap full: from the store, else from the shares."""
+        self, member: str, key: str, key_set: str | None, key_limit: int, cap: int,
+        reserves: tuple[int, int],
+    ) -> int:  # fmt: skip
+        """0 granted, 1 key at its limit, 2 cap full (or the key at its share of it: it waits
+        as for a full cap): from the store, else from the shares."""
         try:
             reply = await self.state.script(
-                ACQUIRE, [key_set or KEY_SET, CAP_SET],
-                ["", self.state.ttl_s, member, key_limit if key_set else 0, cap],
+                ACQUIRE, [key_set or KEY_SET, CAP_SET, ACTIVE],
+                ["", self.state.ttl_s, member, key_limit if key_set else 0, cap,
+                 1 if key_set else 0, *reserves, ACTIVE_S, key],
             )  # fmt: skip
-            return int(reply[0])
+            return min(2, int(reply[0]))
         except StateDown:
             self.state.local_or_refuse()
         n = self.state.gateways

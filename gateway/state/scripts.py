@@ -118,9 +118,12 @@ return num(new)
 """,
 )
 
-# KEYS: the key's lease set, the in-flight cap's lease set.
-# ARGV: now, ttl_s, member, key_limit (0: none), cap (0: none).
-# Reply: {0: granted | 1: key at its limit | 2: cap full, holders of the refusing set, now}.
+# KEYS: the key's lease set, the in-flight cap's lease set, the active keys (key -> last seen).
+# ARGV: now, ttl_s, member, key_limit (0: none), cap (0: none), track (1: the key's set counts
+# its leases even without a limit), the reserve while other keys are active, the reserve while
+# the key is alone, active_s, the key.
+# Reply: {0: granted | 1: key at its limit | 2: cap full | 3: the key is at its share of the cap
+# (headroom: ``gateway.admission.headroom``, fleet-wide), holders of the refusing set, now}.
 ACQUIRE = Script(
     "acquire",
     _NOW
@@ -129,18 +132,31 @@ local ttl = tonumber(ARGV[2])
 local member = ARGV[3]
 local key_limit = tonumber(ARGV[4])
 local cap = tonumber(ARGV[5])
+local track = key_limit > 0 or tonumber(ARGV[6]) == 1
 local ttl_ms = math.ceil(ttl * 2000)
-if key_limit > 0 then
+local held_key = 0
+if track then
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', num(now))
-  local held = redis.call('ZCARD', KEYS[1])
-  if held >= key_limit then return {1, held, num(now)} end
+  held_key = redis.call('ZCARD', KEYS[1])
+  if key_limit > 0 and held_key >= key_limit then return {1, held_key, num(now)} end
 end
 if cap > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', num(now))
   local held = redis.call('ZCARD', KEYS[2])
   if held >= cap then return {2, held, num(now)} end
+  local reserve, alone = tonumber(ARGV[7]), tonumber(ARGV[8])
+  if track and reserve > 0 then
+    local active_s = tonumber(ARGV[9])
+    redis.call('ZADD', KEYS[3], num(now), ARGV[10])
+    redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', num(now - active_s))
+    redis.call('PEXPIRE', KEYS[3], math.ceil(active_s * 2000))
+    if held_key >= cap - reserve and redis.call('ZCARD', KEYS[3]) > 1 then
+      return {3, held_key, num(now)}
+    end
+    if held_key >= cap - alone then return {3, held_key, num(now)} end
+  end
 end
-if key_limit > 0 then
+if track then
   redis.call('ZADD', KEYS[1], num(now + ttl), member)
   redis.call('PEXPIRE', KEYS[1], ttl_ms)
 end

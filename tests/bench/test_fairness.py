@@ -65,8 +65,10 @@ def test_scenarios_and_table(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
         started.append({"upstream": url, "keys": keys, **env})
         yield SimpleNamespace(url=f"http://gw{len(started)}", warm=[])
 
-    async def measure(url: str, args: object, flood: bool) -> list[float]:
+    async def measure(url: str, args: object, flood_urls: tuple[str, ...] = ()) -> list[float]:
         assert url == f"http://gw{len(started)}"  # the gateway of this scenario
+        assert flood_urls in ((), (url,))  # one gateway: the flood goes through it too
+        flood = bool(flood_urls)
         env = started[-1]
         flood_class = "batch" if "priority: batch" in str(env["keys"]) else "interactive"
         return SCRIPT[(flood_class, str(env["GATEWAY_SCHEDULING"]), flood)]
@@ -120,3 +122,21 @@ def test_a_real_run_answers_every_short_request_in_every_scenario() -> None:
         for scenario in ("no flood", "flood fifo", "flood fair")
     ]
     assert [r[5] for r in rows[1:] if r[1] == "no flood"] == ["1.00x |", "1.00x |"]
+
+
+@pytest.mark.redis
+def test_a_real_fleet_run_shares_state_and_answers_every_scenario() -> None:
+    """``--gateways 2``: two real gateways over a redis-server the bench starts; each scenario
+    (no flood, the flood through the first gateway, through both) answered the short key."""
+    cmd = [sys.executable, "-m", "bench", "fairness", "--gateways", "2", "--cap", "2",
+           "--samples", "1", "--warmup-s", "0.5", "--long-tokens", "10", "--itl-ms", "5",
+           "--ttft-ms", "5"]  # fmt: skip
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "through gateway 2 of 2 (shared state), fleet cap 2" in done.stdout
+    rows = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert [(r[0][2:], r[1]) for r in rows[1:]] == [
+        ("no flood", "1"),
+        ("flood on gateway 1", "1"),
+        ("flood on all 2", "1"),
+    ]

@@ -70,6 +70,42 @@ def test_a_key_limit_and_the_cap_hold_across_gateways(redis_server: RedisServer)
     asyncio.run(go())
 
 
+def test_headroom_holds_for_the_fleet_a_flood_through_every_gateway_leaves_a_slot(
+    redis_server: RedisServer,
+) -> None:
+    """Cap 4, several tenants: the reserve is 1 slot (``KeyShares.reserves(4) == (1, 1)``). A
+    flood through two gateways (2 leases each: within each gateway's own headroom) is held at 3
+    for the fleet, and another key's request on a third gateway takes the 4th slot at once."""
+
+    async def go() -> None:
+        a, b, c = await fresh(redis_server.url, 3)
+        r = (1, 1)
+        try:
+            flood = [await g.acquire("flood", 0, 4, timeout_s=0, reserves=r) for g in (a, b, a)]
+            with pytest.raises(OpenAIError) as err:  # the last slot is the other keys'
+                await b.acquire("flood", 0, 4, timeout_s=0.2, reserves=r)
+            assert err.value.code == "wait_timeout"
+            assert await a.state._redis.zcard(KEY_SET + "flood") == 3
+            short = await c.acquire("short", 0, 4, timeout_s=0, reserves=r)  # at once
+            # The short key is active now: the flood, at cap - reserve, waits for its share
+            b_wait = asyncio.create_task(b.acquire("flood", 0, 4, timeout_s=60, reserves=r))
+            c.release(short)  # the slot is free again, but it is the reserve
+            await asyncio.sleep(0.5)
+            assert not b_wait.done()
+            a.release(flood[0])  # one of the flood's own ends: the flood takes it back
+            held = [(b, await b_wait), (b, flood[1]), (a, flood[2])]
+            assert await a.state._redis.zcard(CAP_SET) == 3
+            # Without the reserves (an open gateway, fifo), the same flood takes every slot.
+            held.append((b, await b.acquire("flood", 0, 4, timeout_s=0)))
+            assert await a.state._redis.zcard(CAP_SET) == 4
+            for g, lease in held:
+                g.release(lease)
+        finally:
+            await close([a, b, c])
+
+    asyncio.run(go())
+
+
 def test_a_dead_gateway_gives_its_slots_back_within_the_ttl(redis_server: RedisServer) -> None:
     """Judged on the server's clock (the one the scripts use), so a busy machine's late wake-ups
     change nothing: the dead gateway's leases expire at most one TTL after it stopped renewing,
