@@ -126,6 +126,11 @@ def _pct(xs: list[float], q: float) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
+    """One gateway (fifo vs fair, two flood classes), or ``--gateways N`` sharing their state."""
+    return run_fleet(args) if args.gateways > 1 else run_one(args)
+
+
+def run_one(args: argparse.Namespace) -> int:
     rows = []
     with synthetic_upstream(MODEL, args.itl_ms, args.ttft_ms) as (upstream, _):
         for flood_class in ("interactive", "batch"):
@@ -236,10 +241,6 @@ def _redis(workdir: Path) -> Iterator[str]:
         proc.wait(10)
 
 
-def _main(args: argparse.Namespace) -> int:
-    return run_fleet(args) if args.gateways > 1 else run(args)
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fairness", help="a flooding key vs a short-request key: TTFT, fifo/fair")
     p.add_argument("--cap", type=int, default=8, help="GATEWAY_MAX_INFLIGHT")
@@ -254,4 +255,4 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gateways", type=int, default=1,
                    help="> 1: that many gateways sharing their state through a local "
                    "redis-server; the flood through one, then all (fleet-wide headroom)")  # fmt: skip
-    p.set_defaults(func=_main)
+    p.set_defaults(func=run)

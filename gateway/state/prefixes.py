@@ -12,8 +12,10 @@ How, with no round trip on the request path:
   (a compare-and-set on ``gw:px:<digest>``, kept ``TTL_S`` after its last offer) and publishes
   the placement that holds on a stream (``gw:prefixes``, the last ``STREAM_LEN`` placements)
   when the offer was new or lost;
-- every gateway reads the stream's new entries at each exchange with the store (each outbox
-  flush and each heartbeat: ``SharedState.riders``, in the same pipeline) into its own table.
+- every gateway reads the stream's new entries into its own table at each heartbeat, and in
+  the outbox flush that carries an offer of its own (``SharedState.riders``: the same
+  pipeline; a flush without an offer reads nothing, so a request that places nothing pays no
+  read).
 
 So a gateway that placed a prefix elsewhere than the fleet learns the fleet's choice right
 after its own request, from the same pipeline that carried the offer: at most one request per
@@ -50,16 +52,22 @@ class FleetPrefixes:
         self.state = state
         self.table = table
         self.last_id = "0"  # the stream's last entry read ("0": from its start)
-        self.learned = 0  # placements read from the stream (tests, /health's state block)
+        self.learned = 0  # placements read from the stream (tests)
+        self._offered = False  # an offer queued since the last read
 
     def place(self, digest: bytes, name: str, replaced: str | None) -> None:
         """A placement this gateway made (``PrefixAffinity.placed``), offered to the fleet."""
         hexd = digest.hex()
         keys = [PLACEMENT + hexd, STREAM]
         self.state.send((PLACE, keys, [name, replaced or "", TTL_S, STREAM_LEN, hexd]))
+        self._offered = True
 
     def commands(self) -> list[Command]:
+        self._offered = False
         return [("XREAD", "COUNT", READ_COUNT, "STREAMS", STREAM, self.last_id)]
+
+    def ride(self) -> list[Command]:
+        return self.commands() if self._offered else []
 
     def apply(self, results: list[Any]) -> None:
         reply = results[0]

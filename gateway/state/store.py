@@ -7,8 +7,8 @@ can never re-create a lease released just before it. The same task renews every 
 gateway holds and its membership every ``ttl / 3`` s: one script, whose answer is the number of
 live gateways (for the fallback shares) and whose failure or success drives ``Link``; what the
 ``pulls`` read (the fleet's warm-up reports and drains, ``view.py``) rides in the same pipeline;
-``riders`` ride in every flush too (the fleet's prefix placements, ``prefixes.py``: a gateway
-learns the fleet's choice in the pipeline that carried its own).
+``riders`` may ride an outbox flush too (the fleet's prefix placements, ``prefixes.py``: a
+gateway learns the fleet's choice in the pipeline that carried its own offer).
 
 The request path calls ``script`` (admission: a charge, a lease): one round trip, bounded by
 ``GATEWAY_STATE_TIMEOUT_S``, no retries (a retry is the fallback's job). While the link is down
@@ -65,6 +65,13 @@ class Pull(Protocol):
     def apply(self, results: list[Any]) -> None: ...
 
 
+class Rider(Pull, Protocol):
+    """A pull that may also ride an outbox flush: ``ride`` is what to read then (nothing, most
+    of the time: ``prefixes.FleetPrefixes`` reads after a flush only when it made an offer)."""
+
+    def ride(self) -> list[Command]: ...
+
+
 class SharedState:
     def __init__(
         self,
@@ -82,7 +89,7 @@ class SharedState:
         self.round_trips = 0
         self.leases: HeldLeases = HeldLeases()
         self.pulls: list[Pull] = []  # read at each heartbeat
-        self.riders: list[Pull] = []  # read at each heartbeat and each outbox flush
+        self.riders: list[Rider] = []  # read at each heartbeat, and in a flush when they ask
         self._redis = aioredis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
             retry=Retry(NoBackoff(), 0), health_check_interval=0, decode_responses=True,
@@ -198,7 +205,9 @@ class SharedState:
         self._wake.clear()
         if not commands:
             return
-        riders = [(p, p.commands()) for p in self.riders]
+        riders: list[tuple[Pull, list[Command]]] = [
+            (p, cs) for p in self.riders if (cs := p.ride())
+        ]
         try:
             results = await self._flush([*commands, *(c for _, cs in riders for c in cs)])
         except (TimeoutError, RedisError, OSError) as exc:

@@ -1,9 +1,12 @@
 """Three real gateway processes on one keys file, one real CPU engine and one real redis-server
 (``GATEWAY_STATE_URL``): the limits hold for the fleet, a SIGKILLed gateway's slots come back
-within the lease TTL, and Redis going away and coming back empty never fails a request."""
+once its leases expire, and Redis going away and coming back empty never fails a request."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -14,9 +17,11 @@ import httpx
 import pytest
 import redis
 
+from gateway.state.leases import CAP_SET, KEY_SET
 from gateway.tenancy.auth import hash_key
 from tests.support.engine import Engine
 from tests.support.gateway import RunningGateway, mark_warm, run_gateway
+from tests.support.held import HELD_BODY, gateway_state, holds
 from tests.support.redis import RedisServer
 from tests.support.wait import wait_until
 
@@ -38,12 +43,13 @@ keys:
 
 
 @pytest.fixture(scope="module")
-def fleet(
-    engine: Engine, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[list[RunningGateway]]:
+def fleet_env(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    """The settings every gateway of the fleet runs with."""
     keys = tmp_path_factory.mktemp("state") / "keys.yaml"
     keys.write_text(KEYS)
-    env = {
+    return {
         "GATEWAY_API_KEYS_FILE": str(keys),
         "GATEWAY_STATE_URL": redis_server.url,
         "GATEWAY_STATE_LEASE_TTL_S": str(TTL_S),
@@ -54,8 +60,12 @@ def fleet(
         # than the product's 0.25 s now and then; a stall is a fallback, not what this tests.
         "GATEWAY_STATE_TIMEOUT_S": "2",
     }
+
+
+@pytest.fixture(scope="module")
+def fleet(engine: Engine, fleet_env: dict[str, str]) -> Iterator[list[RunningGateway]]:
     with ExitStack() as stack:
-        gws = [stack.enter_context(run_gateway(engine.url, env=env)) for _ in range(3)]
+        gws = [stack.enter_context(run_gateway(engine.url, env=fleet_env)) for _ in range(3)]
         for gw in gws:
             mark_warm(gw)
         yield gws
@@ -119,13 +129,62 @@ def test_a_key_with_rpm_10_gets_exactly_10_of_30_across_three_gateways(
         assert served == 10
 
 
-# Not here yet: per-key concurrency, the fleet-wide in-flight cap and a SIGKILLed gateway's
-# leases end to end. Their first versions were flaky on a loaded 2-core machine (a client-side
-# count of open streams lags the gateways' releases; the engine's /metrics answers too slowly
-# to sample; a probe can outlast the streams it should overlap), so they are left out until
-# they are deterministic. The same rules are tested against a real redis-server without an
-# engine in test_state_leases.py (the key limit and the cap across gateways, a silent
-# gateway's slots back within the TTL).
+def test_a_sigkilled_gateway_holding_a_keys_two_slots_gives_them_back_to_the_fleet(
+    engine: Engine, fleet_env: dict[str, str], fleet: list[RunningGateway], store: redis.Redis
+) -> None:
+    """A fourth gateway holds both of the ``max_concurrency: 2`` key's slots (streams whose
+    clients do not read: ``tests/support/held.py``'s body) and is SIGKILLed: its leases are
+    never given back, and the fleet admits the key again once they expire (the TTL), with
+    nothing of the dead gateway left in any lease set. Admission is read from the gateway's
+    gauge and the leases from Redis, never inferred from first tokens."""
+    key_set = KEY_SET + "two-at-once"
+
+    def dead_members() -> list[str]:
+        return [m for k in (key_set, CAP_SET) for m in store.zrange(k, 0, -1) if tag in m]
+
+    async def hold_then_kill(doomed: RunningGateway) -> list[object]:
+        headers = {"Authorization": f"Bearer {CONC2}"}
+        async with httpx.AsyncClient(base_url=doomed.url, timeout=120, headers=headers) as c:
+            never = asyncio.Event()
+
+            async def one() -> None:
+                async with c.stream("POST", "/v1/completions", json=HELD_BODY) as r:
+                    assert r.status_code == 200, await r.aread()
+                    await never.wait()  # not read: the slot stays held
+
+            tasks = [asyncio.create_task(one()) for _ in range(2)]
+            deadline = time.monotonic() + 120  # a bound against a hang, not a timing claim
+            while not await asyncio.to_thread(
+                holds, lambda: doomed.metric("gateway_inflight") >= 2
+            ):
+                assert not [t for t in tasks if t.done()], [t.exception() for t in tasks]
+                assert time.monotonic() < deadline, gateway_state(doomed)
+                await asyncio.sleep(0.1)
+            assert len(dead_members()) == 4  # 2 leases, each in the key's set and the cap's
+            refused = await asyncio.to_thread(chat, fleet[0], CONC2)
+            assert refused.status_code == 429, refused.text
+            assert refused.json()["error"]["code"] == "per_key_limit"
+            os.killpg(doomed.pid, signal.SIGKILL)  # no release, no goodbye
+            never.set()  # the clients close their dead streams
+            return await asyncio.gather(*tasks, return_exceptions=True)
+
+    with run_gateway(engine.url, env=fleet_env) as doomed:
+        mark_warm(doomed)
+        tag = f":{doomed.pid}:"  # in every member the gateway adds (its id: host:pid:random)
+        asyncio.run(hold_then_kill(doomed))
+        t0 = time.monotonic()
+        deadline = t0 + 60  # a bound against a hang: the leases expire TTL_S after their renewal
+        while True:
+            with ThreadPoolExecutor(2) as pool:
+                statuses = list(pool.map(lambda gw: chat(gw, CONC2).status_code, fleet[1:]))
+            if statuses == [200, 200]:
+                break
+            assert set(statuses) <= {200, 429}, statuses
+            assert time.monotonic() < deadline, f"never admitted again: {statuses}"
+            time.sleep(0.2)
+        print(f"the dead gateway's 2 slots admitted again {time.monotonic() - t0:.1f} s after "
+              f"the SIGKILL (lease TTL {TTL_S:g} s)")  # fmt: skip
+        assert dead_members() == []
 
 
 def test_redis_down_under_load_fails_nothing_and_comes_back_shared_and_exact(
