@@ -73,11 +73,9 @@ class FleetPrefixes:
         reply = results[0]
         if not reply:
             return
-        # redis-py: [[stream, [(id, {field: value}), ...]]] (RESP3: {stream: [...]})
-        entries = next(iter(reply.values())) if isinstance(reply, dict) else reply[0][1]
-        for entry_id, fields in entries:
+        for entry_id, fields in reply[0][1]:  # [[stream, [[id, [field, value, ...]], ...]]]
             self.last_id = entry_id
-            record = fields if isinstance(fields, dict) else {}
+            record = dict(zip(fields[::2], fields[1::2], strict=False)) if fields else {}
             try:
                 digest, name = bytes.fromhex(record["d"]), record["r"]
             except (KeyError, ValueError, TypeError):

@@ -28,12 +28,8 @@ import socket
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError
-
 from gateway.state.link import Link, Policy
+from gateway.state.resp import ReplyError, RespClient
 from gateway.state.scripts import ALL, RENEW, Script
 from gateway.state.url import redact
 
@@ -90,10 +86,7 @@ class SharedState:
         self.leases: HeldLeases = HeldLeases()
         self.pulls: list[Pull] = []  # read at each heartbeat
         self.riders: list[Rider] = []  # read at each heartbeat, and in a flush when they ask
-        self._redis = aioredis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0), health_check_interval=0, decode_responses=True,
-        )  # fmt: skip
+        self._redis = RespClient(url, timeout_s)
         self._outbox: list[Command] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -125,25 +118,26 @@ class SharedState:
             raise StateDown(self.link.reason)
         try:
             return await self._eval(script, keys, args)
-        except (TimeoutError, RedisError, OSError) as exc:
+        except (TimeoutError, ReplyError, OSError) as exc:
             self.link.failed(_why(exc))
             raise StateDown(_why(exc)) from None
 
     async def _eval(self, script: Script, keys: Sequence[str], args: Sequence[object]) -> Any:
         self.round_trips += 1
         try:
-            return await self._redis.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-        except NoScriptError:  # a new or restarted server: load every script once, again
-            await self._load()
+            return await self._redis.execute("EVALSHA", script.sha, len(keys), *keys, *args)
+        except ReplyError as exc:
+            if not exc.noscript:
+                raise
+            await self._load()  # a new or restarted server: load every script once, again
             self.round_trips += 1
-            return await self._redis.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            return await self._redis.execute("EVALSHA", script.sha, len(keys), *keys, *args)
 
     async def _load(self) -> None:
-        pipe = self._redis.pipeline(transaction=False)
-        for script in ALL:
-            pipe.execute_command("SCRIPT", "LOAD", script.source)
         self.round_trips += 1
-        await pipe.execute()
+        for reply in await self._redis.pipeline([("SCRIPT", "LOAD", s.source) for s in ALL]):
+            if isinstance(reply, ReplyError):
+                raise reply
 
     # -- the outbox ----------------------------------------------------------------------------
 
@@ -156,16 +150,16 @@ class SharedState:
         self._wake.set()
 
     async def _flush(self, commands: list[Command]) -> list[Any]:
-        pipe = self._redis.pipeline(transaction=False)
+        wire: list[Command] = []
         for cmd in commands:
             if isinstance(cmd[0], Script):
                 script, keys, args = cmd
-                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+                wire.append(("EVALSHA", script.sha, len(keys), *keys, *args))
             else:
-                pipe.execute_command(*cmd)
+                wire.append(cmd)
         self.round_trips += 1
-        results = await pipe.execute(raise_on_error=False)
-        redo = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        results = await self._redis.pipeline(wire)
+        redo = [i for i, r in enumerate(results) if isinstance(r, ReplyError) and r.noscript]
         if redo:  # a restarted server: the scripts once, then what they refused
             await self._load()
             again = await self._flush([commands[i] for i in redo])
@@ -191,7 +185,7 @@ class SharedState:
         self._wake.clear()
         try:
             results = await self._flush(commands)
-        except (TimeoutError, RedisError, OSError) as exc:
+        except (TimeoutError, ReplyError, OSError) as exc:
             self.link.failed(_why(exc))
             raise StateDown(_why(exc)) from None
         gateways = int(results[queued])
@@ -210,7 +204,7 @@ class SharedState:
         ]
         try:
             results = await self._flush([*commands, *(c for _, cs in riders for c in cs)])
-        except (TimeoutError, RedisError, OSError) as exc:
+        except (TimeoutError, ReplyError, OSError) as exc:
             self.link.failed(_why(exc))
             return
         _apply(riders, results[len(commands) :])
@@ -241,7 +235,7 @@ class SharedState:
     async def start(self) -> None:
         """Join the fleet (one heartbeat); unreachable or refused: one line, and the policy."""
         try:
-            with contextlib.suppress(RedisError, OSError, TimeoutError):
+            with contextlib.suppress(ReplyError, OSError, TimeoutError):
                 await self._load()  # the request path's first script then needs no second trip
             await self.beat()
             log.info("shared state %s: %d gateway(s) live, leases renewed every %gs (TTL %gs)",
@@ -261,7 +255,7 @@ class SharedState:
         if not self.link.fallback:
             commands = [*self._outbox, ("ZREM", MEMBERS, self.id)]
             commands += [("ZREM", k, m) for k, m in self.leases.held()]
-            with contextlib.suppress(RedisError, OSError, asyncio.TimeoutError):
+            with contextlib.suppress(ReplyError, OSError, asyncio.TimeoutError):
                 await self._flush(commands)
         await self._redis.aclose()
 

@@ -88,7 +88,8 @@ class ReplicaView:
         return out
 
     def apply(self, results: list[Any]) -> None:
-        drains: dict[str, str] = results[0] or {}
+        flat = results[0] or []  # HGETALL: name, flag, name, flag, ...
+        drains: dict[str, str] = dict(zip(flat[::2], flat[1::2], strict=False))
         records = dict(zip(self._asked, results[1] if len(results) > 1 else [], strict=False))
         for r in list(self.replicas.replicas):
             flag = drains.get(r.name)

@@ -19,6 +19,7 @@ import redis
 
 from gateway.state.leases import CAP_SET, KEY_SET
 from gateway.tenancy.auth import hash_key
+from tests.gateway.conftest import engine_metric
 from tests.support.engine import Engine
 from tests.support.gateway import RunningGateway, mark_warm, run_gateway
 from tests.support.held import HELD_BODY, gateway_state, holds
@@ -185,6 +186,17 @@ def test_a_sigkilled_gateway_holding_a_keys_two_slots_gives_them_back_to_the_fle
         print(f"the dead gateway's 2 slots admitted again {time.monotonic() - t0:.1f} s after "
               f"the SIGKILL (lease TTL {TTL_S:g} s)")  # fmt: skip
         assert dead_members() == []
+
+    # The engine outlives the gateway: its two 8 x 1,900-token generations must be aborted (the
+    # connections died with the gateway), not left running for the session's next tests.
+    def engine_busy() -> float:
+        return sum(
+            engine_metric(engine.url, f"vllm:num_requests_{s}") for s in ("running", "waiting")
+        )
+
+    t1 = time.monotonic()
+    wait_until(lambda: engine_busy() == 0, "the dead gateway's requests aborted", 300)
+    print(f"engine idle {time.monotonic() - t1:.1f} s after the check")
 
 
 def test_redis_down_under_load_fails_nothing_and_comes_back_shared_and_exact(

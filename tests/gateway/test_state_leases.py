@@ -19,7 +19,7 @@ from gateway.state.leases import CAP_SET, KEY_SET, Leases
 from gateway.state.scripts import EPOCH
 from gateway.state.store import SharedState
 from tests.support.process import free_port
-from tests.support.redis import RedisServer
+from tests.support.redis import Admin, RedisServer
 
 pytestmark = pytest.mark.redis
 T = TypeVar("T")
@@ -28,7 +28,7 @@ T = TypeVar("T")
 async def fresh(url: str, n: int, ttl_s: float = 1.5, **kw: object) -> list[Leases]:
     kw.setdefault("timeout_s", 2.0)  # a loaded machine's late answer is not what these test
     states = [SharedState(url, lease_ttl_s=ttl_s, **kw) for _ in range(n)]  # type: ignore[arg-type]
-    await states[0]._redis.flushdb()
+    await Admin(states[0]).flushdb()
     for s in states:
         await s.start()
     return [Leases(s) for s in states]
@@ -51,7 +51,7 @@ def test_a_key_limit_and_the_cap_hold_across_gateways(redis_server: RedisServer)
             refused = [r for r in results if isinstance(r, OpenAIError)]
             assert len(granted) == 2 and len(refused) == 4
             assert {r.code for r in refused} == {"per_key_limit"} and refused[0].status == 429
-            assert await fleet[0].state._redis.zcard(KEY_SET + "k") == 2
+            assert await Admin(fleet[0].state).zcard(KEY_SET + "k") == 2
             # The cap: 3 slots for everyone; a fourth waits until one is given back anywhere.
             for lz, lease in zip(fleet, granted, strict=False):
                 lz.release(lease)  # type: ignore[arg-type]
@@ -85,7 +85,7 @@ def test_headroom_holds_for_the_fleet_a_flood_through_every_gateway_leaves_a_slo
             with pytest.raises(OpenAIError) as err:  # the last slot is the other keys'
                 await b.acquire("flood", 0, 4, timeout_s=0.2, reserves=r)
             assert err.value.code == "wait_timeout"
-            assert await a.state._redis.zcard(KEY_SET + "flood") == 3
+            assert await Admin(a.state).zcard(KEY_SET + "flood") == 3
             short = await c.acquire("short", 0, 4, timeout_s=0, reserves=r)  # at once
             # The short key is active now: the flood, at cap - reserve, waits for its share
             b_wait = asyncio.create_task(b.acquire("flood", 0, 4, timeout_s=60, reserves=r))
@@ -94,10 +94,10 @@ def test_headroom_holds_for_the_fleet_a_flood_through_every_gateway_leaves_a_slo
             assert not b_wait.done()
             a.release(flood[0])  # one of the flood's own ends: the flood takes it back
             held = [(b, await b_wait), (b, flood[1]), (a, flood[2])]
-            assert await a.state._redis.zcard(CAP_SET) == 3
+            assert await Admin(a.state).zcard(CAP_SET) == 3
             # Without the reserves (an open gateway, fifo), the same flood takes every slot.
             held.append((b, await b.acquire("flood", 0, 4, timeout_s=0)))
-            assert await a.state._redis.zcard(CAP_SET) == 4
+            assert await Admin(a.state).zcard(CAP_SET) == 4
             for g, lease in held:
                 g.release(lease)
         finally:
@@ -115,7 +115,7 @@ def test_a_dead_gateway_gives_its_slots_back_within_the_ttl(redis_server: RedisS
         fleet = await fresh(redis_server.url, 2, ttl_s=1.5)
         try:
             dead, alive = fleet
-            r = alive.state._redis
+            r = Admin(alive.state)
             for _ in range(2):
                 await dead.acquire("k", 2, 0)
             with pytest.raises(OpenAIError):
@@ -188,7 +188,7 @@ def test_renewals_keep_leases_and_rebuild_an_emptied_store(redis_server: RedisSe
         lz = fleet[0]
         try:
             lease = await lz.acquire("k", 2, 5)
-            r = lz.state._redis
+            r = Admin(lz.state)
             first = await r.zscore(KEY_SET + "k", lease.member)
             assert first is not None
             # Past its first expiry on the server's clock, the lease is still there with a later

@@ -14,7 +14,7 @@ from gateway.ledger import Ledger
 from gateway.ledger.core import EngineCounters
 from gateway.state.ledger import LEADER, FleetLedger
 from gateway.state.store import SharedState
-from tests.support.redis import RedisServer
+from tests.support.redis import Admin, RedisServer
 
 pytestmark = pytest.mark.redis
 COSTS = {"prefill_s": 1.0, "prefill_tokens": 100, "decode_s": 1.0, "decode_tokens": 10}
@@ -46,7 +46,7 @@ def test_the_fleet_charges_every_busy_second_once_at_the_leader(
             await states[0].beat()  # a finds the leadership free
             await states[1].beat()
             assert a.leader and not b.leader
-            assert await states[0]._redis.get(LEADER) == states[0].id
+            assert await Admin(states[0]).get(LEADER) == states[0].id
             for ledger in ledgers:  # both sample the same engine
                 ledger.poll([Sampled("r1", EngineCounters(0.0, 1))])
             a.finished("r1", "team-a", prompt=10, cached=0, completion=10)
@@ -67,7 +67,7 @@ def test_the_fleet_charges_every_busy_second_once_at_the_leader(
                 assert time.monotonic() < deadline, "the leadership never passed on"
                 await asyncio.sleep(0.2)
                 await states[1].beat()
-            assert await states[1]._redis.get(LEADER) == states[1].id
+            assert await Admin(states[1]).get(LEADER) == states[1].id
         finally:
             for st in states:
                 if not st._closing:

@@ -15,7 +15,7 @@ from gateway.state.limits import RedisLimitStore
 from gateway.state.store import SharedState
 from gateway.state.url import StateUrlError, redact, resolve
 from gateway.tenancy.ratelimit import Charge, MemoryStore
-from tests.support.redis import RedisServer
+from tests.support.redis import Admin, RedisServer
 
 pytestmark = pytest.mark.redis
 T = TypeVar("T")
@@ -29,7 +29,7 @@ def run(redis_server: RedisServer, body: Callable[[SharedState], Awaitable[T]]) 
 
     async def go() -> T:
         state = SharedState(redis_server.url, lease_ttl_s=3.0, timeout_s=LOADED_S)
-        await state._redis.flushdb()
+        await Admin(state).flushdb()
         try:
             return await body(state)
         finally:
@@ -117,7 +117,7 @@ def test_a_refund_never_goes_below_full_and_a_too_large_request_is_named(
         assert (await store.charge([tok], 50.0)).allowed
         store.adjust(tok, -1000, 50.0)
         await state.beat()
-        assert await state._redis.get("gw:rl:c/tokens") is None  # full again: nothing kept
+        assert await Admin(state).get("gw:rl:c/tokens") is None  # full again: nothing kept
         huge = await store.charge([Charge("c/tokens", 100, 101)], 50.0)
         assert not huge.allowed and huge.windows[0].too_large
         assert huge.retry_after_s == float("inf")
@@ -153,7 +153,7 @@ def test_a_slow_store_falls_back_within_the_timeout_and_comes_back(
         store = RedisLimitStore(state)
         loop = asyncio.get_running_loop()
         try:
-            await admin._redis.execute_command("CLIENT", "PAUSE", 1500, "ALL")  # a stalled Redis
+            await Admin(admin).execute_command("CLIENT", "PAUSE", 1500, "ALL")  # a stalled Redis
             t0 = loop.time()
             verdict = await store.charge([Charge("slow/requests", 10, 1)], 0.0)
             assert verdict.allowed and loop.time() - t0 < 1.0

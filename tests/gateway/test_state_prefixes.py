@@ -14,7 +14,7 @@ from gateway.routing.base import Request
 from gateway.routing.prefix import PrefixAffinity
 from gateway.state.prefixes import STREAM, FleetPrefixes
 from gateway.state.store import SharedState
-from tests.support.redis import RedisServer
+from tests.support.redis import Admin, RedisServer
 
 pytestmark = pytest.mark.redis
 
@@ -87,8 +87,8 @@ def test_two_gateways_agree_on_a_prefix_after_one_request_and_follow_a_replaceme
                 assert c.pick("the system prompt", both) == "r2"
                 assert c.pick("another prompt", both) == "r1"
                 # a malformed entry is skipped; the next good one is read
-                await c.state._redis.execute_command("XADD", STREAM, "*", "d", "zz", "r", "r9")
-                await c.state._redis.execute_command("XADD", STREAM, "*", "x", "1")
+                await Admin(c.state).execute_command("XADD", STREAM, "*", "d", "zz", "r", "r9")
+                await Admin(c.state).execute_command("XADD", STREAM, "*", "x", "1")
                 assert c.pick("a third prompt", [r2, r3]) == "r2"
                 await c.exchange()
                 assert c.pick("a third prompt", both) == "r2"

@@ -13,7 +13,7 @@ import redis
 from gateway.replicas.health import HealthTracker
 from gateway.state.store import SharedState
 from gateway.state.view import DRAIN, ReplicaView
-from tests.support.redis import RedisServer
+from tests.support.redis import Admin, RedisServer
 
 pytestmark = pytest.mark.redis
 INSTANCE = "engine-instance-1"
@@ -93,10 +93,10 @@ def test_a_report_and_a_drain_taken_by_one_gateway_reach_the_other(url: str) -> 
             a[1].set_draining(ra.name, True)
             await a[0].beat()
             await b[0].beat()
-            await a[0]._redis.flushdb()  # the store restarted empty
+            await Admin(a[0]).flushdb()  # the store restarted empty
             await b[0].beat()
             assert rb.draining  # absent is not "undrained"
-            assert await a[0]._redis.hgetall(DRAIN) == {}
+            assert await Admin(a[0]).hgetall(DRAIN) == {}
         finally:
             await a[0].stop()
             await b[0].stop()

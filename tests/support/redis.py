@@ -18,6 +18,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -104,3 +105,41 @@ class RedisServer:
             return (self.workdir / "redis.log").read_text(errors="replace")[-2000:]
         except OSError:
             return "(no log)"
+
+
+class Admin:
+    """The few Redis commands the state tests read and write, over a gateway's own connection
+    (``SharedState._redis``, a ``gateway.state.resp.RespClient``): no second client to close."""
+
+    def __init__(self, state: Any) -> None:
+        self.resp = state._redis
+
+    async def execute_command(self, *args: object) -> Any:
+        return await self.resp.execute(*args)
+
+    async def flushdb(self) -> None:
+        await self.resp.execute("FLUSHDB")
+
+    async def get(self, key: str) -> str | None:
+        return await self.resp.execute("GET", key)  # type: ignore[no-any-return]
+
+    async def zcard(self, key: str) -> int:
+        return int(await self.resp.execute("ZCARD", key))
+
+    async def zscore(self, key: str, member: str) -> float | None:
+        score = await self.resp.execute("ZSCORE", key, member)
+        return None if score is None else float(score)
+
+    async def zrange(self, key: str, start: int, stop: int, withscores: bool = False) -> list[Any]:
+        flat = await self.resp.execute("ZRANGE", key, start, stop, *(["WITHSCORES"] * withscores))
+        if not withscores:
+            return list(flat)
+        return [(m, float(s)) for m, s in zip(flat[::2], flat[1::2], strict=True)]
+
+    async def hgetall(self, key: str) -> dict[str, str]:
+        flat = await self.resp.execute("HGETALL", key)
+        return dict(zip(flat[::2], flat[1::2], strict=True))
+
+    async def time(self) -> tuple[int, int]:
+        sec, usec = await self.resp.execute("TIME")
+        return int(sec), int(usec)
