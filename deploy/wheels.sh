@@ -45,11 +45,11 @@ if [ "$light" = 0 ]; then
 fi
 ci_log "wheelhouse $dest/app: gateway + warm-up dependencies (constrained by the lock)"
 # pip evaluates environment markers for the host's interpreter, not --python-version: a
-# dependency behind a patch-version marker is named here for the images' python3 (bookworm's
-# 3.11.2): redis needs async-timeout below 3.11.3, which a host on 3.11.7 would skip.
-image_only=("async-timeout>=4.0.3")
+# dependency behind a patch-version marker would have to be named here for the images' python3
+# (bookworm's 3.11.2). None is today (redis-py, which needed async-timeout below 3.11.3, left
+# the gateway: it speaks RESP itself, gateway/state/resp.py).
 "${pip[@]}" download -q --disable-pip-version-check "${target[@]}" -c "$lock" -d "$dest/app" \
-  "$repo[gateway,warmup]" "${image_only[@]}" 2>&1 | quiet
+  "$repo[gateway,warmup]" 2>&1 | quiet
 # Built only once: a rebuilt wheel differs in its zip timestamps, which would invalidate the
 # engine image's heavy layer for nothing.
 if [ "$light" = 0 ] && ! ls "$dest"/engine/vllm-0.32.0+cpu-*.whl >/dev/null 2>&1; then
