@@ -140,16 +140,19 @@ if track then
   held_key = redis.call('ZCARD', KEYS[1])
   if key_limit > 0 and held_key >= key_limit then return {1, held_key, num(now)} end
 end
+local reserve, alone = tonumber(ARGV[7]), tonumber(ARGV[8])
+local headroom = cap > 0 and track and reserve > 0
+if headroom then  -- this key is active, even if it waits for a full cap below
+  local active_s = tonumber(ARGV[9])
+  redis.call('ZADD', KEYS[3], num(now), ARGV[10])
+  redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', num(now - active_s))
+  redis.call('PEXPIRE', KEYS[3], math.ceil(active_s * 2000))
+end
 if cap > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', num(now))
   local held = redis.call('ZCARD', KEYS[2])
   if held >= cap then return {2, held, num(now)} end
-  local reserve, alone = tonumber(ARGV[7]), tonumber(ARGV[8])
-  if track and reserve > 0 then
-    local active_s = tonumber(ARGV[9])
-    redis.call('ZADD', KEYS[3], num(now), ARGV[10])
-    redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', num(now - active_s))
-    redis.call('PEXPIRE', KEYS[3], math.ceil(active_s * 2000))
+  if headroom then
     if held_key >= cap - reserve and redis.call('ZCARD', KEYS[3]) > 1 then
       return {3, held_key, num(now)}
     end
