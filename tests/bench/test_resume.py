@@ -29,7 +29,11 @@ def test_cpu_per_chunk_on_and_off_and_the_switch_gap(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     res = json.loads((tmp_path / "results.json").read_text())
     [row] = res["rows"]
-    assert row["errors_on"] == 0 and row["errors_off"] == 0 and row["ratio"] is not None
+    # 8 requests x 8 chunks a side: a few ms of gateway CPU, below the CPU clock's 10 ms tick,
+    # so the ratio may be None here (a CI run measured 0 on one side); the bench's real runs
+    # are sized for it (gateway/README.md). What a small run shows: every chunk, no error.
+    assert row["errors_on"] == 0 and row["errors_off"] == 0
+    assert row["chunks_per_side"] == 8 * 8, row
     gap = res["gap"]
     # every cut stream was continued: [DONE], all its chunks, the usage of all of them
     assert (gap["complete"], gap["failed"]) == (4, 0) and gap["gap_ms_p50"] is not None

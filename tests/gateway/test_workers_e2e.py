@@ -23,6 +23,7 @@ import pytest
 import redis
 
 from entrypoint.process import descendants
+from gateway.state.ledger import LEADER
 from gateway.tenancy.auth import hash_key
 from protocol.prometheus import samples
 from tests.support.engine import Engine
@@ -45,12 +46,23 @@ CAP = 2  # the drain test's fleet-wide in-flight cap: both slots held
 MIN_QUEUED = 4
 
 
-def env_for(redis_server: RedisServer, keys: Path, **extra: str) -> dict[str, str]:
+def env_for(redis_server: RedisServer, keys: Path, db: int = 0, **extra: str) -> dict[str, str]:
+    """``db``: a gateway started next to the module's ``two`` uses another database, so that it
+    does not join that fleet (a CI run's order put the drain test before the ledger test: the
+    drain test's workers had shared the ledger's leadership with ``two``'s, and the busy time
+    a leader drops when it hands over was missing from the charges for good)."""
     return {
         "GATEWAY_WORKERS": "2",
         "GATEWAY_API_KEYS_FILE": str(keys),
-        "GATEWAY_STATE_URL": redis_server.url,
-        "GATEWAY_STATE_LEASE_TTL_S": "3",  # heartbeats (and the shared warm-up's reads) each 1 s
+        "GATEWAY_STATE_URL": redis_server.url_for(db),
+        # The product's default lease TTL (heartbeats, and the warm-up reads, every 3.3 s). Not
+        # shorter: the held 8 x 1,900-token generations of the drain test stall both workers for
+        # seconds on 2 cores (Redis MONITOR: 7 s between two renewals). A lease that expires in
+        # a stall is taken by a queued stream and re-created by the late renewal (3 holders of a
+        # cap of 2), and a ledger lease that expires moves the leadership to the other worker:
+        # by the TTL's own rule (a gateway silent for longer has lost what it held), which is
+        # not what these tests are about.
+        "GATEWAY_STATE_LEASE_TTL_S": "10",
         "GATEWAY_STATE_TIMEOUT_S": "2",  # a loaded machine's stall is not what this tests
         "GATEWAY_METRICS_MAX_AGE_S": "10",
         **extra,
@@ -152,8 +164,20 @@ def test_one_worker_keeps_the_chip_ledger_and_charges_both_workers_requests(
     charged, and the fleet's chip-seconds equal that one measurement (one CPU chip: chip-seconds
     = busy seconds). Before, each worker charged its own requests all the busy time it saw."""
     wait_until(lambda: every_worker_ready(two), "both workers ready", 30)
+    # A live worker leads (after the kill test the dead one's leadership lasts up to the TTL:
+    # requests sent before a worker takes it over are charged, but nobody measured their time)
+    store = redis.Redis.from_url(two.env["GATEWAY_STATE_URL"], decode_responses=True)
+
+    def live_leader() -> bool:
+        holder = store.get(LEADER)  # "host:pid:random"
+        return holder is not None and int(holder.split(":")[1]) in descendants(two.pid)
+
+    wait_until(live_leader, "a live worker keeps the ledger", 30)
+    store.close()
     before = by_worker(two.metrics_text(), "gateway_key_requests_total", key="open")
     assert [chat(two, OPEN, max_tokens=24) for _ in range(16)] == [200] * 16
+
+    seen: dict[str, object] = {}
 
     def settled() -> tuple[dict[str, float], float, dict[str, float]] | None:
         text = two.metrics_text()
@@ -161,10 +185,15 @@ def test_one_worker_keeps_the_chip_ledger_and_charges_both_workers_requests(
         chips = sum(by_worker(text, "gateway_key_chip_seconds_total").values())  # every key
         served = by_worker(text, "gateway_key_requests_total", key="open")
         measured = sum(busy.values())
+        seen.update(busy=busy, charged=chips)
         done = measured > 0 and abs(chips - measured) < 1e-6 * max(1.0, measured)
         return (busy, chips, served) if done else None
 
-    busy, chips, served = wait_until(settled, "the ledger settled", 60)
+    try:
+        busy, chips, served = wait_until(settled, "the ledger settled", 60)
+    except AssertionError as exc:  # the numbers and who led, first
+        led = [ln for ln in two.log_tail(400).splitlines() if "chip-time ledger" in ln]
+        raise AssertionError(f"{seen}; {exc}; leadership:\n" + "\n".join(led)) from None
     assert len([w for w, v in busy.items() if v > 0]) == 1, busy  # one worker measures
     took = {w: served.get(w, 0) - before.get(w, 0) for w in WORKERS}
     assert all(took[w] > 0 for w in WORKERS), took  # both served some: all of it charged once
@@ -201,14 +230,8 @@ def test_sigterm_drains_every_worker_and_the_supervisor_exits_0(
     # the others, gateway/admission/headroom.py, and could not hold both).
     keys = tmp_path / "keys.yaml"
     keys.write_text(f"keys:\n  - {{key: {hash_key(OPEN)}, label: open}}\n")
-    # The product's default lease TTL (10 s), not the module's 3 s: the two held generations
-    # (8 x 1,900 tokens each) can stall both workers for seconds on 2 cores (Redis MONITOR: 7 s
-    # between two renewals), and a lease that expires mid-stall is taken by a queued stream and
-    # re-created by the late renewal: 3 holders of a cap of 2, by the TTL's own rule (a gateway
-    # silent for longer than the TTL has lost its slots), which is not what this test is about.
-    env = env_for(redis_server, keys, GATEWAY_MAX_INFLIGHT=str(CAP), GATEWAY_QUEUE_DEPTH="32",
-                  GATEWAY_DRAIN_TIMEOUT_S="300", GATEWAY_QUEUE_TIMEOUT_S="300",
-                  GATEWAY_STATE_LEASE_TTL_S="10")  # fmt: skip
+    env = env_for(redis_server, keys, 1, GATEWAY_MAX_INFLIGHT=str(CAP), GATEWAY_QUEUE_DEPTH="32",
+                  GATEWAY_DRAIN_TIMEOUT_S="300", GATEWAY_QUEUE_TIMEOUT_S="300")  # fmt: skip
     headers = {"Authorization": f"Bearer {OPEN}"}
     with run_gateway(engine.url, env=env) as gw:
         report_passed_once(gw)
@@ -253,7 +276,9 @@ def test_sigterm_drains_every_worker_and_the_supervisor_exits_0(
                         break
                     for t in tasks:  # a queued stream refused or broken says why, now
                         if t.done():  # with the fleet's leases and the workers' own words
-                            store = redis.Redis.from_url(redis_server.url, decode_responses=True)
+                            store = redis.Redis.from_url(
+                                env["GATEWAY_STATE_URL"], decode_responses=True
+                            )
                             leases = store.zrange("gw:lease:inflight", 0, -1, withscores=True)
                             raise AssertionError(
                                 f"a queued stream ended: {t.exception()}; leases {leases}, "

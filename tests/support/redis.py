@@ -43,7 +43,12 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return self.url_for(0)
+
+    def url_for(self, db: int) -> str:
+        """The URL of database ``db``: a fleet of its own (gateways on different databases
+        share nothing: leases, ledger leadership, warm-up records)."""
+        return f"redis://127.0.0.1:{self.port}/{db}"
 
     def start(self, timeout_s: float = 10.0) -> RedisServer:
         argv = [
@@ -67,12 +72,12 @@ class RedisServer:
         raise TimeoutError(f"redis-server on {self.port} not answering PING: {self.log()}")
 
     def flush(self) -> None:
-        """Empty the database (``FLUSHDB``): what earlier tests left is gone."""
+        """Empty every database (``FLUSHALL``): what earlier tests left is gone."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=5.0) as s:
-            s.sendall(b"FLUSHDB\r\n")
+            s.sendall(b"FLUSHALL\r\n")
             answer = s.recv(64)
         if not answer.startswith(b"+OK"):
-            raise RuntimeError(f"FLUSHDB on {self.port}: {answer!r}")
+            raise RuntimeError(f"FLUSHALL on {self.port}: {answer!r}")
 
     def ping(self) -> bool:
         try:
