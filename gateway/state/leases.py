@@ -152,7 +152,7 @@ class Leases:
         except StateDown:
             self.state.local_or_refuse()
         n = self.state.gateways
-        if key_set is not None and self.count(key) >= share(key_limit, n):
+        if key_limit > 0 and self.count(key) >= share(key_limit, n):
             return 1
         if cap > 0 and self.count() >= share(cap, n):
             return 2

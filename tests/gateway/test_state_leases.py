@@ -227,6 +227,17 @@ def test_a_store_that_is_down_falls_back_to_local_shares_or_refuses() -> None:
         assert err.value.code == "per_key_limit"
         lz.release(a)
         await lz.acquire("k", 4, 0)
+        # A key with no concurrency limit while other keys are active (``reserves`` non-zero:
+        # the headroom's lease set is used) is bounded by the cap's share only. A CI run found
+        # it treated as a limit of share(0) = 1: concurrent requests of an unlimited key
+        # refused with per_key_limit while Redis was down.
+        lz = Leases(local)
+        free = [await lz.acquire("open", 0, 6, reserves=(1, 0), timeout_s=1) for _ in range(3)]
+        with pytest.raises(OpenAIError) as err:
+            await lz.acquire("open", 0, 6, reserves=(1, 0), timeout_s=0.05)  # 6 // 2 gateways
+        assert err.value.code == "wait_timeout"
+        lz.release(free[0])
+        await lz.acquire("open", 0, 6, reserves=(1, 0), timeout_s=0.05)
         await local.stop()
 
         closed = SharedState(nowhere, "closed", lease_ttl_s=3.0)
