@@ -152,6 +152,41 @@ def groups_of(pids: Iterable[int]) -> set[int]:
     return {int(f[2]) for f in map(_stat, pids) if f}
 
 
+# include/linux/sched.h: set on a task once it is in do_exit(), i.e. past the point of no return.
+PF_EXITING = 0x4
+_SIGKILL_BIT = 1 << (signal.SIGKILL - 1)  # its bit in /proc/PID/status's SigPnd and ShdPnd
+
+
+def dying(pid: int) -> bool:
+    """Whether ``pid`` is gone or on its way out: in the kernel's exit path (``PF_EXITING``, the
+    stat file's flags), or with a SIGKILL pending that a syscall in progress has not let it
+    take yet. Why: a killed process with a large address space, or one blocked in the kernel
+    (``D``), stays in /proc for a while on a loaded machine; an orphan check must tell that
+    apart from a process that survived."""
+    fields = _stat(pid)
+    if fields is None or fields[0] in "ZX" or int(fields[6]) & PF_EXITING:
+        return True
+    try:
+        status = (Path("/proc") / str(pid) / "status").read_text()
+    except OSError:
+        return True
+    pending = (ln.split()[1] for ln in status.splitlines() if ln.startswith(("SigPnd", "ShdPnd")))
+    return any(int(mask, 16) & _SIGKILL_BIT for mask in pending)
+
+
+def describe(pid: int) -> str:
+    """One line on a process for a failure message: state, flags, where it sleeps, its command."""
+    proc = Path("/proc") / str(pid)
+    fields = _stat(pid)
+    if fields is None:
+        return f"{pid}: gone"
+    parts = [f"{pid}: state {fields[0]}, flags {int(fields[6]):#x}"]
+    for name in ("wchan", "cmdline"):
+        with contextlib.suppress(OSError):
+            parts.append(f"{name} {(proc / name).read_text().replace(chr(0), ' ').strip()[:120]}")
+    return ", ".join(parts)
+
+
 def group_members(pgid: int) -> list[int]:
     """Live (non-zombie) PIDs in a process group: what an orphan check looks for."""
     return [

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from entrypoint.process import descendants, group_members, groups_of, stop_group
+from entrypoint.process import descendants, describe, dying, group_members, groups_of, stop_group
 
 
 def _tree() -> subprocess.Popen[bytes]:
@@ -38,6 +38,28 @@ def test_descendants_groups_and_members_see_the_whole_tree() -> None:
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def test_dying_tells_a_killed_process_from_a_survivor() -> None:
+    """A running process is not dying, not even while stopped; once killed (a zombie not yet
+    reaped, then gone) it is. ``describe`` names the state an orphan check reports."""
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        assert not dying(proc.pid)
+        assert describe(proc.pid).startswith(f"{proc.pid}: state S") and "sleep 30" in describe(
+            proc.pid
+        )
+        os.kill(proc.pid, signal.SIGSTOP)
+        _wait(lambda: describe(proc.pid).startswith(f"{proc.pid}: state T"), why="stopped")
+        assert not dying(proc.pid)
+        os.kill(proc.pid, signal.SIGKILL)
+        _wait(lambda: describe(proc.pid).startswith(f"{proc.pid}: state Z"), why="a zombie")
+        assert dying(proc.pid) and proc.pid not in group_members(os.getpgid(0))
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert dying(proc.pid) and describe(proc.pid) == f"{proc.pid}: gone"
 
 
 def test_stop_group_leaves_no_member() -> None:
