@@ -19,6 +19,7 @@ from env.settings import CacheSettings, EngineEnv, EngineSettings
 from protocol.prometheus import Scrape, histogram_mean
 from tests.ops.conftest import OpsStack
 from tests.ops.support import PROFILE, TOOLS, data, over_http, over_stdio, text, with_stdio_session
+from tests.support.engine import CoreSteps
 from tests.support.process import ServerProcess, free_port
 
 pytestmark = pytest.mark.engine
@@ -117,10 +118,14 @@ BODY = {
 
 
 def test_metrics_running_count_equals_the_engines_at_the_same_moment(ops_stack: OpsStack) -> None:
-    """Bursts of long generations straight to the engine; while they run, the tool's running
-    count is read between two reads of the engine's own, until the three agree on a non-zero
-    count (between the reads a stream may end: then the bracket is taken again)."""
+    """Bursts of long generations straight to the engine; once some run, the engine's core is
+    stopped (``CoreSteps``: the API server answers on, the count holds still) and the tool's
+    running count is read between two reads of the engine's own: the three must agree on a
+    non-zero count. Why stopped: a CI run on a loaded machine read ``/metrics`` so slowly that
+    whole bursts of the tiny model's 1,700-token generations ended between two reads, and the
+    count was never caught above 0. A burst that ends before it is caught is sent again."""
     errors: list[str] = []
+    core = CoreSteps(ops_stack.engine)
 
     async def bracketed(session: ClientSession) -> tuple[list[tuple[float, float, float]], dict]:
         readings: list[tuple[float, float, float]] = []
@@ -134,32 +139,47 @@ def test_metrics_running_count_equals_the_engines_at_the_same_moment(ops_stack: 
                 page = (await client.get(f"{ops_stack.engine.url}/metrics")).text
                 return Scrape.parse(page).get("vllm:num_requests_running") or 0.0
 
+            ended = [0]
+
             async def stream() -> None:
                 url = f"{ops_stack.engine.url}/v1/chat/completions"
-                async with client.stream("POST", url, json=BODY) as r:
-                    if r.status_code != 200:
-                        errors.append(f"HTTP {r.status_code}: {(await r.aread())[:300]!r}")
-                        return
-                    async for _ in r.aiter_bytes():
-                        pass
+                try:
+                    async with client.stream("POST", url, json=BODY) as r:
+                        if r.status_code != 200:
+                            errors.append(f"HTTP {r.status_code}: {(await r.aread())[:300]!r}")
+                            return
+                        async for _ in r.aiter_bytes():
+                            pass
+                finally:
+                    ended[0] += 1
 
             for _burst in range(6):
+                ended[0] = 0
                 async with anyio.create_task_group() as tg:
                     for _ in range(BURST):
                         tg.start_soon(stream)
-                    with anyio.fail_after(120):
-                        while await running() < 1 and not errors:
+                    with anyio.fail_after(120):  # a bound against a hang
+                        while await running() < 1 and not errors and ended[0] < BURST:
                             await anyio.sleep(0.02)
-                    for _try in range(5):
+                    if ended[0] == BURST:
+                        continue  # over before it was caught: another burst
+                    core.stop()
+                    try:
+                        # the outputs already on their way reach the API server: the count
+                        # settles (two equal reads 0.3 s apart), then holds
+                        settled, last = await running(), -1.0
+                        while settled != last:
+                            await anyio.sleep(0.3)
+                            settled, last = await running(), settled
                         before = await running()
                         m = data(await session.call_tool("get_metrics", {}))
                         after = await running()
                         readings.append((before, m["engine"]["running"], after))
-                        if before == after == m["engine"]["running"] >= 1 or errors:
-                            tg.cancel_scope.cancel()  # closes the streams: the engine aborts them
-                            return readings, m
-                        if before == after == 0:
-                            break  # this burst is over: start another
+                    finally:
+                        core.resume()
+                    tg.cancel_scope.cancel()  # closes the streams: the engine aborts them
+                    if before >= 1 or errors:
+                        return readings, m
         return readings, m
 
     readings, m = with_stdio_session(ops_stack.env, bracketed)
