@@ -24,6 +24,7 @@ import pytest
 
 from entrypoint import tinymodel
 from env.settings import CacheSettings
+from tests.support import engine as engine_support
 from tests.support.engine import PROFILE, Engine, start_engine, start_engine2
 
 
@@ -31,6 +32,18 @@ from tests.support.engine import PROFILE, Engine, start_engine, start_engine2
 def tiny_model() -> None:
     """Build the tiny model once up front, so parallel engines never race to build it."""
     tinymodel.build(CacheSettings.load(PROFILE).tiny_model_dir)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compile_seed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The session's merged compile cache, from which every later engine starts warm
+    (``tests.support.engine.seed_compile_cache``)."""
+    seed = tmp_path_factory.mktemp("compile-seed")
+    engine_support.COMPILE_SEED = seed
+    try:
+        yield seed
+    finally:
+        engine_support.COMPILE_SEED = None
 
 
 @pytest.fixture(scope="session")

@@ -150,12 +150,21 @@ def _replicas(stack: Stack) -> list[dict[str, object]]:
 
 
 @pytest.mark.timeout(3 * UP_TIMEOUT_S + BUILD_SLACK_S + 600)
-def test_two_replicas_serve_and_a_crashed_one_is_restarted_and_rewarmed(stack: Stack) -> None:
+def test_two_replicas_serve_and_a_crashed_one_is_restarted_and_rewarmed(
+    stack: Stack, tmp_path: Path
+) -> None:
     """``make up ENGINE_REPLICAS=2``: both serve; a crashed replica is restarted by compose and
     re-warmed by the sidecar while the other serves; then ``make rolling-restart`` itself (its
     compose path: ``docker compose restart engine-<i>``, one replica at a time) under a light
-    load fails no request and leaves both ready with new engine instances."""
-    up = stack.make("up", timeout=UP_TIMEOUT_S + BUILD_SLACK_S, ENGINE_REPLICAS="2")
+    load fails no request and leaves both ready with new engine instances.
+
+    Eager engines (the cpu profile plus ``ENGINE_ENFORCE_EAGER=true``): what is tested is
+    supervision, not compilation, and the test starts an engine five times (two, the crashed
+    one, two rolled); ``test_up_chat_down`` runs the cpu profile as it is."""
+    profile = tmp_path / "cpu-eager.env"
+    profile.write_text((REPO / "env" / "cpu.env").read_text() + "\nENGINE_ENFORCE_EAGER=true\n")
+    two = {"ENGINE_REPLICAS": "2", "PROFILE": str(profile)}
+    up = stack.make("up", timeout=UP_TIMEOUT_S + BUILD_SLACK_S, **two)
     try:
         assert up.returncode == 0, f"make up failed:\n{_tail(up)}"
         assert "2 engines healthy" in up.stdout
@@ -222,7 +231,7 @@ def test_two_replicas_serve_and_a_crashed_one_is_restarted_and_rewarmed(stack: S
 
         instances = {str(r["name"]): r["engine_instance"] for r in _replicas(stack)}
         with steady_chats(stack.url, clients=1, tag="compose rolling") as results:
-            roll = stack.make("rolling-restart", timeout=2 * UP_TIMEOUT_S, ENGINE_REPLICAS="2")
+            roll = stack.make("rolling-restart", timeout=2 * UP_TIMEOUT_S, **two)
         assert roll.returncode == 0, _tail(roll)
         assert "done: 2 replica(s) restarted" in roll.stdout, _tail(roll)
         now = {str(r["name"]): r for r in _replicas(stack)}
@@ -232,6 +241,6 @@ def test_two_replicas_serve_and_a_crashed_one_is_restarted_and_rewarmed(stack: S
         failed = [r for r in results if r != 200]
         assert results and failed == [], (len(results), failed[:5])
     finally:
-        down = stack.make("down", timeout=180, ENGINE_REPLICAS="2")
+        down = stack.make("down", timeout=180, **two)
     assert down.returncode == 0, _tail(down)
     assert stack.containers() == [], "make down left containers behind"

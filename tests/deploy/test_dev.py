@@ -24,6 +24,7 @@ import pytest
 
 from deploy.dev import DevError, Restartable, Role, Stopped, Supervisor, restart_replica
 from entrypoint.process import descendants
+from tests.support.engine import seed_compile_cache
 from tests.support.load import steady_chats
 from tests.support.process import REPO, ServerProcess, consecutive_free_ports, free_port
 from tests.support.stack import chat_once
@@ -41,7 +42,9 @@ def _alive(pid: int) -> bool:
 
 
 def _dev(tmp_path: Path, gateway_port: int, *args: str, **env: str) -> ServerProcess:
-    """``python -m deploy.dev --profile cpu ARGS``, ready when the gateway's /health is 200."""
+    """``python -m deploy.dev --profile cpu ARGS``, ready when the gateway's /health is 200;
+    its engines start from the session's compile cache (a user's second ``make dev``)."""
+    seed_compile_cache(tmp_path / "persist")
     return ServerProcess(
         argv=[sys.executable, "-m", "deploy.dev", "--profile", "cpu", *args],
         env={
