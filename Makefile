@@ -221,8 +221,8 @@ undrain: $(PROJECT_STAMP) replicas-override ## put a drained REPLICA=host:port b
 	$(need_replica)
 	$(call rolling_call,undrain $(REPLICA))
 
-rolling-restart: $(PROJECT_STAMP) replicas-override ## restart the replicas one at a time (drain, restart, warm, undrain), never below GATEWAY_MIN_READY_REPLICAS
-	$(call rolling_call,restart,--restart-cmd '$(COMPOSE) restart {service}',--restart dev $(if $(DEV_RUN_DIR),--run-dir $(DEV_RUN_DIR)))
+rolling-restart: $(PROJECT_STAMP) replicas-override ## restart the replicas (or REPLICA=host:port only) one at a time (drain, restart, warm, undrain), never below GATEWAY_MIN_READY_REPLICAS
+	$(call rolling_call,restart $(if $(REPLICA),--only $(REPLICA)),--restart-cmd '$(COMPOSE) restart {service}',--restart dev $(if $(DEV_RUN_DIR),--run-dir $(DEV_RUN_DIR)))
 
 # --- bench (issues 6 and 7): see bench/README.md -----------------------------------------
 BENCH_URL ?= http://127.0.0.1:8000

@@ -4,7 +4,8 @@ Why a subclass rather than a hook in ``gateway.admission.core``: that module is 
 admission (cap, queue, fair order, headroom), unchanged and on the request path's size budget;
 with shared state a slot is granted here first (this process's queue and fair order as
 always), then one lease from ``SharedSlots`` (the key's concurrency and the in-flight cap across
-every gateway), within what is left of the request's queue wait. Released in reverse order on
+every gateway, freed slots going to the fleet's waiters in the fair queue's order: the request's
+class and weight travel with it), within what is left of the request's queue wait. Released in reverse order on
 every exit path.
 """
 
@@ -25,7 +26,7 @@ class SharedSlots(Protocol):
 
     async def acquire(
         self, key: str, limit: int, cap: int, on_wait: OnWait, tick_s: float, timeout_s: float,
-        reserves: tuple[int, int],
+        reserves: tuple[int, int], order: tuple[int, float],
     ) -> Any: ...  # fmt: skip
 
     def release(self, lease: Any) -> None: ...
@@ -68,6 +69,7 @@ class FleetSlot(Slot):
                 self._key, sched.max_concurrency or adm.per_key_limit, cap,
                 self._on_wait, self._tick, left,
                 adm._keys.reserves(cap) if adm.fair else (0, 0),
+                (sched.priority, sched.weight) if adm.fair else (0, 1.0),
             )  # fmt: skip
         except BaseException:
             adm.release(ticket)

@@ -20,8 +20,15 @@ counted in Redis): each key's leases are counted in its set, and a key active in
 hold at most the cap minus the reserve, and alone all but one slot (several tenants), so a
 flood spread over every gateway still leaves a slot that another key's request takes at once
 (each gateway's own headroom alone left one slot *per gateway*: a flood through N gateways
-could hold the whole cap). The order in which *different* gateways' waiting requests get freed
-slots is still each gateway's own (by the poll, not by a fleet-wide fair tag).
+could hold the whole cap).
+
+The order in which waiting requests get freed slots is the fleet's: a request that finds the cap
+full takes a place in ``gw:wait`` ordered as ``gateway.admission.fairqueue`` orders one
+process's queue (priority classes first, then start-time fair queuing between keys by weight,
+with the virtual clocks in Redis), and a freed slot goes only to a request with fewer waiters
+ahead of it than slots are free, whichever gateway polls first. Each gateway's own queue still
+orders its requests before they reach the fleet (its cap is the fleet's, so every request it
+admits is at the fleet's door at once).
 
 Store unavailable: ``local`` counts this gateway's own leases against its share of each limit
 (``limit // live gateways``); they are renewed into the store once it answers again.
@@ -45,6 +52,14 @@ from gateway.state.store import PREFIX, SharedState, StateDown
 KEY_SET = PREFIX + "lease:key:"
 CAP_SET = PREFIX + "lease:inflight"
 ACTIVE = PREFIX + "active"  # key -> when it last asked for a slot (server time)
+WAITERS = PREFIX + "wait"  # member -> its order (class, then start tag): who gets a freed slot
+WAITER_EXPIRY = PREFIX + "wait:until"  # member -> when its place lapses (renewed by its polls)
+VTIME = PREFIX + "vt:"  # + class: the class's virtual time (start-time fair queuing)
+FINISH = PREFIX + "fin:"  # + class:key: the key's virtual finish in its class
+# A waiter polls at least every 0.2 s; its place lapses after this without one (a dead or
+# stalled gateway's waiters stop holding the others back; a stalled one takes its place back
+# with the order it was given).
+WAIT_PLACE_S = 2.0
 _POLL_S = (0.02, 0.05, 0.1, 0.2)  # a full cap is re-tried after these, then every 0.2 s
 # A key at its limit is checked again after these before the 429: a client that sends its next
 # request through another gateway the moment its last answer ended must not be refused because
@@ -91,11 +106,13 @@ class Leases:
         tick_s: float = 0.0,
         timeout_s: float = 30.0,
         reserves: tuple[int, int] = (0, 0),
+        order: tuple[int, float] = (0, 1.0),
     ) -> Lease:
         """A lease on one of ``cap`` fleet-wide slots (and one of the key's ``key_limit``, if
         > 0), waiting up to ``timeout_s`` for the cap, and for the key's share of it while
         ``reserves`` (others active, alone: ``KeyShares.reserves``) are kept for other keys;
-        raises the 429 (or the ``closed`` 503)."""
+        ``order``: the request's (priority, weight), its place among the fleet's waiters.
+        Raises the 429 (or the ``closed`` 503)."""
         loop = asyncio.get_running_loop()
         start = loop.time()
         deadline = start + timeout_s
@@ -104,51 +121,66 @@ class Leases:
         member = f"{self.state.id}:{next(self._seq)}"
         key_set = KEY_SET + key if key_limit > 0 or reserves[0] > 0 else None
         recheck = iter(_RECHECK_S)
-        while True:
-            verdict = await self._try(member, key, key_set, key_limit, cap, reserves)
-            if verdict == 0:
-                lease = Lease(member, key, key_set)
-                self._held[member] = lease
-                return lease
-            if verdict == 1 and (pause := next(recheck, None)) is not None:
-                await asyncio.sleep(pause)  # a release on its way from another gateway
-                continue
-            if verdict == 1:
-                raise _refused(
-                    "per_key_limit",
-                    f"too many concurrent requests for this API key (limit {key_limit}, "
-                    "across all gateways)", key_limit,
-                )  # fmt: skip
-            now = loop.time()
-            if now >= deadline:
-                raise _refused(
-                    "wait_timeout",
-                    f"request waited {timeout_s:g} s for one of the {cap} in-flight slots "
-                    "shared by all gateways", cap,
-                )  # fmt: skip
-            if now >= next_tick and on_wait is not None:
-                next_tick = now + tick_s
-                await on_wait()
-            pause = min(next(polls, _POLL_S[-1]), max(0.0, deadline - loop.time()))
-            self._freed.clear()
-            # A local release wakes at once; a remote one is seen at the next poll.
-            with contextlib.suppress(TimeoutError):  # asyncio.timeout keeps a cancel (wire.py)
-                async with asyncio.timeout(pause):
-                    await self._freed.wait()
+        place = _Place(order)
+        try:
+            while True:
+                verdict = await self._try(member, key, key_set, key_limit, cap, reserves, place)
+                if verdict == 0:
+                    lease = Lease(member, key, key_set)
+                    self._held[member] = lease
+                    return lease
+                if verdict == 1 and (pause := next(recheck, None)) is not None:
+                    await asyncio.sleep(pause)  # a release on its way from another gateway
+                    continue
+                if verdict == 1:
+                    raise _refused(
+                        "per_key_limit",
+                        f"too many concurrent requests for this API key (limit {key_limit}, "
+                        "across all gateways)", key_limit,
+                    )  # fmt: skip
+                now = loop.time()
+                if now >= deadline:
+                    raise _refused(
+                        "wait_timeout",
+                        f"request waited {timeout_s:g} s for one of the {cap} in-flight slots "
+                        "shared by all gateways", cap,
+                    )  # fmt: skip
+                if now >= next_tick and on_wait is not None:
+                    next_tick = now + tick_s
+                    await on_wait()
+                pause = min(next(polls, _POLL_S[-1]), max(0.0, deadline - loop.time()))
+                self._freed.clear()
+                # A local release wakes at once; a remote one is seen at the next poll.
+                with contextlib.suppress(TimeoutError):  # asyncio.timeout keeps a cancel
+                    async with asyncio.timeout(pause):
+                        await self._freed.wait()
+        finally:
+            if place.order:  # still among the fleet's waiters (a 429, a cancel): leave now
+                self.state.send(("ZREM", WAITERS, member))
+                self.state.send(("ZREM", WAITER_EXPIRY, member))
 
     async def _try(
         self, member: str, key: str, key_set: str | None, key_limit: int, cap: int,
-        reserves: tuple[int, int],
+        reserves: tuple[int, int], place: _Place,
     ) -> int:  # fmt: skip
-        """0 granted, 1 key at its limit, 2 cap full (or the key at its share of it: it waits
-        as for a full cap): from the store, else from the shares."""
+        """0 granted, 1 key at its limit, 2 cap full (or its free slots are the turn of
+        waiters ahead, or the key is at its share of it: it waits as for a full cap): from the
+        store, else from the shares."""
+        prio, weight = place.sched
         try:
             reply = await self.state.script(
-                ACQUIRE, [key_set or KEY_SET, CAP_SET, ACTIVE],
+                ACQUIRE, [key_set or KEY_SET, CAP_SET, ACTIVE, WAITERS, WAITER_EXPIRY,
+                          f"{VTIME}{prio}", f"{FINISH}{prio}:{key}"],
                 ["", self.state.ttl_s, member, key_limit if key_set else 0, cap,
-                 1 if key_set else 0, *reserves, ACTIVE_S, key],
+                 1 if key_set else 0, *reserves, ACTIVE_S, key, prio, weight, place.order,
+                 WAIT_PLACE_S],
             )  # fmt: skip
-            return min(2, int(reply[0]))
+            verdict = int(reply[0])
+            if verdict == 2:
+                place.order = str(reply[3])
+            elif verdict != 1:  # granted, or waiting for its key's share: the script took its
+                place.order = ""  # place back; at its key's limit it still holds one
+            return min(2, verdict)
         except StateDown:
             self.state.local_or_refuse()
         n = self.state.gateways
@@ -168,6 +200,17 @@ class Leases:
         self.state.send(("ZREM", CAP_SET, lease.member))
         if lease.key_set is not None:
             self.state.send(("ZREM", lease.key_set, lease.member))
+
+
+class _Place:
+    """A waiting request's place among the fleet's waiters: its (priority, weight), and the
+    order the store gave it ('' while it holds none)."""
+
+    __slots__ = ("order", "sched")
+
+    def __init__(self, sched: tuple[int, float]) -> None:
+        self.sched = sched
+        self.order = ""
 
 
 def _refused(code: str, message: str, limit: int) -> RateLimited:

@@ -118,12 +118,25 @@ return num(new)
 """,
 )
 
-# KEYS: the key's lease set, the in-flight cap's lease set, the active keys (key -> last seen).
+# KEYS: the key's lease set, the in-flight cap's lease set, the active keys (key -> last seen),
+# the fleet's waiters (member -> order), their expiry (member -> when), the class's virtual time,
+# the key's virtual finish in its class.
 # ARGV: now, ttl_s, member, key_limit (0: none), cap (0: none), track (1: the key's set counts
 # its leases even without a limit), the reserve while other keys are active, the reserve while
-# the key is alone, active_s, the key.
-# Reply: {0: granted | 1: key at its limit | 2: cap full | 3: the key is at its share of the cap
-# (headroom: ``gateway.admission.headroom``, fleet-wide), holders of the refusing set, now}.
+# the key is alone, active_s, the key, the class (priority), the key's weight, the waiter's
+# order from an earlier reply ('' : none yet), how long a waiter's place lasts unrenewed.
+# Reply: {0: granted | 1: key at its limit | 2: cap full, or its free slots belong to waiters
+# ahead | 3: the key is at its share of the cap (headroom: ``gateway.admission.headroom``,
+# fleet-wide), holders of the refusing set, now, the waiter's order (2 only)}.
+#
+# The order of waiters is the one ``gateway.admission.fairqueue`` keeps in one process: classes
+# strictly by priority, start-time fair queuing between the keys of a class. A request that
+# finds no free slot for it takes a place: its start tag is max(class virtual time, its key's
+# finish), its key's finish becomes start + 1 / weight, and its order is start - priority x P.
+# A free slot goes to a request only if fewer waiters are ahead of it than slots are free; the
+# one granted moves its class's virtual time to its start. Places are renewed by each poll and
+# lapse after the last ARGV (a dead gateway's waiters stop blocking); a request that polls again
+# after its place lapsed takes it back with the order it was given.
 ACQUIRE = Script(
     "acquire",
     _NOW
@@ -151,12 +164,45 @@ end
 if cap > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', num(now))
   local held = redis.call('ZCARD', KEYS[2])
-  if held >= cap then return {2, held, num(now)} end
-  if headroom then
-    if held_key >= cap - reserve and redis.call('ZCARD', KEYS[3]) > 1 then
+  if headroom and held < cap then
+    local blocked = held_key >= cap - alone
+      or (held_key >= cap - reserve and redis.call('ZCARD', KEYS[3]) > 1)
+    if blocked then  -- it waits for its key's share, and holds no place meanwhile
+      redis.call('ZREM', KEYS[4], member)
+      redis.call('ZREM', KEYS[5], member)
       return {3, held_key, num(now)}
     end
-    if held_key >= cap - alone then return {3, held_key, num(now)} end
+  end
+  local lapsed = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', num(now))
+  for _, gone in ipairs(lapsed) do
+    redis.call('ZREM', KEYS[4], gone)
+    redis.call('ZREM', KEYS[5], gone)
+  end
+  local rank = redis.call('ZRANK', KEYS[4], member)
+  local ahead = rank or redis.call('ZCARD', KEYS[4])
+  local wait_ttl = tonumber(ARGV[14])
+  if cap - held <= ahead then
+    local order = ARGV[13]
+    if order == '' then
+      local prio, weight = tonumber(ARGV[11]), tonumber(ARGV[12])
+      local vt = tonumber(redis.call('GET', KEYS[6]) or '0')
+      local start = math.max(vt, tonumber(redis.call('GET', KEYS[7]) or '0'))
+      redis.call('SET', KEYS[7], num(start + 1 / weight), 'EX', 3600)  -- an idle key's, forgotten
+      order = num(start - prio * 1e12)
+    end
+    redis.call('ZADD', KEYS[4], order, member)
+    redis.call('ZADD', KEYS[5], num(now + wait_ttl), member)
+    local keep = math.ceil(wait_ttl * 2000)
+    redis.call('PEXPIRE', KEYS[4], keep)
+    redis.call('PEXPIRE', KEYS[5], keep)
+    return {2, held, num(now), order}
+  end
+  if rank then  -- its turn: out of the waiters, its class's virtual time moves to its start
+    local start = tonumber(redis.call('ZSCORE', KEYS[4], member)) + tonumber(ARGV[11]) * 1e12
+    redis.call('ZREM', KEYS[4], member)
+    redis.call('ZREM', KEYS[5], member)
+    local vt = tonumber(redis.call('GET', KEYS[6]) or '0')
+    redis.call('SET', KEYS[6], num(math.max(vt, start)))  -- one per class, kept
   end
 end
 if track then

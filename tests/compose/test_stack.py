@@ -154,13 +154,13 @@ def test_two_replicas_serve_and_a_crashed_one_is_restarted_and_rewarmed(
     stack: Stack, tmp_path: Path
 ) -> None:
     """``make up ENGINE_REPLICAS=2``: both serve; a crashed replica is restarted by compose and
-    re-warmed by the sidecar while the other serves; then ``make rolling-restart`` itself (its
-    compose path: ``docker compose restart engine-<i>``, one replica at a time) under a light
-    load fails no request and leaves both ready with new engine instances.
+    re-warmed by the sidecar while the other serves; then ``make rolling-restart REPLICA=`` of
+    the other one (its compose path: ``docker compose restart engine-<i>``) under a light load
+    fails no request and leaves both ready, every engine instance a new one.
 
     Eager engines (the cpu profile plus ``ENGINE_ENFORCE_EAGER=true``): what is tested is
-    supervision, not compilation, and the test starts an engine five times (two, the crashed
-    one, two rolled); ``test_up_chat_down`` runs the cpu profile as it is."""
+    supervision, not compilation, and the test starts an engine four times (two, the crashed
+    one, the rolled one); ``test_up_chat_down`` runs the cpu profile as it is."""
     profile = tmp_path / "cpu-eager.env"
     profile.write_text((REPO / "env" / "cpu.env").read_text() + "\nENGINE_ENFORCE_EAGER=true\n")
     two = {"ENGINE_REPLICAS": "2", "PROFILE": str(profile)}
@@ -229,15 +229,22 @@ def test_two_replicas_serve_and_a_crashed_one_is_restarted_and_rewarmed(
                      if line.startswith("vllm:request_success_total{"))  # fmt: skip
         assert warmed > 0, seen
 
+        # Replica 1 is new already (the crash): the roll restarts replica 0 only (REPLICA=),
+        # one engine start fewer; the order over several is tests/deploy/test_rolling.py's.
         instances = {str(r["name"]): r["engine_instance"] for r in _replicas(stack)}
+        first = str(replicas[0]["name"])
         with steady_chats(stack.url, clients=1, tag="compose rolling") as results:
-            roll = stack.make("rolling-restart", timeout=2 * UP_TIMEOUT_S, **two)
+            roll = stack.make(
+                "rolling-restart", timeout=2 * UP_TIMEOUT_S, REPLICA=first, **two
+            )  # fmt: skip
         assert roll.returncode == 0, _tail(roll)
-        assert "done: 2 replica(s) restarted" in roll.stdout, _tail(roll)
+        assert "done: 1 replica(s) restarted" in roll.stdout, _tail(roll)
         now = {str(r["name"]): r for r in _replicas(stack)}
-        for name, old_instance in instances.items():
-            assert now[name]["state"] == "ready", now
-            assert now[name]["engine_instance"] not in (None, old_instance), (instances, now)
+        assert {n: r["state"] for n, r in now.items()} == dict.fromkeys(instances, "ready"), now
+        assert now[first]["engine_instance"] not in (None, instances[first]), (instances, now)
+        assert [r["engine_instance"] for n, r in now.items() if n != first] == [
+            i for n, i in instances.items() if n != first
+        ], "the other replica was not restarted"
         failed = [r for r in results if r != 200]
         assert results and failed == [], (len(results), failed[:5])
     finally:

@@ -45,10 +45,9 @@ def test_dying_tells_a_killed_process_from_a_survivor() -> None:
     reaped, then gone) it is. ``describe`` names the state an orphan check reports."""
     proc = subprocess.Popen(["sleep", "30"])
     try:
-        assert not dying(proc.pid)
-        assert describe(proc.pid).startswith(f"{proc.pid}: state S") and "sleep 30" in describe(
-            proc.pid
-        )
+        # asleep in ``sleep`` (not still exec'ing it: a CI run read ``R`` at once)
+        _wait(lambda: describe(proc.pid).startswith(f"{proc.pid}: state S"), why="asleep")
+        assert not dying(proc.pid) and "sleep 30" in describe(proc.pid)
         os.kill(proc.pid, signal.SIGSTOP)
         _wait(lambda: describe(proc.pid).startswith(f"{proc.pid}: state T"), why="stopped")
         assert not dying(proc.pid)

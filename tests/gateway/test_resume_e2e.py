@@ -33,6 +33,8 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -175,26 +177,37 @@ FLOAT32 = {"ENGINE_DTYPE": "float32"}  # reproducible greedy decoding: see the m
 
 
 @pytest.fixture(scope="module")
-def healthy(tmp_path_factory: pytest.TempPathFactory, tiny_model: None) -> Iterator[Engine]:
-    """The replica that takes the streams over, and the source of the reference answers."""
-    eng = start_engine(tmp_path_factory.mktemp("resume-healthy"), extra_env=FLOAT32)
-    try:
-        yield eng
-    finally:
-        eng.stop()
+def engines(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model: None
+) -> Iterator[tuple[Engine, Engine]]:
+    """(healthy, doomed), started side by side: each start is mostly one process's imports and
+    compile, and two at once on 2 cores take less than one after the other (this module's
+    setup was 105 s in a CI run). ``healthy`` takes the streams over and answers the reference
+    requests; ``doomed`` is killed, on its own core as ``engine2`` (stopped with the module)."""
+    core = last_core()
+    with ExitStack() as stack, ThreadPoolExecutor(2) as pool:
+        starts = [
+            pool.submit(start_engine, tmp_path_factory.mktemp("resume-healthy"), None, FLOAT32),
+            pool.submit(
+                start_engine, tmp_path_factory.mktemp("resume-doomed"), None,
+                {**FLOAT32, "VLLM_CPU_OMP_THREADS_BIND": str(core)},
+            ),
+        ]  # fmt: skip
+        for start in starts:  # each started one is stopped, whatever happened to the other
+            stack.callback(lambda f=start: f.exception() is None and f.result().stop())
+        healthy, doomed = (start.result() for start in starts)
+        assert_confined(doomed, {core})
+        yield healthy, doomed
 
 
 @pytest.fixture(scope="module")
-def doomed(tmp_path_factory: pytest.TempPathFactory, tiny_model: None) -> Iterator[Engine]:
-    """The replica that is killed, on its own core as ``engine2`` (stopped with the module)."""
-    core = last_core()
-    env = {**FLOAT32, "VLLM_CPU_OMP_THREADS_BIND": str(core)}
-    eng = start_engine(tmp_path_factory.mktemp("resume-doomed"), extra_env=env)
-    try:
-        assert_confined(eng, {core})
-        yield eng
-    finally:
-        eng.stop()
+def healthy(engines: tuple[Engine, Engine]) -> Engine:
+    return engines[0]
+
+
+@pytest.fixture(scope="module")
+def doomed(engines: tuple[Engine, Engine]) -> Engine:
+    return engines[1]
 
 
 @pytest.fixture(scope="module")

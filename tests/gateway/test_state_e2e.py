@@ -20,7 +20,7 @@ import redis
 from gateway.state.leases import CAP_SET, KEY_SET
 from gateway.tenancy.auth import hash_key
 from tests.gateway.conftest import engine_metric
-from tests.support.engine import Engine
+from tests.support.engine import CoreSteps, Engine
 from tests.support.gateway import RunningGateway, mark_warm, run_gateway
 from tests.support.held import HELD_BODY, gateway_state, holds
 from tests.support.redis import RedisServer
@@ -34,12 +34,17 @@ RPM10 = "sk-state-rpm-ten-0123456789ab"
 FALLBACK = "sk-state-rpm-fallback-0123456"
 CONC2 = "sk-state-two-at-once-01234567"
 OPEN = "sk-state-no-limits-0123456789"
+OPEN2 = "sk-state-no-limits-too-012345"
+TPM = "sk-state-small-tpm-0123456789"
+TPM_BUDGET = 300
 KEYS = f"""
 keys:
+  - {{key: {hash_key(TPM)}, label: tpm300, tpm: {TPM_BUDGET}}}
   - {{key: {hash_key(RPM10)}, label: rpm10, rpm: 10}}
   - {{key: {hash_key(FALLBACK)}, label: rpm10-fallback, rpm: 10}}
   - {{key: {hash_key(CONC2)}, label: two-at-once, max_concurrency: 2}}
   - {{key: {hash_key(OPEN)}, label: open, rpm: 100000, tpm: 100000000}}
+  - {{key: {hash_key(OPEN2)}, label: open2}}
 """
 
 
@@ -265,3 +270,97 @@ def test_round_trips_per_admitted_request(fleet: list[RunningGateway], store: re
     print(f"round trips: {trips:.0f} for {n} requests in {took:.1f} s (~{beats:.0f} heartbeats): "
           f"{per_request:.2f} per request (2 before the engine, 1 after)")  # fmt: skip
     assert per_request <= 3.05
+
+
+def test_the_engine_never_runs_more_than_the_fleets_cap_or_a_keys_concurrency(
+    engine: Engine, fleet: list[RunningGateway], store: redis.Redis
+) -> None:
+    """Read at the engine, not the gateways: streams spread over the three gateways while the
+    engine's own ``vllm:num_requests_running`` is sampled. Each sample stops the engine's core
+    (``CoreSteps``) until the count settles, so a slow ``/metrics`` under load reads the count
+    of one moment, never a mix; the fleet's cap lease set is read beside it. 12 streams of two
+    open keys (one key alone keeps a slot free for others: the headroom): the engine never runs
+    more than the fleet's cap of 3, while the fleet held all 3 (the cap bounded them); 6 of the ``max_concurrency: 2`` key at once: never
+    more than 2 (the others are refused at once with ``per_key_limit``)."""
+    core = CoreSteps(engine)
+
+    def sampled(keys: list[str], n: int) -> tuple[list[int], list[float], list[int]]:
+        samples: list[float] = []
+        leases: list[int] = []
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                core.stop()
+                try:
+                    leases.append(store.zcard(CAP_SET))
+                    last, now = -1.0, engine_metric(engine.url, "vllm:num_requests_running")
+                    while now != last:  # what was generated reaches the API server: it settles
+                        time.sleep(0.2)
+                        last, now = now, engine_metric(engine.url, "vllm:num_requests_running")
+                    samples.append(now)
+                finally:
+                    core.resume()
+                time.sleep(0.2)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            with ThreadPoolExecutor(n) as pool:
+                statuses = list(pool.map(
+                    lambda i: chat(
+                        fleet[i % 3], keys[i % len(keys)], max_tokens=600, stream=True
+                    ).status_code,
+                    range(n),
+                ))  # fmt: skip
+        finally:
+            done.set()
+            sampler.join(60)
+        return statuses, samples, leases
+
+    statuses, samples, leases = sampled([OPEN, OPEN2], 12)
+    print(f"two open keys, 12 streams over 3 gateways: engine running {samples}, "
+          f"leases {leases}")  # fmt: skip
+    assert statuses == [200] * 12
+    assert 2 <= max(samples) <= CAP and max(leases) == CAP, (samples, leases)
+
+    statuses, samples, leases = sampled([CONC2], 6)
+    print(f"max_concurrency 2, 6 at once: {statuses}, engine running {samples}")
+    assert set(statuses) <= {200, 429} and statuses.count(200) >= 2
+    assert max(samples) <= 2, samples
+
+
+def test_a_small_tpm_is_never_spent_beyond_one_reservation_across_three_gateways(
+    engine: Engine, fleet: list[RunningGateway], store: redis.Redis
+) -> None:
+    """``tpm: 300``, 30 requests at once spread over the three gateways: the tokens the engine
+    processed for them (its own prompt and generation counters) stay within the budget, plus
+    what the minute refilled while the burst ran, plus one request's reservation (the charge
+    that may land on a bucket with room left)."""
+
+    def engine_tokens() -> float:
+        return sum(
+            engine_metric(engine.url, f"vllm:{n}_tokens_total") for n in ("prompt", "generation")
+        )
+
+    before = engine_tokens()
+    answers: list[httpx.Response] = []
+
+    def one(i: int) -> int:
+        r = chat(fleet[i % 3], TPM, max_tokens=20)
+        answers.append(r)
+        return r.status_code
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(30) as pool:
+        statuses = list(pool.map(one, range(30)))
+    took = time.monotonic() - t0
+    spent = engine_tokens() - before
+    served = [r.json()["usage"] for r in answers if r.status_code == 200]
+    reservation = max(u["prompt_tokens"] for u in served) + 20
+    allowed = TPM_BUDGET + TPM_BUDGET * took / 60 + reservation
+    print(f"tpm {TPM_BUDGET}: {len(served)} of 30 served in {took:.1f} s, the engine processed "
+          f"{spent:.0f} tokens (bound {allowed:.0f}: budget, refill, one reservation)")  # fmt: skip
+    assert set(statuses) <= {200, 429} and 429 in statuses
+    assert spent == sum(u["total_tokens"] for u in served)  # nothing else ran meanwhile
+    assert spent <= allowed

@@ -15,7 +15,7 @@ import pytest
 
 from gateway.errors import OpenAIError
 from gateway.state.admission import FleetAdmission
-from gateway.state.leases import CAP_SET, KEY_SET, Leases
+from gateway.state.leases import CAP_SET, KEY_SET, WAIT_PLACE_S, WAITERS, Leases
 from gateway.state.scripts import EPOCH
 from gateway.state.store import SharedState
 from tests.support.process import free_port
@@ -303,5 +303,76 @@ def test_a_slot_waiting_for_the_fleet_lease_is_counted_waiting_not_upstream(
             assert adms[1].gauges() == (0, 0) and adms[1].leasing == 0
         finally:
             await close(fleet)
+
+    asyncio.run(go())
+
+
+def test_freed_slots_go_to_the_fleets_waiters_in_class_then_fair_order(
+    redis_server: RedisServer,
+) -> None:
+    """Cap 1 for the fleet. The order in which waiters get a freed slot is the fleet's, not
+    whichever gateway polls first: a release on gateway A wakes A's own waiter at once, yet the
+    higher class waiting on B gets the slot; between keys of one class, a key with one request
+    goes after at most one of a flood's four queued before it (start-time fair queuing, the
+    order ``fairqueue`` keeps in one process). A dead gateway's waiter stops holding the others
+    back once its place lapses."""
+
+    async def go() -> None:
+        a, b, c = await fresh(redis_server.url, 3)
+        try:
+            busy = await a.acquire("busy", 0, 1)
+            low = asyncio.create_task(a.acquire("low", 0, 1, timeout_s=30, order=(0, 1.0)))
+            await asyncio.sleep(0.3)  # low's place is taken first
+            high = asyncio.create_task(b.acquire("high", 0, 1, timeout_s=30, order=(10, 1.0)))
+            await asyncio.sleep(0.3)
+            a.release(busy)  # wakes ``low`` on this gateway at once; B polls within 0.2 s
+            done, _ = await asyncio.wait({low, high}, return_when=asyncio.FIRST_COMPLETED)
+            assert done == {high}, "the higher class waiting on another gateway goes first"
+            await asyncio.sleep(0.3)
+            assert not low.done()
+            b.release(high.result())
+            a.release(await low)
+
+            busy = await a.acquire("busy", 0, 1)
+            granted: list[str] = []
+
+            async def one(g: Leases, key: str) -> None:
+                lease = await g.acquire(key, 0, 1, timeout_s=30)
+                granted.append(key)
+                await asyncio.sleep(0.05)
+                g.release(lease)
+
+            tasks = []
+            for _ in range(4):
+                tasks.append(asyncio.create_task(one(a, "flood")))
+                await asyncio.sleep(0.05)  # each takes its place in turn
+            tasks.append(asyncio.create_task(one(b, "small")))
+            await asyncio.sleep(0.3)
+            a.release(busy)
+            await asyncio.wait_for(asyncio.gather(*tasks), 30)
+            assert granted.index("small") <= 1, granted
+            assert await Admin(a.state).zcard(WAITERS) == 0  # every place given up
+
+            # A waiter whose gateway stops polling (dead: it never asks again) lapses.
+            busy = await a.acquire("busy", 0, 1)
+            dead = asyncio.create_task(c.acquire("dead", 0, 1, timeout_s=30, order=(10, 1.0)))
+            await asyncio.sleep(0.3)
+            c.state.send = lambda *cmd: None  # type: ignore[method-assign]  # no goodbye
+            dead.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await dead
+            alive = asyncio.create_task(b.acquire("alive", 0, 1, timeout_s=30))
+            await asyncio.sleep(0.3)
+            assert await Admin(b.state).zcard(WAITERS) == 2
+            t0 = time.monotonic()
+            a.release(busy)
+            lease = await alive
+            waited = time.monotonic() - t0
+            print(f"the dead waiter's place held the slot {waited:.1f} s (it lapses "
+                  f"{WAIT_PLACE_S:g} s after its last poll)")  # fmt: skip
+            assert waited >= WAIT_PLACE_S - 0.6 - 0.1  # its last poll: at most 0.6 s before
+            b.release(lease)
+        finally:
+            await close([a, b, c])
 
     asyncio.run(go())
