@@ -130,9 +130,9 @@ def two(engine: Engine, redis_server: RedisServer, keys: Path) -> Iterator[Runni
         yield gw
 
 
-def chat(gw: RunningGateway, key: str, max_tokens: int = 1) -> int:
+def chat(gw: RunningGateway, key: str, max_tokens: int = 1, ignore_eos: bool = False) -> int:
     """One request on a new connection (the kernel picks the worker)."""
-    body = {"model": MODEL, "max_tokens": max_tokens,
+    body = {"model": MODEL, "max_tokens": max_tokens, "ignore_eos": ignore_eos,
             "messages": [{"role": "user", "content": "hi"}]}  # fmt: skip
     with httpx.Client(timeout=60, headers={"Authorization": f"Bearer {key}"}) as c:
         return c.post(f"{gw.url}/v1/chat/completions", json=body).status_code
@@ -175,7 +175,11 @@ def test_one_worker_keeps_the_chip_ledger_and_charges_both_workers_requests(
     wait_until(live_leader, "a live worker keeps the ledger", 30)
     store.close()
     before = by_worker(two.metrics_text(), "gateway_key_requests_total", key="open")
-    assert [chat(two, OPEN, max_tokens=24) for _ in range(16)] == [200] * 16
+    # Long enough that the leader's engine samples (every GATEWAY_METRICS_POLL_S, 0.25 s) see
+    # them running: the busy time is measured from those samples. Without ignore_eos the tiny
+    # model may stop after a token or two, and 16 requests of a few ms each could all fall
+    # between two samples: a local run measured no busy time at all ({} above).
+    assert [chat(two, OPEN, max_tokens=64, ignore_eos=True) for _ in range(16)] == [200] * 16
 
     seen: dict[str, object] = {}
 
