@@ -14,5 +14,6 @@ Parts, each small and consumed through a Protocol its consumer defines:
                  heartbeat), and the failure policy (``link.py``, pure);
 * ``limits.py``  ``RedisLimitStore``: ``ratelimit.LimitStore`` over Lua GCRA (``scripts.py``);
 * ``leases.py``  ``Leases``: per-key concurrency and the in-flight cap as leases with a TTL the
-                 holder renews (``admission.SharedSlots``).
+                 holder renews, freed slots going to the fleet's waiters in the fair queue's
+                 order (``admission.SharedSlots``).
 """
