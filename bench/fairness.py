@@ -33,12 +33,17 @@ SHORT = "sk-short-0123456789abcdef"
 MODEL = "gemma-4-tiny"  # the cpu profile's served name (the gateway checks it)
 
 
-def keys_yaml(flood_class: str) -> str:
-    return (
-        "keys:\n"
-        f"  - {{key: {FLOOD}, label: flood, priority: {flood_class}}}\n"
-        f"  - {{key: {SHORT}, label: short, priority: interactive}}\n"
+def flood_keys(n: int) -> list[str]:
+    """The flood's API keys: ``FLOOD`` alone, or ``n`` keys (``--flood-keys``)."""
+    return [FLOOD] if n <= 1 else [f"sk-flood{i:02d}-0123456789abcdef" for i in range(n)]
+
+
+def keys_yaml(flood_class: str, n_flood: int = 1) -> str:
+    floods = "".join(
+        f"  - {{key: {k}, label: flood{i if n_flood > 1 else ''}, priority: {flood_class}}}\n"
+        for i, k in enumerate(flood_keys(n_flood))
     )
+    return f"keys:\n{floods}  - {{key: {SHORT}, label: short, priority: interactive}}\n"
 
 
 async def _ttft(client: httpx.AsyncClient, key: str, tokens: int) -> float | None:
@@ -68,15 +73,17 @@ async def _short(client: httpx.AsyncClient, args: argparse.Namespace) -> float |
         return math.inf
 
 
-async def _flood(client: httpx.AsyncClient, n: int, tokens: int, stop: asyncio.Event) -> None:
-    async def one() -> None:
+async def _flood(
+    client: httpx.AsyncClient, n: int, tokens: int, stop: asyncio.Event, keys: list[str]
+) -> None:
+    async def one(key: str) -> None:
         while not stop.is_set():
             try:
-                await _ttft(client, FLOOD, tokens)
+                await _ttft(client, key, tokens)
             except httpx.HTTPError:
                 await asyncio.sleep(0.1)
 
-    await asyncio.gather(*(one() for _ in range(n)))
+    await asyncio.gather(*(one(keys[i % len(keys)]) for i in range(n)))
 
 
 async def _measure(
@@ -96,7 +103,8 @@ async def _measure(
                 httpx.AsyncClient(base_url=url, timeout=600, limits=limits)
             )
             n = 8 * args.cap // len(flood_urls)
-            flooders.append(asyncio.create_task(_flood(fc, n, args.long_tokens, stop)))
+            keys = flood_keys(getattr(args, "flood_keys", 1))
+            flooders.append(asyncio.create_task(_flood(fc, n, args.long_tokens, stop, keys)))
         if flooders:
             await asyncio.sleep(args.warmup_s)  # the flood's queue builds up
         ttfts: list[float] = []
@@ -181,7 +189,7 @@ def run_fleet(args: argparse.Namespace) -> int:
         _redis(Path(tmp)) as state_url,
     ):
         keys = Path(tmp) / "keys.yaml"
-        keys.write_text(keys_yaml("interactive"))
+        keys.write_text(keys_yaml(args.flood_class, args.flood_keys))
         env = {
             "GATEWAY_API_KEYS_FILE": str(keys), "GATEWAY_MAX_INFLIGHT": str(args.cap),
             "GATEWAY_QUEUE_DEPTH": str(16 * args.cap), "GATEWAY_QUEUE_TIMEOUT_S": "600",
@@ -205,7 +213,8 @@ def run_fleet(args: argparse.Namespace) -> int:
                 time.sleep(args.long_tokens * args.itl_ms / 1000 + 1)  # the flood's streams end
     print(
         f"\nshort key TTFT through gateway {args.gateways} of {args.gateways} (shared state), "
-        f"fleet cap {args.cap}, flood {8 * args.cap} streams of {args.long_tokens} tokens"
+        f"fleet cap {args.cap}, flood {8 * args.cap} streams of {args.long_tokens} tokens over "
+        f"{args.flood_keys} key(s) of class {args.flood_class}"
     )
     print("| scenario | n | TTFT p50 ms | TTFT p99 ms | p50 / no flood | p99 / no flood |")
     print("|---|---|---|---|---|---|")
@@ -255,4 +264,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gateways", type=int, default=1,
                    help="> 1: that many gateways sharing their state through a local "
                    "redis-server; the flood through one, then all (fleet-wide headroom)")  # fmt: skip
+    p.add_argument("--flood-keys", type=int, default=1,
+                   help="--gateways > 1: the flood spread over this many keys (each one of "
+                   "many tenants: the headroom between keys no longer protects the short key, "
+                   "the fleet's order of waiters does)")  # fmt: skip
+    p.add_argument(
+        "--flood-class",
+        default="interactive",
+        choices=["interactive", "batch"],
+        help="--gateways > 1: the flood keys' class (the short key is interactive)",
+    )
     p.set_defaults(func=run)

@@ -32,6 +32,16 @@ def test_keys_file_is_one_the_gateway_loads(flood_class: str) -> None:
     assert len(keys.entries) == 2 and not flood.limited and not short.limited
 
 
+def test_a_flood_over_several_keys_is_several_tenants_of_its_class() -> None:
+    keys = tenants.parse(fairness.keys_yaml("batch", 3))
+    by_digest = {digest: t for digest, t in keys.entries}
+    floods = [by_digest[hashlib.sha256(k.encode()).digest()] for k in fairness.flood_keys(3)]
+    assert [(t.label, t.sched.name) for t in floods] == [
+        ("flood0", "batch"), ("flood1", "batch"), ("flood2", "batch")
+    ]  # fmt: skip
+    assert len(keys.entries) == 4 and fairness.flood_keys(1) == [fairness.FLOOD]
+
+
 def test_pct_is_the_nearest_rank() -> None:
     assert fairness._pct([0.3, 0.1, 0.2], 0.5) == 0.2
     assert fairness._pct([0.3, 0.1, 0.2], 0.99) == 0.3
