@@ -33,8 +33,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,37 +175,33 @@ FLOAT32 = {"ENGINE_DTYPE": "float32"}  # reproducible greedy decoding: see the m
 
 
 @pytest.fixture(scope="module")
-def engines(
-    tmp_path_factory: pytest.TempPathFactory, tiny_model: None
-) -> Iterator[tuple[Engine, Engine]]:
-    """(healthy, doomed), started side by side: each start is mostly one process's imports and
-    compile, and two at once on 2 cores take less than one after the other (this module's
-    setup was 105 s in a CI run). ``healthy`` takes the streams over and answers the reference
-    requests; ``doomed`` is killed, on its own core as ``engine2`` (stopped with the module)."""
+def healthy(tmp_path_factory: pytest.TempPathFactory, tiny_model: None) -> Iterator[Engine]:
+    """The replica that takes the streams over, and the source of the reference answers."""
+    eng = start_engine(tmp_path_factory.mktemp("resume-healthy"), extra_env=FLOAT32)
+    try:
+        yield eng
+    finally:
+        eng.stop()
+
+
+@pytest.fixture(scope="module")
+def doomed(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model: None, healthy: Engine
+) -> Iterator[Engine]:
+    """The replica that is killed, on its own core as ``engine2`` (stopped with the module).
+
+    Started after ``healthy`` is up, never beside it: an engine's identity is its API server's
+    ``process_start_time_seconds``, which has the kernel's 10 ms resolution; two engines started
+    side by side once got the same one, and the gateway applied the warm-up reports of both to
+    the first replica (this one stayed unwarmed and got no request: a CI run's 300 s timeout)."""
     core = last_core()
-    with ExitStack() as stack, ThreadPoolExecutor(2) as pool:
-        starts = [
-            pool.submit(start_engine, tmp_path_factory.mktemp("resume-healthy"), None, FLOAT32),
-            pool.submit(
-                start_engine, tmp_path_factory.mktemp("resume-doomed"), None,
-                {**FLOAT32, "VLLM_CPU_OMP_THREADS_BIND": str(core)},
-            ),
-        ]  # fmt: skip
-        for start in starts:  # each started one is stopped, whatever happened to the other
-            stack.callback(lambda f=start: f.exception() is None and f.result().stop())
-        healthy, doomed = (start.result() for start in starts)
-        assert_confined(doomed, {core})
-        yield healthy, doomed
-
-
-@pytest.fixture(scope="module")
-def healthy(engines: tuple[Engine, Engine]) -> Engine:
-    return engines[0]
-
-
-@pytest.fixture(scope="module")
-def doomed(engines: tuple[Engine, Engine]) -> Engine:
-    return engines[1]
+    env = {**FLOAT32, "VLLM_CPU_OMP_THREADS_BIND": str(core)}
+    eng = start_engine(tmp_path_factory.mktemp("resume-doomed"), extra_env=env)
+    try:
+        assert_confined(eng, {core})
+        yield eng
+    finally:
+        eng.stop()
 
 
 @pytest.fixture(scope="module")
