@@ -119,6 +119,7 @@ class ReplicaSet:
         self._next_control = 0
         self._started = False
         self._dns_task: asyncio.Task[None] | None = None
+        self._ambiguous: set[str] = set()  # instances two replicas shared (warned once)
         for up in upstreams:
             self.replicas.append(self._make(up))
         self._changed()
@@ -305,6 +306,15 @@ class ReplicaSet:
     ) -> Snapshot:  # fmt: skip
         """Apply a warm-up report to the replica running ``instance`` (``share``: a sidecar's
         report to this gateway, written for every gateway)."""
+        same = [r.name for r in self.replicas if r.health.instance == instance]
+        if len(same) > 1 and instance not in self._ambiguous:
+            # The identity is the API server's process_start_time_seconds (10 ms resolution):
+            # engines on one host started in the same tick share it, and a report cannot tell
+            # them apart. It goes to the first; the others wait for their next start.
+            self._ambiguous.add(instance)
+            log.warning("replicas %s report the same engine instance %s: its warm-up reports "
+                        "apply to %s only; restart the others", ", ".join(same), instance,
+                        same[0])  # fmt: skip
         for r in self.replicas:
             if r.health.instance == instance:
                 snap = r.health.report_warmup(instance, status, step, detail)

@@ -69,6 +69,24 @@ async def test_a_warm_up_report_goes_to_the_replica_running_its_instance() -> No
     await rs.stop()
 
 
+async def test_two_replicas_sharing_an_instance_are_named_in_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The instance is the API server's start time (10 ms resolution): two engines started in
+    the same tick on one host share it (a CI run's resume test). A report cannot tell them
+    apart: it goes to the first, and the operator is told once which replicas collide."""
+    rs, _ = make(2)
+    up(rs, 0, "same", warm=False)
+    up(rs, 1, "same", warm=False)
+    with caplog.at_level("WARNING", logger="gateway.replicas"):
+        rs.report_warmup("same", "passed", None, None)
+        rs.report_warmup("same", "passed", None, None)
+    warned = [r.getMessage() for r in caplog.records if "same engine instance" in r.getMessage()]
+    assert len(warned) == 1 and "127.0.0.1:9000, 127.0.0.1:9001" in warned[0], warned
+    assert [r.health.snapshot().state for r in rs.replicas] == ["ready", "warming_up"]
+    await rs.stop()
+
+
 async def test_a_restarted_replica_is_not_served_until_warmed_again() -> None:
     rs, adm = make(2)
     up(rs, 0, "i0")
