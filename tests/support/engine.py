@@ -9,7 +9,6 @@ import shutil
 import signal
 import socket
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -28,7 +27,6 @@ PROFILE = REPO / "env" / "cpu.env"
 # engine started later gets a copy as its persistent dir (``seed_compile_cache``). Set by
 # tests/conftest.py for the session; None: every engine starts cold.
 COMPILE_SEED: Path | None = None
-_SEED_LOCK = threading.Lock()  # engines started side by side copy in and out one at a time
 
 
 def seed_compile_cache(persist: Path) -> bool:
@@ -40,20 +38,18 @@ def seed_compile_cache(persist: Path) -> bool:
     vLLM loads its AOT-compiled graph instead of compiling); an engine whose settings differ
     finds no entry of its own there (vLLM hashes its config inside the key dir) and compiles,
     as it would have."""
-    with _SEED_LOCK:
-        if COMPILE_SEED is None or persist.exists() or not any(COMPILE_SEED.iterdir()):
-            return False
-        shutil.copytree(COMPILE_SEED, persist, symlinks=True)
-        return True
+    if COMPILE_SEED is None or persist.exists() or not any(COMPILE_SEED.iterdir()):
+        return False
+    shutil.copytree(COMPILE_SEED, persist, symlinks=True)
+    return True
 
 
 def collect_compile_cache(hot: Path) -> None:
     """Merge what a ready engine compiled (its hot dir's key dirs) into the session's seed."""
-    with _SEED_LOCK:
-        if COMPILE_SEED is None or not hot.is_dir():
-            return
-        for key in (d for d in hot.iterdir() if d.is_dir() and not d.name.startswith(".")):
-            shutil.copytree(key, COMPILE_SEED / key.name, symlinks=True, dirs_exist_ok=True)
+    if COMPILE_SEED is None or not hot.is_dir():
+        return
+    for key in (d for d in hot.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        shutil.copytree(key, COMPILE_SEED / key.name, symlinks=True, dirs_exist_ok=True)
 
 
 @dataclass
