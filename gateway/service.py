@@ -25,6 +25,7 @@ comments keep the connection alive; after that point a refusal is a terminal SSE
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Protocol
 
 import httpx
@@ -188,17 +189,23 @@ class CompletionService:
         p.phase = "queued"
         on_wait = sink.keepalive if final.stream and self.timeouts.queue_keepalive_s > 0 else None
         tick = self.timeouts.queue_keepalive_s
+        # Its cost in the fair order between keys: the tokens reserved, settled on release.
+        sched = replace(tenant.sched, cost=final.prompt_bound + final.max_tokens * final.sequences)
         try:
-            async with self.admission.slot(tenant.label, on_wait, tick, tenant.sched) as t:
+            async with self.admission.slot(tenant.label, on_wait, tick, sched) as t:
                 p.phase = "upstream"
                 p.queue_wait_s = t.queued_s
-                p.trace.done("queue wait", t.queued_s, {"gateway.queue.class": tenant.sched.name,
+                p.trace.done("queue wait", t.queued_s, {"gateway.queue.class": sched.name,
                                 "gateway.queue.position": ahead})  # fmt: skip
                 self.metrics.queue_wait.observe(t.queued_s)
-                self.metrics.key_admitted(tenant.label, tenant.sched.name, t.queued_s)
+                self.metrics.key_admitted(tenant.label, sched.name, t.queued_s)
                 for name, value in self.tenancy.headers(reservation, self.admission):
                     sink.add_header(name, value)
-                return await self._forward(call, final, sink)
+                try:
+                    return await self._forward(call, final, sink)
+                finally:
+                    used = _used(call)
+                    t.used = None if used is None else used.prompt + used.completion
         finally:
             used = _used(call)
             self.tenancy.settle(reservation, p.phase == "upstream", used)

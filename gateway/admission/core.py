@@ -59,6 +59,8 @@ class Ticket:
     queued_s: float = 0.0
     released: bool = False
     priority: int = 0
+    charged: float = 0.0  # its cost in the fair order, if the queue served it (0: at once)
+    used: float | None = None  # its tokens, if known by its release: they replace ``charged``
 
 
 @dataclass(eq=False)
@@ -243,7 +245,7 @@ class Admission:
         self._keys.seen(key, self._clock())
         loop = asyncio.get_running_loop()
         waiter = Waiter(key, self._clock(), loop.create_future(), sched)
-        waiter.entry = Entry(key, sched.priority, sched.weight, waiter)
+        waiter.entry = Entry(key, sched.priority, sched.weight, waiter, sched.cost)
         self._queue.push(waiter.entry)
         self._per_key[key] = self._per_key.get(key, 0) + 1
         self._pump()
@@ -260,8 +262,7 @@ class Admission:
 
     def timed_out(self, waiter: Waiter) -> Rejected:
         """Leave the queue after the wait budget; returns the 429 to answer with."""
-        ahead = self.position(waiter)
-        self.cancel(waiter)
+        ahead, _ = self.position(waiter), self.cancel(waiter)
         return _rejected(
             "wait_timeout",
             f"request waited {self._timeout(waiter.sched):g} s in the queue without a free "
@@ -298,6 +299,7 @@ class Admission:
         self._class_inflight[ticket.priority] -= 1
         self._dec_key(ticket.key)
         self._releases.append(self._clock())
+        self._queue.settle(ticket.key, ticket.priority, ticket.charged, ticket.used)
         self._pump()
 
     # -- internals ---------------------------------------------------------------------------
@@ -330,8 +332,7 @@ class Admission:
         return Ticket(key, now, queued_s, priority=priority)
 
     def _dec_key(self, key: str) -> None:
-        n = self._per_key.get(key, 0) - 1
-        if n > 0:
+        if (n := self._per_key.get(key, 0) - 1) > 0:
             self._per_key[key] = n
         else:
             self._per_key.pop(key, None)
@@ -359,6 +360,7 @@ class Admission:
             self._dec_key(waiter.key)  # the queued count moves into the in-flight count
             now = self._clock()
             ticket = self._grant(waiter.key, now, now - waiter.enqueued_at, waiter.sched.priority)
+            ticket.charged = entry.cost
             waiter.future.set_result(ticket)
 
 

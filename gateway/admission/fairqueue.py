@@ -40,6 +40,7 @@ class Sched:
     max_concurrency: int = 0  # in flight + queued for this key; 0: the admission's default
     inflight_share: float = 1.0  # the class's share of the in-flight cap
     name: str = "default"  # the class's name, for messages and metrics
+    cost: float = 1.0  # this request's cost in the fair order (its reserved tokens)
 
 
 DEFAULT_SCHED = Sched()
@@ -53,6 +54,7 @@ class Entry:
     priority: int = 0
     weight: float = 1.0
     payload: object = None
+    cost: float = 1.0  # what serving it adds to its flow's finish (times 1 / weight)
     seq: int = field(default=0, init=False)
     flow: _Flow | None = field(default=None, init=False, repr=False)
 
@@ -176,6 +178,16 @@ class FairQueue:
                 return longest.items[-1]
         return None
 
+    def settle(self, key: str, priority: int, charged: float, used: float | None) -> None:
+        """A served request's true cost: its flow's finish moves by ``used - charged`` (what
+        it used, minus its ``Entry.cost`` charged when it was served; 0: it never queued)."""
+        if not charged or used is None or not self.fair:
+            return
+        cls = self._classes.get(priority)
+        flow = cls.flows.get(key) if cls is not None else None
+        if flow is not None:
+            flow.finish += (used - charged) / flow.weight
+
     def ahead(self, entry: Entry) -> int:
         """About how many queued entries will be served before ``entry`` (for Retry-After)."""
         own = entry.flow
@@ -184,17 +196,13 @@ class FairQueue:
         prio = entry.priority if self.fair else 0
         n = sum(self._classes[p].count for p in self._order if p > prio)
         cls = self._classes[prio]
-        k = own.items.index(entry)
-        tag = cls.start(own) + k / own.weight
-        for flow in cls.flows.values():
-            if flow is own:
-                n += k
-            elif flow.items:  # its j-th entry's tag is start + j / weight; ties by arrival
-                x = (tag - cls.start(flow)) * flow.weight
-                before = max(0, math.ceil(x - 1e-9))
-                if before < len(flow.items) and abs(x - before) < 1e-9:
-                    before += flow.items[before].seq < entry.seq
-                n += min(len(flow.items), before)
+        mine = _tags(cls, own)[own.items.index(entry)]
+        for flow in cls.flows.values():  # ties (within rounding) by arrival
+            n += sum(
+                1
+                for tag, e in zip(_tags(cls, flow), flow.items, strict=True)
+                if tag < mine - 1e-9 or (tag <= mine + 1e-9 and e.seq < entry.seq)
+            )
         return n
 
     def _pop(self, cls: _Class, flow_ok: Callable[[str], bool] | None = None) -> Entry | None:
@@ -210,7 +218,16 @@ class FairQueue:
         entry = best.items.popleft()
         entry.flow = None
         cls.vtime = best_tag[0]
-        best.finish = best_tag[0] + 1.0 / best.weight
+        best.finish = best_tag[0] + entry.cost / best.weight
         cls.count -= 1
         self._len -= 1
         return entry
+
+
+def _tags(cls: _Class, flow: _Flow) -> list[float]:
+    """The start tags the entries queued in ``flow`` will be served with (if nothing changes)."""
+    tag, out = cls.start(flow), []
+    for e in flow.items:
+        out.append(tag)
+        tag += e.cost / flow.weight
+    return out

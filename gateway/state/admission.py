@@ -5,7 +5,7 @@ admission (cap, queue, fair order, headroom), unchanged and on the request path'
 with shared state a slot is granted here first (this process's queue and fair order as
 always), then one lease from ``SharedSlots`` (the key's concurrency and the in-flight cap across
 every gateway, freed slots going to the fleet's waiters in the fair queue's order: the request's
-class and weight travel with it), within what is left of the request's queue wait. Released in reverse order on
+class, weight and cost travel with it), within what is left of the request's queue wait. Released in reverse order on
 every exit path.
 """
 
@@ -26,10 +26,10 @@ class SharedSlots(Protocol):
 
     async def acquire(
         self, key: str, limit: int, cap: int, on_wait: OnWait, tick_s: float, timeout_s: float,
-        reserves: tuple[int, int], order: tuple[int, float],
+        reserves: tuple[int, int], order: tuple[int, float, float],
     ) -> Any: ...  # fmt: skip
 
-    def release(self, lease: Any) -> None: ...
+    def release(self, lease: Any, used: float | None) -> None: ...
 
 
 class FleetAdmission(Admission):
@@ -69,7 +69,7 @@ class FleetSlot(Slot):
                 self._key, sched.max_concurrency or adm.per_key_limit, cap,
                 self._on_wait, self._tick, left,
                 adm._keys.reserves(cap) if adm.fair else (0, 0),
-                (sched.priority, sched.weight) if adm.fair else (0, 1.0),
+                (sched.priority, sched.weight, sched.cost) if adm.fair else (0, 1.0, sched.cost),
             )  # fmt: skip
         except BaseException:
             adm.release(ticket)
@@ -86,5 +86,6 @@ class FleetSlot(Slot):
     ) -> None:
         lease = getattr(self, "_lease", None)
         if lease is not None:
-            self._admission.shared.release(lease)  # type: ignore[attr-defined]
+            used = self.ticket.used if self.ticket is not None else None
+            self._admission.shared.release(lease, used)  # type: ignore[attr-defined]
         await super().__aexit__(exc_type, exc, tb)

@@ -25,8 +25,10 @@ could hold the whole cap).
 The order in which waiting requests get freed slots is the fleet's: a request that finds the cap
 full takes a place in ``gw:wait`` ordered as ``gateway.admission.fairqueue`` orders one
 process's queue (priority classes first, then start-time fair queuing between keys by weight,
-with the virtual clocks in Redis), and a freed slot goes only to a request with fewer waiters
-ahead of it than slots are free, whichever gateway polls first. Each gateway's own queue still
+with the virtual clocks in Redis, costs in tokens), and a freed slot goes only to a request with
+fewer waiters ahead of it than slots are free, whichever gateway polls first. Every grant
+charges its key its reserved tokens; ``release`` settles that to the tokens it used (one more
+command in the release's pipeline). Each gateway's own queue still
 orders its requests before they reach the fleet (its cap is the fleet's, so every request it
 admits is at the fleet's door at once).
 
@@ -73,6 +75,9 @@ class Lease:
     key: str
     key_set: str | None  # None: the key has no concurrency limit
     released: bool = False
+    finish: str = ""  # its key's finish in its class's fair order, charged ``cost / weight``
+    cost: float = 0.0
+    weight: float = 1.0
 
 
 class Leases:
@@ -106,12 +111,12 @@ class Leases:
         tick_s: float = 0.0,
         timeout_s: float = 30.0,
         reserves: tuple[int, int] = (0, 0),
-        order: tuple[int, float] = (0, 1.0),
+        order: tuple[int, float, float] = (0, 1.0, 1.0),
     ) -> Lease:
         """A lease on one of ``cap`` fleet-wide slots (and one of the key's ``key_limit``, if
         > 0), waiting up to ``timeout_s`` for the cap, and for the key's share of it while
         ``reserves`` (others active, alone: ``KeyShares.reserves``) are kept for other keys;
-        ``order``: the request's (priority, weight), its place among the fleet's waiters.
+        ``order``: the request's (priority, weight, cost), its place among the fleet's waiters.
         Raises the 429 (or the ``closed`` 503)."""
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -126,7 +131,10 @@ class Leases:
             while True:
                 verdict = await self._try(member, key, key_set, key_limit, cap, reserves, place)
                 if verdict == 0:
-                    lease = Lease(member, key, key_set)
+                    prio, weight, cost = order
+                    lease = Lease(
+                        member, key, key_set, False, f"{FINISH}{prio}:{key}", cost, weight
+                    )
                     self._held[member] = lease
                     return lease
                 if verdict == 1 and (pause := next(recheck, None)) is not None:
@@ -166,14 +174,14 @@ class Leases:
         """0 granted, 1 key at its limit, 2 cap full (or its free slots are the turn of
         waiters ahead, or the key is at its share of it: it waits as for a full cap): from the
         store, else from the shares."""
-        prio, weight = place.sched
+        prio, weight, cost = place.sched
         try:
             reply = await self.state.script(
                 ACQUIRE, [key_set or KEY_SET, CAP_SET, ACTIVE, WAITERS, WAITER_EXPIRY,
                           f"{VTIME}{prio}", f"{FINISH}{prio}:{key}"],
                 ["", self.state.ttl_s, member, key_limit if key_set else 0, cap,
                  1 if key_set else 0, *reserves, ACTIVE_S, key, prio, weight, place.order,
-                 WAIT_PLACE_S],
+                 WAIT_PLACE_S, cost],
             )  # fmt: skip
             verdict = int(reply[0])
             if verdict == 2:
@@ -190,8 +198,9 @@ class Leases:
             return 2
         return 0
 
-    def release(self, lease: Lease) -> None:
-        """Give the slot back (idempotent): at once here, through the outbox in the store."""
+    def release(self, lease: Lease, used: float | None = None) -> None:
+        """Give the slot back (idempotent): at once here, through the outbox in the store;
+        ``used`` (the request's tokens, if known) settles the cost its grant charged."""
         if lease.released:
             return
         lease.released = True
@@ -200,15 +209,19 @@ class Leases:
         self.state.send(("ZREM", CAP_SET, lease.member))
         if lease.key_set is not None:
             self.state.send(("ZREM", lease.key_set, lease.member))
+        if used is not None and lease.finish and used != lease.cost:
+            delta = (used - lease.cost) / lease.weight  # the finish key lives an hour idle
+            self.state.send(("INCRBYFLOAT", lease.finish, f"{delta:.17g}"))
+            self.state.send(("EXPIRE", lease.finish, 3600))
 
 
 class _Place:
-    """A waiting request's place among the fleet's waiters: its (priority, weight), and the
-    order the store gave it ('' while it holds none)."""
+    """A waiting request's place among the fleet's waiters: its (priority, weight, cost), and
+    the order the store gave it ('' while it holds none)."""
 
     __slots__ = ("order", "sched")
 
-    def __init__(self, sched: tuple[int, float]) -> None:
+    def __init__(self, sched: tuple[int, float, float]) -> None:
         self.sched = sched
         self.order = ""
 

@@ -124,7 +124,8 @@ return num(new)
 # ARGV: now, ttl_s, member, key_limit (0: none), cap (0: none), track (1: the key's set counts
 # its leases even without a limit), the reserve while other keys are active, the reserve while
 # the key is alone, active_s, the key, the class (priority), the key's weight, the waiter's
-# order from an earlier reply ('' : none yet), how long a waiter's place lasts unrenewed.
+# order from an earlier reply ('' : none yet), how long a waiter's place lasts unrenewed, the
+# request's cost (its reserved tokens).
 # Reply: {0: granted | 1: key at its limit | 2: cap full, or its free slots belong to waiters
 # ahead | 3: the key is at its share of the cap (headroom: ``gateway.admission.headroom``,
 # fleet-wide), holders of the refusing set, now, the waiter's order (2 only)}.
@@ -132,9 +133,13 @@ return num(new)
 # The order of waiters is the one ``gateway.admission.fairqueue`` keeps in one process: classes
 # strictly by priority, start-time fair queuing between the keys of a class. A request that
 # finds no free slot for it takes a place: its start tag is max(class virtual time, its key's
-# finish), its key's finish becomes start + 1 / weight, and its order is start - priority x P.
+# finish), its key's finish becomes start + cost / weight, and its order is start - priority x P.
 # A free slot goes to a request only if fewer waiters are ahead of it than slots are free; the
-# one granted moves its class's virtual time to its start. Places are renewed by each poll and
+# one granted moves its class's virtual time to its start. A request granted without waiting is
+# charged the same way (start tag, finish, virtual time): each gateway's own queue sends its
+# keys to this door one at a time, and a key charged only when it waited here would be charged
+# for almost nothing while another key's every request waits. The cost is in tokens (the tpm
+# reservation, settled at release by ``gateway.state.leases``): see ``gateway.admission.fairqueue``. Places are renewed by each poll and
 # lapse after the last ARGV (a dead gateway's waiters stop blocking); a request that polls again
 # after its place lapsed takes it back with the order it was given.
 ACQUIRE = Script(
@@ -181,15 +186,20 @@ if cap > 0 then
   local rank = redis.call('ZRANK', KEYS[4], member)
   local ahead = rank or redis.call('ZCARD', KEYS[4])
   local wait_ttl = tonumber(ARGV[14])
+  local prio, weight, cost = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[15])
+  local function tag()  -- the start tag of this key's request; its finish moves past it
+    local vt = tonumber(redis.call('GET', KEYS[6]) or '0')
+    local start = math.max(vt, tonumber(redis.call('GET', KEYS[7]) or '0'))
+    redis.call('SET', KEYS[7], num(start + cost / weight), 'EX', 3600)  -- an idle key's, forgotten
+    return start
+  end
+  local function advance(start)  -- the class's virtual time: the latest start tag granted
+    local vt = tonumber(redis.call('GET', KEYS[6]) or '0')
+    redis.call('SET', KEYS[6], num(math.max(vt, start)), 'EX', 86400)
+  end
   if cap - held <= ahead then
     local order = ARGV[13]
-    if order == '' then
-      local prio, weight = tonumber(ARGV[11]), tonumber(ARGV[12])
-      local vt = tonumber(redis.call('GET', KEYS[6]) or '0')
-      local start = math.max(vt, tonumber(redis.call('GET', KEYS[7]) or '0'))
-      redis.call('SET', KEYS[7], num(start + 1 / weight), 'EX', 3600)  -- an idle key's, forgotten
-      order = num(start - prio * 1e12)
-    end
+    if order == '' then order = num(tag() - prio * 1e15) end
     redis.call('ZADD', KEYS[4], order, member)
     redis.call('ZADD', KEYS[5], num(now + wait_ttl), member)
     local keep = math.ceil(wait_ttl * 2000)
@@ -197,12 +207,12 @@ if cap > 0 then
     redis.call('PEXPIRE', KEYS[5], keep)
     return {2, held, num(now), order}
   end
-  if rank then  -- its turn: out of the waiters, its class's virtual time moves to its start
-    local start = tonumber(redis.call('ZSCORE', KEYS[4], member)) + tonumber(ARGV[11]) * 1e12
+  if rank then  -- its turn: out of the waiters (its key was charged when it took its place)
+    advance(tonumber(redis.call('ZSCORE', KEYS[4], member)) + prio * 1e15)
     redis.call('ZREM', KEYS[4], member)
     redis.call('ZREM', KEYS[5], member)
-    local vt = tonumber(redis.call('GET', KEYS[6]) or '0')
-    redis.call('SET', KEYS[6], num(math.max(vt, start)))  -- one per class, kept
+  else
+    advance(tag())
   end
 end
 if track then

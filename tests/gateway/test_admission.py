@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from gateway.admission.core import Admission, Rejected
+from gateway.admission.fairqueue import Sched
 
 pytestmark = pytest.mark.anyio
 
@@ -166,3 +167,24 @@ async def test_wait_returns_the_ticket_when_granted() -> None:
     asyncio.get_running_loop().call_later(0.01, adm.release, t)
     ticket = await adm.wait(w, 1.0)
     assert ticket is not None and ticket.key == "b"
+
+
+async def test_a_served_requests_tokens_replace_its_reserved_cost_in_the_fair_order() -> None:
+    """Cap 1, two keys each reserving 100 tokens a request. ``greedy`` is served first from the
+    queue and turns out to use 10: its release settles the charge, so its next request goes
+    before ``other``'s, which queued first. Unsettled (``used`` unknown) it would not."""
+    for used, first in ((10.0, "greedy"), (None, "other")):
+        adm = make(cap=1, depth=8)
+        cost = Sched(cost=100.0)
+        busy = adm.try_admit("busy")
+        greedy, other = adm.enqueue("greedy", cost), adm.enqueue("other", cost)
+        adm.release(busy)
+        t = await adm.wait(greedy, 0)
+        assert t is not None and t.charged == 100.0
+        t.used = used
+        adm.release(t)
+        t_other = await adm.wait(other, 0)
+        nexts = {k: adm.enqueue(k, cost) for k in ("other", "greedy")}
+        adm.release(t_other)
+        winner = next(k for k, w in nexts.items() if w.future.done())
+        assert winner == first, (used, winner)

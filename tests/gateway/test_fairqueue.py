@@ -12,8 +12,10 @@ def drain(q: FairQueue) -> list[str]:
     return out
 
 
-def push(q: FairQueue, key: str, n: int, prio: int = 0, weight: float = 1.0) -> list[Entry]:
-    entries = [Entry(key, prio, weight, f"{key}{i}") for i in range(n)]
+def push(
+    q: FairQueue, key: str, n: int, prio: int = 0, weight: float = 1.0, cost: float = 1.0
+) -> list[Entry]:
+    entries = [Entry(key, prio, weight, f"{key}{i}", cost) for i in range(n)]
     for e in entries:
         q.push(e)
     return entries
@@ -73,3 +75,30 @@ def test_full_queue_victim_is_the_newest_of_the_longest_or_lower_class() -> None
     push(q, "batch", 2, prio=-1)
     assert q.victim("flood", 0).payload == "batch1"  # a lower class goes first
     assert FairQueue(fair=False).victim("x", 0) is None
+
+
+def test_turns_cost_their_tokens_and_a_served_request_is_settled_to_what_it_used() -> None:
+    """Per request, two keys of 100-token requests would each get as many turns as a key of
+    10-token ones (a third of them); counted in tokens, the short key's requests go ten for one
+    of theirs. A request that reserved 100 tokens but used 10 is refunded the difference."""
+    q = FairQueue()
+    push(q, "long1", 3, cost=100)
+    push(q, "long2", 3, cost=100)
+    push(q, "short", 12, cost=10)
+    assert drain(q) == [
+        "long10", "long20", "short0",  # every key's first starts at 0: arrival breaks ties
+        *(f"short{i}" for i in range(1, 10)),  # until the short key's finish reaches 100
+        "long11", "long21", "short10", "short11", "long12", "long22",
+    ]  # fmt: skip
+    long, short = push(q, "long", 3, cost=100), push(q, "short", 3, cost=10)
+    assert q.ahead(short[2]) == 3 and q.ahead(long[1]) == 4  # Retry-After counts by the tags
+
+    q = FairQueue()
+    push(q, "greedy", 1, cost=100)
+    push(q, "other", 1, cost=100)
+    assert q.pop().payload == "greedy0"  # charged 100, it used 10
+    q.settle("greedy", 0, 100, 10)
+    q.pop()  # other0
+    push(q, "other", 1, cost=100)
+    push(q, "greedy", 1, cost=100)
+    assert q.pop().payload == "greedy0", "its finish is 10, the other key's 100"

@@ -321,9 +321,9 @@ def test_freed_slots_go_to_the_fleets_waiters_in_class_then_fair_order(
         a, b, c = await fresh(redis_server.url, 3)
         try:
             busy = await a.acquire("busy", 0, 1)
-            low = asyncio.create_task(a.acquire("low", 0, 1, timeout_s=30, order=(0, 1.0)))
+            low = asyncio.create_task(a.acquire("low", 0, 1, timeout_s=30, order=(0, 1.0, 1.0)))
             await asyncio.sleep(0.3)  # low's place is taken first
-            high = asyncio.create_task(b.acquire("high", 0, 1, timeout_s=30, order=(10, 1.0)))
+            high = asyncio.create_task(b.acquire("high", 0, 1, timeout_s=30, order=(10, 1.0, 1.0)))
             await asyncio.sleep(0.3)
             a.release(busy)  # wakes ``low`` on this gateway at once; B polls within 0.2 s
             done, _ = await asyncio.wait({low, high}, return_when=asyncio.FIRST_COMPLETED)
@@ -355,7 +355,7 @@ def test_freed_slots_go_to_the_fleets_waiters_in_class_then_fair_order(
 
             # A waiter whose gateway stops polling (dead: it never asks again) lapses.
             busy = await a.acquire("busy", 0, 1)
-            dead = asyncio.create_task(c.acquire("dead", 0, 1, timeout_s=30, order=(10, 1.0)))
+            dead = asyncio.create_task(c.acquire("dead", 0, 1, timeout_s=30, order=(10, 1.0, 1.0)))
             await asyncio.sleep(0.3)
             c.state.send = lambda *cmd: None  # type: ignore[method-assign]  # no goodbye
             dead.cancel()
@@ -374,5 +374,50 @@ def test_freed_slots_go_to_the_fleets_waiters_in_class_then_fair_order(
             b.release(lease)
         finally:
             await close([a, b, c])
+
+    asyncio.run(go())
+
+
+def test_the_fleets_fair_order_counts_tokens_charged_at_every_grant_and_settled_at_release(
+    redis_server: RedisServer,
+) -> None:
+    """Cap 1. Four keys each ran one request of 100 tokens; a fifth ran two that reserved 100
+    tokens each (max_tokens) but used 5: every grant charged its key, waiting or not, and each
+    release settled the charge to the tokens used. Then all five queue for the cap (each
+    reserving 100 again): the key that used least goes first, though it ran the most requests.
+    Counted per request (cost 1), or without charging grants that did not wait, or without the
+    settlement, it would go after the four."""
+
+    async def go() -> None:
+        a, b = await fresh(redis_server.url, 2)
+        try:
+            floods = [f"flood{i}" for i in range(4)]
+            for key in floods:
+                a.release(await a.acquire(key, 0, 1, order=(0, 1.0, 100.0)), used=100.0)
+            for _ in range(2):
+                b.release(await b.acquire("light", 0, 1, order=(0, 1.0, 100.0)), used=5.0)
+                await b.state.beat()  # the settlement lands before the next request's charge
+
+            busy = await a.acquire("busy", 0, 1)
+            granted: list[str] = []
+
+            async def one(g: Leases, key: str) -> None:
+                lease = await g.acquire(key, 0, 1, timeout_s=30, order=(0, 1.0, 100.0))
+                granted.append(key)
+                await asyncio.sleep(0.05)
+                g.release(lease, used=100.0)
+
+            tasks = []
+            for key in floods:
+                tasks.append(asyncio.create_task(one(a, key)))
+                await asyncio.sleep(0.05)  # each takes its place in turn, before ``light``
+            tasks.append(asyncio.create_task(one(b, "light")))
+            await asyncio.sleep(0.3)
+            assert await Admin(a.state).zcard(WAITERS) == 5
+            a.release(busy)
+            await asyncio.wait_for(asyncio.gather(*tasks), 30)
+            assert granted[0] == "light", granted
+        finally:
+            await close([a, b])
 
     asyncio.run(go())
