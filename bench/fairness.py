@@ -141,11 +141,11 @@ def run(args: argparse.Namespace) -> int:
 def run_one(args: argparse.Namespace) -> int:
     rows = []
     with synthetic_upstream(MODEL, args.itl_ms, args.ttft_ms) as (upstream, _):
-        for flood_class in ("interactive", "batch"):
+        for flood_class in (args.flood_class,) if args.flood_class else ("interactive", "batch"):
             for scheduling, flood in (("fair", False), ("fifo", True), ("fair", True)):
                 with tempfile.TemporaryDirectory() as tmp:
                     keys = Path(tmp) / "keys.yaml"
-                    keys.write_text(keys_yaml(flood_class))
+                    keys.write_text(keys_yaml(flood_class, args.flood_keys))
                     env = {
                         "GATEWAY_API_KEYS_FILE": str(keys),
                         "GATEWAY_MAX_INFLIGHT": str(args.cap),
@@ -189,7 +189,7 @@ def run_fleet(args: argparse.Namespace) -> int:
         _redis(Path(tmp)) as state_url,
     ):
         keys = Path(tmp) / "keys.yaml"
-        keys.write_text(keys_yaml(args.flood_class, args.flood_keys))
+        keys.write_text(keys_yaml(args.flood_class or "interactive", args.flood_keys))
         env = {
             "GATEWAY_API_KEYS_FILE": str(keys), "GATEWAY_MAX_INFLIGHT": str(args.cap),
             "GATEWAY_QUEUE_DEPTH": str(16 * args.cap), "GATEWAY_QUEUE_TIMEOUT_S": "600",
@@ -214,7 +214,7 @@ def run_fleet(args: argparse.Namespace) -> int:
     print(
         f"\nshort key TTFT through gateway {args.gateways} of {args.gateways} (shared state), "
         f"fleet cap {args.cap}, flood {8 * args.cap} streams of {args.long_tokens} tokens over "
-        f"{args.flood_keys} key(s) of class {args.flood_class}"
+        f"{args.flood_keys} key(s) of class {args.flood_class or 'interactive'}"
     )
     print("| scenario | n | TTFT p50 ms | TTFT p99 ms | p50 / no flood | p99 / no flood |")
     print("|---|---|---|---|---|---|")
@@ -265,13 +265,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="> 1: that many gateways sharing their state through a local "
                    "redis-server; the flood through one, then all (fleet-wide headroom)")  # fmt: skip
     p.add_argument("--flood-keys", type=int, default=1,
-                   help="--gateways > 1: the flood spread over this many keys (each one of "
-                   "many tenants: the headroom between keys no longer protects the short key, "
-                   "the fleet's order of waiters does)")  # fmt: skip
+                   help="the flood spread over this many keys (each one of many tenants: the "
+                   "headroom between keys no longer protects the short key, the fair order "
+                   "in tokens does)")  # fmt: skip
     p.add_argument(
         "--flood-class",
-        default="interactive",
         choices=["interactive", "batch"],
-        help="--gateways > 1: the flood keys' class (the short key is interactive)",
+        help="the flood keys' class (the short key is interactive); default: both with one "
+        "gateway, interactive with --gateways > 1",
     )
     p.set_defaults(func=run)

@@ -5,10 +5,21 @@ a hundred service times. Here every key (a *flow*) has its own FIFO; between the
 class the next request is picked by start-time fair queuing (SFQ, Goyal et al. 1996): each flow
 carries the virtual finish time of its last served request, a request's start tag is
 ``max(class virtual time, its flow's finish)``, the smallest start tag is served, its flow's
-finish becomes ``start + 1 / weight`` and the class's virtual time becomes that start. So a
-key's share of the slots is its weight over the weights of the keys *waiting* now, whatever the
-number of requests it queued: a newcomer's first request starts at the current virtual time and
-goes after at most one request of each other waiting key (of equal weight).
+finish becomes ``start + cost / weight`` and the class's virtual time becomes that start. So a
+key's share is its weight over the weights of the keys *waiting* now, whatever the number of
+requests it queued: a newcomer's first request starts at the current virtual time.
+
+The cost is the request's tokens (``Sched.cost``: prompt + max_tokens when it is admitted, the
+tpm reservation; ``settle`` corrects it to what the engine reports it used), the Virtual Token
+Counter of Sheng et al., "Fairness in Serving Large Language Models" (OSDI 2024). Counted per
+*request*, a key that sends short requests gets no more turns than one that sends long ones:
+measured, eight keys of 100-token streams held a key of 4-token requests to a ninth of the turns,
+below the one a second it sent, and its wait grew without bound (``bench fairness
+--flood-keys 8``). A cost of 1 (the default) is the order per request. Equal start tags go to the
+flow whose own finish is lower (the key that used less), then by arrival: settled refunds leave
+many flows' finish below the virtual time, where ``max`` ties them, and arrival order alone then
+served the oldest queued first, a flood's, as FIFO would (measured: the tokens alone changed
+nothing until this tie-break).
 
 Classes are strict priorities: a higher ``priority`` is always served first when it is
 *eligible* (the caller decides: ``Admission`` bounds each class's share of the in-flight cap).
@@ -19,7 +30,7 @@ its own class a flow longer than the newcomer's would be after joining by more t
 ``fair=False`` is a single FIFO (every entry in one flow of one class): the old behaviour, kept
 for the fairness benchmark's comparison.
 
-Pure and deterministic: no clock, no asyncio; ties break on arrival order.
+Pure and deterministic: no clock, no asyncio.
 """
 
 from __future__ import annotations
@@ -197,20 +208,14 @@ class FairQueue:
         n = sum(self._classes[p].count for p in self._order if p > prio)
         cls = self._classes[prio]
         mine = _tags(cls, own)[own.items.index(entry)]
-        for flow in cls.flows.values():  # ties (within rounding) by arrival
-            n += sum(
-                1
-                for tag, e in zip(_tags(cls, flow), flow.items, strict=True)
-                if tag < mine - 1e-9 or (tag <= mine + 1e-9 and e.seq < entry.seq)
-            )
-        return n
+        return n + sum(sum(1 for t in _tags(cls, flow) if t < mine) for flow in cls.flows.values())
 
     def _pop(self, cls: _Class, flow_ok: Callable[[str], bool] | None = None) -> Entry | None:
         best: _Flow | None = None
-        best_tag = (math.inf, 0)
+        best_tag = (math.inf, math.inf, 0)
         for flow in cls.flows.values():
             if flow.items and (flow_ok is None or flow_ok(flow.key)):
-                tag = (cls.start(flow), flow.items[0].seq)
+                tag = (cls.start(flow), flow.finish, flow.items[0].seq)
                 if tag < best_tag:
                     best, best_tag = flow, tag
         if best is None:
@@ -224,10 +229,11 @@ class FairQueue:
         return entry
 
 
-def _tags(cls: _Class, flow: _Flow) -> list[float]:
-    """The start tags the entries queued in ``flow`` will be served with (if nothing changes)."""
-    tag, out = cls.start(flow), []
+def _tags(cls: _Class, flow: _Flow) -> list[tuple[float, float, int]]:
+    """The order keys ``_pop`` will serve the entries queued in ``flow`` by (if nothing
+    changes): start tag, the flow's finish (ties go to the key that used less), arrival."""
+    tag, finish, out = cls.start(flow), flow.finish, []
     for e in flow.items:
-        out.append(tag)
-        tag += e.cost / flow.weight
+        out.append((tag, finish, e.seq))
+        tag = finish = tag + e.cost / flow.weight
     return out

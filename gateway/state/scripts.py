@@ -139,7 +139,8 @@ return num(new)
 # charged the same way (start tag, finish, virtual time): each gateway's own queue sends its
 # keys to this door one at a time, and a key charged only when it waited here would be charged
 # for almost nothing while another key's every request waits. The cost is in tokens (the tpm
-# reservation, settled at release by ``gateway.state.leases``): see ``gateway.admission.fairqueue``. Places are renewed by each poll and
+# reservation, settled at release by ``gateway.state.leases``), and equal start tags go to the
+# key whose own finish is lower: see ``gateway.admission.fairqueue`` for both. Places are renewed by each poll and
 # lapse after the last ARGV (a dead gateway's waiters stop blocking); a request that polls again
 # after its place lapsed takes it back with the order it was given.
 ACQUIRE = Script(
@@ -187,11 +188,14 @@ if cap > 0 then
   local ahead = rank or redis.call('ZCARD', KEYS[4])
   local wait_ttl = tonumber(ARGV[14])
   local prio, weight, cost = tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[15])
-  local function tag()  -- the start tag of this key's request; its finish moves past it
+  local function tag()  -- the start tag of this key's request (its finish moves past it), and
+    -- a tie-break below 0.25 token: at an equal start the key whose finish is lower goes first
     local vt = tonumber(redis.call('GET', KEYS[6]) or '0')
-    local start = math.max(vt, tonumber(redis.call('GET', KEYS[7]) or '0'))
+    local fin = tonumber(redis.call('GET', KEYS[7]) or '0')
+    local start = math.max(vt, fin)
     redis.call('SET', KEYS[7], num(start + cost / weight), 'EX', 3600)  -- an idle key's, forgotten
-    return start
+    local below = math.min(0, fin - vt)
+    return start, 0.25 * below / (1 - below)
   end
   local function advance(start)  -- the class's virtual time: the latest start tag granted
     local vt = tonumber(redis.call('GET', KEYS[6]) or '0')
@@ -199,7 +203,10 @@ if cap > 0 then
   end
   if cap - held <= ahead then
     local order = ARGV[13]
-    if order == '' then order = num(tag() - prio * 1e15) end
+    if order == '' then
+      local start, tie = tag()
+      order = num(start + tie - prio * 1e12)  -- 1e12 apart: start tags stay exact to 0.01
+    end
     redis.call('ZADD', KEYS[4], order, member)
     redis.call('ZADD', KEYS[5], num(now + wait_ttl), member)
     local keep = math.ceil(wait_ttl * 2000)
@@ -208,7 +215,7 @@ if cap > 0 then
     return {2, held, num(now), order}
   end
   if rank then  -- its turn: out of the waiters (its key was charged when it took its place)
-    advance(tonumber(redis.call('ZSCORE', KEYS[4], member)) + prio * 1e15)
+    advance(tonumber(redis.call('ZSCORE', KEYS[4], member)) + prio * 1e12)
     redis.call('ZREM', KEYS[4], member)
     redis.call('ZREM', KEYS[5], member)
   else

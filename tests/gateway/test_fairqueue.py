@@ -102,3 +102,20 @@ def test_turns_cost_their_tokens_and_a_served_request_is_settled_to_what_it_used
     push(q, "other", 1, cost=100)
     push(q, "greedy", 1, cost=100)
     assert q.pop().payload == "greedy0", "its finish is 10, the other key's 100"
+
+
+def test_equal_start_tags_go_to_the_key_that_used_less_not_the_oldest_queued() -> None:
+    """Refunds put two keys' finish below the class's virtual time, so both start at it: the key
+    that used less goes first, though the other's request queued before it (by arrival alone,
+    the oldest queued, a flood's, would win every such tie: FIFO again)."""
+    q = FairQueue()
+    push(q, "flood", 2, cost=100)
+    push(q, "light", 1, cost=100)
+    assert drain(q) == ["flood0", "light0", "flood1"]  # the virtual time is now 100
+    q.settle("flood", 0, 100, 5)
+    q.settle("flood", 0, 100, 5)  # flood's finish: 200 - 190 = 10
+    q.settle("light", 0, 100, 2)  # light's: 100 - 98 = 2
+    push(q, "flood", 1, cost=100)
+    light = push(q, "light", 1, cost=100)
+    assert q.ahead(light[0]) == 0
+    assert drain(q) == ["light0", "flood0"]
