@@ -189,8 +189,10 @@ class CompletionService:
         p.phase = "queued"
         on_wait = sink.keepalive if final.stream and self.timeouts.queue_keepalive_s > 0 else None
         tick = self.timeouts.queue_keepalive_s
-        # Its cost in the fair order between keys: the tokens reserved, settled on release.
-        sched = replace(tenant.sched, cost=final.prompt_bound + final.max_tokens * final.sequences)
+        # Its cost in the fair order between keys: its prompt (the count, else ~4 bytes a token),
+        # then what it generated, settled on release (``fairqueue``: not the loose tpm bound).
+        prompt = final.prompt_tokens if final.prompt_tokens is not None else len(final.body) / 4
+        sched = replace(tenant.sched, cost=prompt)
         try:
             async with self.admission.slot(tenant.label, on_wait, tick, sched) as t:
                 p.phase = "upstream"

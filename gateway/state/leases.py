@@ -27,8 +27,8 @@ full takes a place in ``gw:wait`` ordered as ``gateway.admission.fairqueue`` ord
 process's queue (priority classes first, then start-time fair queuing between keys by weight,
 with the virtual clocks in Redis, costs in tokens), and a freed slot goes only to a request with
 fewer waiters ahead of it than slots are free, whichever gateway polls first. Every grant
-charges its key its reserved tokens; ``release`` settles that to the tokens it used (one more
-command in the release's pipeline). Each gateway's own queue still
+charges its key its prompt tokens; ``release`` adds what it generated and corrects the prompt
+to the engine's count (one more command in the release's pipeline). Each gateway's own queue still
 orders its requests before they reach the fleet (its cap is the fleet's, so every request it
 admits is at the fleet's door at once).
 

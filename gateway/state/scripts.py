@@ -125,7 +125,7 @@ return num(new)
 # its leases even without a limit), the reserve while other keys are active, the reserve while
 # the key is alone, active_s, the key, the class (priority), the key's weight, the waiter's
 # order from an earlier reply ('' : none yet), how long a waiter's place lasts unrenewed, the
-# request's cost (its reserved tokens).
+# request's cost (its prompt tokens).
 # Reply: {0: granted | 1: key at its limit | 2: cap full, or its free slots belong to waiters
 # ahead | 3: the key is at its share of the cap (headroom: ``gateway.admission.headroom``,
 # fleet-wide), holders of the refusing set, now, the waiter's order (2 only)}.
@@ -138,8 +138,8 @@ return num(new)
 # one granted moves its class's virtual time to its start. A request granted without waiting is
 # charged the same way (start tag, finish, virtual time): each gateway's own queue sends its
 # keys to this door one at a time, and a key charged only when it waited here would be charged
-# for almost nothing while another key's every request waits. The cost is in tokens (the tpm
-# reservation, settled at release by ``gateway.state.leases``), and equal start tags go to the
+# for almost nothing while another key's every request waits. The cost is in tokens (its
+# prompt, settled at release to prompt + completion by ``gateway.state.leases``), and equal start tags go to the
 # key whose own finish is lower: see ``gateway.admission.fairqueue`` for both. Places are renewed by each poll and
 # lapse after the last ARGV (a dead gateway's waiters stop blocking); a request that polls again
 # after its place lapsed takes it back with the order it was given.
