@@ -11,18 +11,18 @@ requests it queued: a newcomer's first request starts at the current virtual tim
 
 The cost is the request's tokens (``Sched.cost``: its prompt when it is served, estimated;
 ``settle`` adds what the engine reports it generated and corrects the prompt to the engine's
-count), the Virtual Token Counter of Sheng et al., "Fairness in Serving Large Language Models" (OSDI 2024). Counted per
-*request*, a key that sends short requests gets no more turns than one that sends long ones:
-measured, eight keys of 100-token streams held a key of 4-token requests to a ninth of the turns,
-below the one a second it sent, and its wait grew without bound (``bench fairness
---flood-keys 8``). Not the tpm's reservation (prompt bound + max_tokens): a key's requests that
-wait together are each charged before any is settled, and a short prompt's bound (its bytes +
-256) made a key of 4-token requests look heavier than the keys of 100-token streams, measured
-through the fleet's order. A cost of 1 (the default) is the order per request. Equal start tags go to the
-flow whose own finish is lower (the key that used less), then by arrival: settled refunds leave
-many flows' finish below the virtual time, where ``max`` ties them, and arrival order alone then
-served the oldest queued first, a flood's, as FIFO would (measured: the tokens alone changed
-nothing until this tie-break).
+count), the Virtual Token Counter of Sheng et al., "Fairness in Serving Large Language Models"
+(OSDI 2024). Counted per *request*, a key that sends short requests gets no more turns than one
+that sends long ones: measured, eight keys of 100-token streams held a key of 4-token requests
+to a ninth of the turns, below the one a second it sent, and its wait grew without bound
+(``bench fairness --flood-keys 8``). Not the tpm's reservation (prompt bound + max_tokens): a
+key's requests that wait together are each charged before any is settled, and a short prompt's
+bound (its bytes + 256) made a key of 4-token requests look heavier than the keys of 100-token
+streams, measured through the fleet's order. A cost of 1 (the default) is the order per
+request. Equal start tags go to the flow whose own finish is lower (the key that used less),
+then by arrival: settled refunds leave many flows' finish below the virtual time, where ``max``
+ties them, and arrival order alone then served the oldest queued first, a flood's, as FIFO
+would (measured: the tokens alone changed nothing until this tie-break).
 
 Classes are strict priorities: a higher ``priority`` is always served first when it is
 *eligible* (the caller decides: ``Admission`` bounds each class's share of the in-flight cap).

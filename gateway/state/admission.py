@@ -5,8 +5,8 @@ admission (cap, queue, fair order, headroom), unchanged and on the request path'
 with shared state a slot is granted here first (this process's queue and fair order as
 always), then one lease from ``SharedSlots`` (the key's concurrency and the in-flight cap across
 every gateway, freed slots going to the fleet's waiters in the fair queue's order: the request's
-class, weight and cost travel with it), within what is left of the request's queue wait. Released in reverse order on
-every exit path.
+class, weight and cost travel with it), within what is left of the request's queue wait.
+Released in reverse order on every exit path.
 """
 
 from __future__ import annotations

@@ -28,9 +28,9 @@ process's queue (priority classes first, then start-time fair queuing between ke
 with the virtual clocks in Redis, costs in tokens), and a freed slot goes only to a request with
 fewer waiters ahead of it than slots are free, whichever gateway polls first. Every grant
 charges its key its prompt tokens; ``release`` adds what it generated and corrects the prompt
-to the engine's count (one more command in the release's pipeline). Each gateway's own queue still
-orders its requests before they reach the fleet (its cap is the fleet's, so every request it
-admits is at the fleet's door at once).
+to the engine's count (one more command in the release's pipeline). Each gateway's own queue
+still orders its requests before they reach the fleet (its cap is the fleet's, so every
+request it admits is at the fleet's door at once).
 
 Store unavailable: ``local`` counts this gateway's own leases against its share of each limit
 (``limit // live gateways``); they are renewed into the store once it answers again.

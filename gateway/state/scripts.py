@@ -139,10 +139,11 @@ return num(new)
 # charged the same way (start tag, finish, virtual time): each gateway's own queue sends its
 # keys to this door one at a time, and a key charged only when it waited here would be charged
 # for almost nothing while another key's every request waits. The cost is in tokens (its
-# prompt, settled at release to prompt + completion by ``gateway.state.leases``), and equal start tags go to the
-# key whose own finish is lower: see ``gateway.admission.fairqueue`` for both. Places are renewed by each poll and
-# lapse after the last ARGV (a dead gateway's waiters stop blocking); a request that polls again
-# after its place lapsed takes it back with the order it was given.
+# prompt, settled at release to prompt + completion by ``gateway.state.leases``), and equal
+# start tags go to the key whose own finish is lower: see ``gateway.admission.fairqueue`` for
+# both. Places are renewed by each poll and lapse after the last ARGV but one (a dead
+# gateway's waiters stop blocking); a request that polls again after its place lapsed takes it
+# back with the order it was given.
 ACQUIRE = Script(
     "acquire",
     _NOW
