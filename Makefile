@@ -131,6 +131,9 @@ COMPOSE = env PROFILE_FILE=$(PROFILE_FILE) PROFILE_NAME=$(PROFILE_NAME) BASE_IMA
 	docker compose -p $(PROJECT) \
 	--env-file $(PROFILE_FILE) -f docker-compose.yml -f docker-compose.$(stack_platform).yml \
 	$(replicas_override)
+# The `state` image alone (the TPU stack builds it with its services; the Kubernetes overlays'
+# `redis` component runs it for every profile).
+STATE_COMPOSE = env BASE_IMAGE=$(BASE_IMAGE) docker compose -p $(PROJECT) -f docker-compose.state.yml
 UP_TIMEOUT ?= 0
 SERVICE ?=
 TAIL ?= 200
@@ -159,10 +162,11 @@ $(WHEELS).stamp-light: $(LOCK) pyproject.toml deploy/wheels.sh
 
 docker-wheels: $(WHEELS).stamp-$(wheels_mode) ## fill the wheelhouse the images install from (.cache/wheels)
 
-docker-build: docker-wheels replicas-override ## build the stack's images for PROFILE (engine + one light gateway/warm-up image)
+docker-build: docker-wheels replicas-override ## build the stack's images for PROFILE (engine, one light gateway/warm-up image, state)
 	@docker image inspect $(BASE_IMAGE) >/dev/null 2>&1 || docker pull -q $(BASE_IMAGE) \
 		|| { echo "no base image $(BASE_IMAGE) and no registry: run 'make docker-base'"; exit 1; }
 	$(COMPOSE) build
+	$(if $(filter tpu,$(stack_platform)),,$(STATE_COMPOSE) build)
 
 up: docker-build ## build + start the stack for PROFILE, wait for gateway /health 200 (or say why not)
 	$(PY_HOST) -m deploy.up --profile-file $(PROFILE_FILE) --timeout $(UP_TIMEOUT) -- $(COMPOSE)

@@ -335,6 +335,25 @@ def overlay_files(overlay: spec.Overlay) -> dict[str, str]:
     if overlay.max_replicas:
         files["hpa-patch.yaml"] = _yaml(hpa_patch(overlay, p), overlay.profile)
         patches.append({"path": "hpa-patch.yaml"})
+    if overlay.pull_policy and STATE_COMPONENT in overlay.components:  # locally loaded, too
+        files["state-patch.yaml"] = _yaml(
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": "gemma4-state"},
+                "spec": {
+                    "template": {
+                        "spec": {
+                            "containers": [
+                                {"name": "state", "imagePullPolicy": overlay.pull_policy}
+                            ]
+                        }
+                    }
+                },
+            },
+            overlay.profile,
+        )
+        patches.append({"path": "state-patch.yaml"})
     if p.platform == "cpu":
         # A local cluster has no ReadWriteMany class (nor GKE's standard-rwx); one engine pod
         # needs none: ReadWriteOnce on the cluster's default class (null removes the base's).

@@ -81,8 +81,15 @@ class Overlay:
 OVERLAYS: dict[str, Overlay] = {
     o.name: o
     for o in (
-        # What a local cluster (kind, minikube) runs: the tiny CPU engine, images loaded locally.
-        Overlay("cpu", "cpu", gateway_replicas=1, pull_policy="IfNotPresent"),
+        # What a local cluster (kind, minikube) runs: the tiny CPU engine, images loaded locally,
+        # and the same shared state as the GKE overlays (the in-cluster Redis).
+        Overlay(
+            "cpu",
+            "cpu",
+            gateway_replicas=1,
+            pull_policy="IfNotPresent",
+            components=("shared-state", "redis"),
+        ),
         Overlay(
             "gke-v6e4-gemma4-26b",
             "v6e4-gemma4-26b",

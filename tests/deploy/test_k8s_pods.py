@@ -7,14 +7,18 @@ network namespace with no interface but loopback (``--network none`` on a holder
 ``--network container:<holder>`` for the others), so the overlay's own ports are used unchanged
 and nothing binds outside the namespace. The only substitution is what a cluster provides: the
 headless Service's DNS name (no cluster DNS here) resolves to the engine pod's address, which
-is loopback in the shared namespace. The probes the manifests declare are polled with
-``docker exec`` from inside that namespace. The images are the ones `make docker-build` builds
+is loopback in the shared namespace, as does the state Service's name (``--add-host`` on the
+holder, whose hosts file the pod's containers share). The Secret the operator creates
+(docs/kubernetes.md: the state URL with a generated password) becomes a directory of its files,
+owned as the kubelet projects them (root, the pod's fsGroup, the volume's defaultMode). The
+probes the manifests declare are polled with ``docker exec`` from inside that namespace. The images are the ones `make docker-build` builds
 (CI builds them before the tests; the compose smoke test uses the same ones).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import time
@@ -68,9 +72,26 @@ class Pods:
         self.containers: list[str] = []
         self.volumes: list[str] = []
         self.holder = ""
+        # What the operator creates before `kubectl apply` (docs/kubernetes.md).
+        self.secrets = {
+            "gemma4-state": {"url": f"redis://:{uuid.uuid4().hex}@gemma4-state:6380/0\n"}
+        }
 
-    def volume(self, pod: str, spec: dict[str, Any], configmaps: dict[str, dict[str, str]]) -> str:
-        """A docker mount source for a pod volume (a path for configMaps, else a volume name)."""
+    def volume(
+        self, pod: str, spec: dict[str, Any], configmaps: dict[str, dict[str, str]],
+        fs_group: int | None = None,
+    ) -> str:  # fmt: skip
+        """A docker mount source for a pod volume (a path for configMaps and Secrets, else a
+        volume name)."""
+        if "secret" in spec:  # files root:fsGroup, defaultMode (the kubelet's projection)
+            d = self.tmp / f"{pod}-{spec['name']}"
+            d.mkdir()
+            d.chmod(0o755)
+            for key, text in self.secrets[spec["secret"]["secretName"]].items():
+                (d / key).write_text(text)
+                os.chown(d / key, 0, fs_group if fs_group is not None else 0)
+                (d / key).chmod(spec["secret"].get("defaultMode", 0o644))
+            return str(d)
         if "configMap" in spec:
             d = self.tmp / f"{pod}-{spec['name']}"
             d.mkdir()
@@ -174,26 +195,34 @@ def test_cpu_overlay_pods_ready_only_after_warmup(pods: Pods) -> None:
     objs = rendered("cpu")
     engine_pod = one(objs, "Deployment", "gemma4-engine")["spec"]["template"]["spec"]
     gateway_pod = one(objs, "Deployment", "gemma4-gateway")["spec"]["template"]["spec"]
+    state_pod = one(objs, "Deployment", "gemma4-state")["spec"]["template"]["spec"]
     configmaps = {o["metadata"]["name"]: o["data"] for o in objs if o["kind"] == "ConfigMap"}
     svc = one(objs, "Service", "gemma4-engine")["metadata"]["name"]
+    state_svc = one(objs, "Service", "gemma4-state")["metadata"]["name"]
     images = {
         c["image"]
-        for p in (engine_pod, gateway_pod)
+        for p in (engine_pod, gateway_pod, state_pod)
         for c in [*p.get("initContainers", []), *p["containers"]]
     }
     _ensure_images(images)
 
     warmup, engine = container(engine_pod, "warmup"), container(engine_pod, "engine")
-    gateway = container(gateway_pod, "gateway")
-    # The pods' network namespace (what the pause container is to a pod).
+    gateway, state = container(gateway_pod, "gateway"), container(state_pod, "state")
+    # The pods' network namespace (what the pause container is to a pod); the state Service's
+    # name resolves to the state pod's address, loopback here.
     pods.holder = _docker(
         "run", "-d", "--name", f"{pods.tag}-netns", "--network", "none", "--user", "10001:10001",
+        "--add-host", f"{state_svc}:127.0.0.1",
         "--entrypoint", "python", warmup["image"], "-c", "import time; time.sleep(3600)",
     ).stdout.strip()  # fmt: skip
     pods.containers.append(pods.holder)
 
-    emounts = {v["name"]: pods.volume("engine", v, configmaps) for v in engine_pod["volumes"]}
-    gmounts = {v["name"]: pods.volume("gateway", v, configmaps) for v in gateway_pod["volumes"]}
+    def mounts(name: str, pod: dict[str, Any]) -> dict[str, str]:
+        group = pod.get("securityContext", {}).get("fsGroup")
+        return {v["name"]: pods.volume(name, v, configmaps, group) for v in pod["volumes"]}
+
+    emounts, gmounts = mounts("engine", engine_pod), mounts("gateway", gateway_pod)
+    pods.start(state, state_pod, mounts("state", state_pod), env_of(state))
     # Native sidecar first (the kubelet starts it before the main containers), then the engine.
     warmup_id = pods.start(warmup, engine_pod, emounts, _resolved_env(warmup, svc))
     pods.start(engine, engine_pod, emounts, _resolved_env(engine, svc))
@@ -233,3 +262,7 @@ def test_cpu_overlay_pods_ready_only_after_warmup(pods: Pods) -> None:
         assert time.monotonic() < deadline, f"gateway never ready: {status}\n{pods.logs()}"
         time.sleep(1)
     assert pods.probe(gateway["livenessProbe"], gateway)[0] == 200
+    # ... with its limits in the state pod's Redis (the Secret's URL, the Service's name), not
+    # in its local fallback.
+    shared = json.loads(status[1])["shared_state"]  # its readiness probe is GET /health
+    assert (shared["mode"], shared["gateways"]) == ("shared", 1), (status, pods.logs())
