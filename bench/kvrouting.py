@@ -207,17 +207,25 @@ def _policy_cost(url: str, prompts: list[str]) -> dict[str, float]:
 
 @contextmanager
 def _router(policy: str, ups: list[str]) -> Iterator[tuple[str, int]]:
-    """The gateway with ``GATEWAY_ROUTING=policy`` (``single``: one upstream), or vllm-router
-    (``vllm-router:<policy>``, as ``python -m bench replicas`` runs it): (URL, pid)."""
-    if policy.startswith("vllm-router:"):
-        from bench.replicas import vllm_router_argv, vllm_router_binary
+    """The gateway with ``GATEWAY_ROUTING=policy`` (``single``: one upstream), vllm-router
+    (``vllm-router:<policy>``, as ``python -m bench replicas`` runs it) or SGLang's model
+    gateway (``smg:<policy>``: ``smg launch``, the same flags): (URL, pid)."""
+    if policy.startswith(("vllm-router:", "smg:")):
+        from bench.replicas import smg_binary, vllm_router_argv, vllm_router_binary
 
-        binary = vllm_router_binary()
+        peer, peer_policy = policy.split(":", 1)
+        binary = vllm_router_binary() if peer == "vllm-router" else smg_binary()
         if binary is None:
-            raise FileNotFoundError("vllm-router is not installed (the bench extra)")
+            raise FileNotFoundError(
+                "vllm-router is not installed (the bench extra)" if peer == "vllm-router" else
+                "smg is not installed: python3.11 -m venv .cache/smg && .cache/smg/bin/pip "
+                "install smg (its own venv: it pins a protobuf vLLM does not take), or BENCH_SMG"
+            )  # fmt: skip
         port = free_port()
-        with tempfile.TemporaryDirectory(prefix="vllm-router-") as tmp:
-            argv = vllm_router_argv(binary, port, free_port(), ups, policy.split(":", 1)[1])
+        with tempfile.TemporaryDirectory(prefix=f"{peer}-") as tmp:
+            argv = vllm_router_argv(binary, port, free_port(), ups, peer_policy)
+            if peer == "smg":  # its router-only command; its log level is "warn"
+                argv = [binary, "launch", *argv[1:-1], "warn"]
             server = ServerProcess(argv=argv, env={"NO_COLOR": "1"},
                                    ready_url=f"http://127.0.0.1:{port}/health",
                                    log_path=Path(tmp) / "router.log")  # fmt: skip
@@ -279,7 +287,7 @@ def run(args: argparse.Namespace) -> int:
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("kvrouting", help="kv vs prefix vs least_loaded on two real CPU engines")
     p.add_argument("--policies", default="single,kv,prefix,least_loaded",
-                   help="gateway policies, single, vllm-router:<policy>")  # fmt: skip
+                   help="gateway policies, single, vllm-router:<policy>, smg:<policy>")  # fmt: skip
     p.add_argument("--prefixes", type=int, default=8, help="shared documents per run")
     p.add_argument(
         "--prefix-words", type=int, default=500, help="words per document (~2 tokens each)"

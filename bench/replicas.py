@@ -425,6 +425,15 @@ def vllm_router_binary() -> str | None:
     return str(here) if here.exists() else shutil.which("vllm-router")
 
 
+def smg_binary() -> str | None:
+    """SGLang's model gateway (``smg`` on PyPI), in its own venv: ``BENCH_SMG``, else
+    ``.cache/smg/bin/smg`` under the repository, else on PATH."""
+    if (env := os.environ.get("BENCH_SMG")) and Path(env).exists():
+        return env
+    here = Path(__file__).resolve().parent.parent / ".cache" / "smg" / "bin" / "smg"
+    return str(here) if here.exists() else shutil.which("smg")
+
+
 def vllm_router_argv(binary: str, port: int, metrics_port: int, urls: Sequence[str],
                      policy: str) -> list[str]:  # fmt: skip
     """The command line: loopback only, our ports, the replicas, the policy; its request
