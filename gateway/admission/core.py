@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from gateway.admission.fairqueue import DEFAULT_SCHED, Entry, FairQueue, Sched
+from gateway.admission.fairqueue import DEFAULT_SCHED, Entry, FairQueue, Sched, class_share
 from gateway.admission.headroom import KeyShares
 from gateway.errors import RateLimited, rate_limited, request_limits
 
@@ -262,7 +262,8 @@ class Admission:
 
     def timed_out(self, waiter: Waiter) -> Rejected:
         """Leave the queue after the wait budget; returns the 429 to answer with."""
-        ahead, _ = self.position(waiter), self.cancel(waiter)
+        ahead = self.position(waiter)
+        self.cancel(waiter)
         return _rejected(
             "wait_timeout",
             f"request waited {self._timeout(waiter.sched):g} s in the queue without a free "
@@ -315,11 +316,8 @@ class Admission:
             return True
         if self._pressured and priority < max(self._shares):
             return False  # batch is held first, interactive last
-        share = self._shares.get(priority, 1.0)
-        if share >= 1.0:
-            return True
-        cap = max(1, math.floor(share * self.max_inflight))
-        return self._class_inflight.get(priority, 0) < cap
+        cap = class_share(self._shares.get(priority, 1.0), self.max_inflight)
+        return not cap or self._class_inflight.get(priority, 0) < cap
 
     def _key_ok(self, key: str) -> bool:
         return not self.fair or self._keys.ok(key, self.max_inflight, self._clock(), self._per_key)

@@ -60,6 +60,11 @@ class Sched:
 DEFAULT_SCHED = Sched()
 
 
+def class_share(share: float, cap: int) -> int:
+    """The slots a class may hold of ``cap`` (its ``Sched.inflight_share``); 0: all of them."""
+    return 0 if share >= 1.0 else max(1, math.floor(share * cap))
+
+
 @dataclass(eq=False)
 class Entry:
     """One queued request: its key (flow), class and weight; ``payload`` is the caller's."""

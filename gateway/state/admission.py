@@ -16,7 +16,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from gateway.admission.core import Admission, Slot, Ticket
-from gateway.admission.fairqueue import DEFAULT_SCHED, Sched
+from gateway.admission.fairqueue import DEFAULT_SCHED, Sched, class_share
 
 OnWait = Callable[[], Awaitable[None]] | None
 
@@ -26,7 +26,7 @@ class SharedSlots(Protocol):
 
     async def acquire(
         self, key: str, limit: int, cap: int, on_wait: OnWait, tick_s: float, timeout_s: float,
-        reserves: tuple[int, int], order: tuple[int, float, float],
+        reserves: tuple[int, int], order: tuple[int, float, float], class_cap: int,
     ) -> Any: ...  # fmt: skip
 
     def release(self, lease: Any, used: float | None) -> None: ...
@@ -70,6 +70,7 @@ class FleetSlot(Slot):
                 self._on_wait, self._tick, left,
                 adm._keys.reserves(cap) if adm.fair else (0, 0),
                 (sched.priority, sched.weight, sched.cost) if adm.fair else (0, 1.0, sched.cost),
+                class_share(sched.inflight_share, cap) if adm.fair else 0,
             )  # fmt: skip
         except BaseException:
             adm.release(ticket)

@@ -53,6 +53,7 @@ from gateway.state.store import PREFIX, SharedState, StateDown
 
 KEY_SET = PREFIX + "lease:key:"
 CAP_SET = PREFIX + "lease:inflight"
+CLASS_SET = PREFIX + "lease:class:"  # + class: its leases, where it holds less than the cap
 ACTIVE = PREFIX + "active"  # key -> when it last asked for a slot (server time)
 WAITERS = PREFIX + "wait"  # member -> its order (class, then start tag): who gets a freed slot
 WAITER_EXPIRY = PREFIX + "wait:until"  # member -> when its place lapses (renewed by its polls)
@@ -78,6 +79,7 @@ class Lease:
     finish: str = ""  # its key's finish in its class's fair order, charged ``cost / weight``
     cost: float = 0.0
     weight: float = 1.0
+    class_set: str | None = None  # None: its class may hold the whole cap
 
 
 class Leases:
@@ -95,6 +97,8 @@ class Leases:
             out.append((CAP_SET, lease.member))
             if lease.key_set is not None:
                 out.append((lease.key_set, lease.member))
+            if lease.class_set is not None:
+                out.append((lease.class_set, lease.member))
         return out
 
     def count(self, key: str | None = None) -> int:
@@ -112,11 +116,13 @@ class Leases:
         timeout_s: float = 30.0,
         reserves: tuple[int, int] = (0, 0),
         order: tuple[int, float, float] = (0, 1.0, 1.0),
+        class_cap: int = 0,
     ) -> Lease:
         """A lease on one of ``cap`` fleet-wide slots (and one of the key's ``key_limit``, if
         > 0), waiting up to ``timeout_s`` for the cap, and for the key's share of it while
         ``reserves`` (others active, alone: ``KeyShares.reserves``) are kept for other keys;
-        ``order``: the request's (priority, weight, cost), its place among the fleet's waiters.
+        ``order``: the request's (priority, weight, cost), its place among the fleet's waiters;
+        ``class_cap`` > 0: its class holds at most that many of the cap (it waits for one).
         Raises the 429 (or the ``closed`` 503)."""
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -126,15 +132,16 @@ class Leases:
         member = f"{self.state.id}:{next(self._seq)}"
         key_set = KEY_SET + key if key_limit > 0 or reserves[0] > 0 else None
         recheck = iter(_RECHECK_S)
-        place = _Place(order)
+        place = _Place(order, class_cap)
         try:
             while True:
                 verdict = await self._try(member, key, key_set, key_limit, cap, reserves, place)
                 if verdict == 0:
                     prio, weight, cost = order
                     lease = Lease(
-                        member, key, key_set, False, f"{FINISH}{prio}:{key}", cost, weight
-                    )
+                        member, key, key_set, False, f"{FINISH}{prio}:{key}", cost, weight,
+                        f"{CLASS_SET}{prio}" if class_cap > 0 and cap > 0 else None,
+                    )  # fmt: skip
                     self._held[member] = lease
                     return lease
                 if verdict == 1 and (pause := next(recheck, None)) is not None:
@@ -178,10 +185,10 @@ class Leases:
         try:
             reply = await self.state.script(
                 ACQUIRE, [key_set or KEY_SET, CAP_SET, ACTIVE, WAITERS, WAITER_EXPIRY,
-                          f"{VTIME}{prio}", f"{FINISH}{prio}:{key}"],
+                          f"{VTIME}{prio}", f"{FINISH}{prio}:{key}", f"{CLASS_SET}{prio}"],
                 ["", self.state.ttl_s, member, key_limit if key_set else 0, cap,
                  1 if key_set else 0, *reserves, ACTIVE_S, key, prio, weight, place.order,
-                 WAIT_PLACE_S, cost],
+                 WAIT_PLACE_S, cost, place.class_cap],
             )  # fmt: skip
             verdict = int(reply[0])
             if verdict == 2:
@@ -209,6 +216,8 @@ class Leases:
         self.state.send(("ZREM", CAP_SET, lease.member))
         if lease.key_set is not None:
             self.state.send(("ZREM", lease.key_set, lease.member))
+        if lease.class_set is not None:
+            self.state.send(("ZREM", lease.class_set, lease.member))
         if used is not None and lease.finish and used != lease.cost:
             delta = (used - lease.cost) / lease.weight  # the finish key lives an hour idle
             self.state.send(("INCRBYFLOAT", lease.finish, f"{delta:.17g}"))
@@ -216,13 +225,14 @@ class Leases:
 
 
 class _Place:
-    """A waiting request's place among the fleet's waiters: its (priority, weight, cost), and
-    the order the store gave it ('' while it holds none)."""
+    """A waiting request's place among the fleet's waiters: its (priority, weight, cost), its
+    class's share of the cap, and the order the store gave it ('' while it holds none)."""
 
-    __slots__ = ("order", "sched")
+    __slots__ = ("class_cap", "order", "sched")
 
-    def __init__(self, sched: tuple[int, float, float]) -> None:
+    def __init__(self, sched: tuple[int, float, float], class_cap: int = 0) -> None:
         self.sched = sched
+        self.class_cap = class_cap
         self.order = ""
 
 

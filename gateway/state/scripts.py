@@ -120,15 +120,16 @@ return num(new)
 
 # KEYS: the key's lease set, the in-flight cap's lease set, the active keys (key -> last seen),
 # the fleet's waiters (member -> order), their expiry (member -> when), the class's virtual time,
-# the key's virtual finish in its class.
+# the key's virtual finish in its class, the class's lease set.
 # ARGV: now, ttl_s, member, key_limit (0: none), cap (0: none), track (1: the key's set counts
 # its leases even without a limit), the reserve while other keys are active, the reserve while
 # the key is alone, active_s, the key, the class (priority), the key's weight, the waiter's
 # order from an earlier reply ('' : none yet), how long a waiter's place lasts unrenewed, the
-# request's cost (its prompt tokens).
+# request's cost (its prompt tokens), the class's share of the cap in slots (0: the whole cap).
 # Reply: {0: granted | 1: key at its limit | 2: cap full, or its free slots belong to waiters
 # ahead | 3: the key is at its share of the cap (headroom: ``gateway.admission.headroom``,
-# fleet-wide), holders of the refusing set, now, the waiter's order (2 only)}.
+# fleet-wide), or its class at the class's (``Sched.inflight_share``, fleet-wide), holders of the
+# refusing set, now, the waiter's order (2 only)}.
 #
 # The order of waiters is the one ``gateway.admission.fairqueue`` keeps in one process: classes
 # strictly by priority, start-time fair queuing between the keys of a class. A request that
@@ -178,6 +179,16 @@ if cap > 0 then
       redis.call('ZREM', KEYS[4], member)
       redis.call('ZREM', KEYS[5], member)
       return {3, held_key, num(now)}
+    end
+  end
+  local class_cap = tonumber(ARGV[16])
+  if class_cap > 0 then  -- a class held below the whole cap (batch): it waits for its share
+    redis.call('ZREMRANGEBYSCORE', KEYS[8], '-inf', num(now))
+    local held_class = redis.call('ZCARD', KEYS[8])
+    if held_class >= class_cap then
+      redis.call('ZREM', KEYS[4], member)
+      redis.call('ZREM', KEYS[5], member)
+      return {3, held_class, num(now)}
     end
   end
   local lapsed = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', num(now))
@@ -230,6 +241,10 @@ end
 if cap > 0 then
   redis.call('ZADD', KEYS[2], num(now + ttl), member)
   redis.call('PEXPIRE', KEYS[2], ttl_ms)
+  if tonumber(ARGV[16]) > 0 then
+    redis.call('ZADD', KEYS[8], num(now + ttl), member)
+    redis.call('PEXPIRE', KEYS[8], ttl_ms)
+  end
 end
 return {0, 0, num(now)}
 """,

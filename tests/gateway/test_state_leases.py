@@ -15,7 +15,7 @@ import pytest
 
 from gateway.errors import OpenAIError
 from gateway.state.admission import FleetAdmission
-from gateway.state.leases import CAP_SET, KEY_SET, WAIT_PLACE_S, WAITERS, Leases
+from gateway.state.leases import CAP_SET, CLASS_SET, KEY_SET, WAIT_PLACE_S, WAITERS, Leases
 from gateway.state.scripts import EPOCH
 from gateway.state.store import SharedState
 from tests.support.process import free_port
@@ -417,6 +417,41 @@ def test_the_fleets_fair_order_counts_tokens_charged_at_every_grant_and_settled_
             a.release(busy)
             await asyncio.wait_for(asyncio.gather(*tasks), 30)
             assert granted[0] == "light", granted
+        finally:
+            await close([a, b])
+
+    asyncio.run(go())
+
+
+def test_a_class_share_of_the_cap_holds_across_gateways(redis_server: RedisServer) -> None:
+    """Fleet cap 4, batch may hold half of it (``inflight_share: 0.5``). Each gateway alone
+    would let batch take 2 slots, 4 together; fleet-wide batch holds 2 and waits for a third
+    (no place in the order: it waits for its class's share), interactive still finds a slot
+    at once, and a batch release lets the waiting one in. The class's leases are renewed with
+    the others and given back on release."""
+
+    async def go() -> None:
+        a, b = await fresh(redis_server.url, 2)
+        try:
+            batch = (0, 1.0, 1.0)
+            held = [await g.acquire(f"b{i}", 0, 4, order=batch, class_cap=2)
+                    for i, g in enumerate((a, b))]  # fmt: skip
+            waiting = asyncio.create_task(a.acquire("b2", 0, 4, 10, order=batch, class_cap=2))
+            with pytest.raises(OpenAIError) as refused:
+                await b.acquire("b3", 0, 4, timeout_s=0.3, order=batch, class_cap=2)
+            assert refused.value.code == "wait_timeout"
+            assert not waiting.done()
+            assert await Admin(a.state).zcard(WAITERS) == 0  # it holds no place meanwhile
+            chat = await b.acquire("chat", 0, 4, timeout_s=0.3, order=(10, 1.0, 1.0))
+            await a.state.beat()
+            assert await Admin(a.state).zcard(CLASS_SET + "0") == 2
+            b.release(held[1])
+            third = await asyncio.wait_for(waiting, 5)
+            for g, lease in ((a, held[0]), (a, third), (b, chat)):
+                g.release(lease)
+            await a.state.beat()
+            await b.state.beat()
+            assert await Admin(a.state).zcard(CLASS_SET + "0") == 0
         finally:
             await close([a, b])
 
