@@ -9,8 +9,9 @@ replies to callers in order. Concurrent callers share the connection: each comma
 resolves its own future, in the order they were written (Redis answers in order), so a request
 never waits for a connection of a pool.
 
-- URLs: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` (TLS, the system's
-  trust store), ``unix:///path/to/socket[?db=N]`` (``url.py`` checks them first).
+- URLs: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://`` (TLS, verified against the
+  system's trust store, or ``?ssl_ca_certs=/path/ca.pem`` alone: a managed Redis's own server
+  CA), ``unix:///path/to/socket[?db=N]`` (``url.py`` checks them first).
 - Errors: an error reply is a ``ReplyError`` (in place, in a pipeline's answers); a lost or
   refused connection an ``OSError``; a call slower than ``timeout_s`` a ``TimeoutError``. A
   broken connection fails every command waiting on it, and the next call connects again.
@@ -138,6 +139,7 @@ class RespClient:
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 6379
         self.tls = parts.scheme == "rediss"
+        self.ca = query.get("ssl_ca_certs", [None])[0]
         db = query.get("db", [""])[0] if self.unix else parts.path.lstrip("/")
         self.db = int(db) if db else 0
         self.username = unquote(parts.username) if parts.username else None
@@ -175,7 +177,7 @@ class RespClient:
         if self.unix is not None:
             _, conn = await loop.create_unix_connection(_Connection, self.unix)
         else:
-            tls = ssl.create_default_context() if self.tls else None
+            tls = ssl.create_default_context(cafile=self.ca) if self.tls else None
             _, conn = await loop.create_connection(
                 _Connection, self.host, self.port, ssl=tls,
                 server_hostname=self.host if tls else None,

@@ -4,11 +4,15 @@ clear line, not a stream of connection errors; a password is never printed."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 SCHEMES = ("redis", "rediss", "unix")
 _EXPECTED = "expected redis://[:password@]host:port/db, rediss://..., or a file holding one"
+# rediss:// verifies the server against the system's CAs, or only the CA in this file (redis-py's
+# name for it): a managed Redis with its own server CA (Memorystore's in-transit encryption).
+CA_PARAM = "ssl_ca_certs"
 
 
 class StateUrlError(ValueError):
@@ -51,6 +55,11 @@ def check(url: str, where: str = "GATEWAY_STATE_URL") -> str:
     db = parts.path.lstrip("/")
     if db and not db.isdigit():
         raise StateUrlError(f"{where}={redact(url)}: database {db!r} is not a number; {_EXPECTED}")
+    ca = parse_qs(parts.query).get(CA_PARAM)
+    if ca and parts.scheme != "rediss":
+        raise StateUrlError(f"{where}={redact(url)}: {CA_PARAM} needs rediss:// (TLS)")
+    if ca and not os.access(ca[0], os.R_OK):
+        raise StateUrlError(f"{where}={redact(url)}: {CA_PARAM}={ca[0]} is not a readable file")
     del port
     return url
 

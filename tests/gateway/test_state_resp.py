@@ -1,17 +1,22 @@
 """The shared state's RESP2 client (``gateway.state.resp``): the parser on split and odd
 replies, and against a real redis-server: concurrent callers on one connection each get their
 own reply, a pipeline answers errors in place, a caller that timed out does not shift the
-replies of the next, a password is required and checked, and a server that went away and came
-back is connected to again."""
+replies of the next, a password is required and checked, a server that went away and came
+back is connected to again, and TLS verifies the server (the URL's CA, or the system's)."""
 
 from __future__ import annotations
 
 import asyncio
+import ssl
+from pathlib import Path
 
 import pytest
 
 from gateway.state.resp import ReplyError, RespClient, _Incomplete, pack, parse
+from gateway.state.url import StateUrlError, check
+from tests.support.process import free_port
 from tests.support.redis import RedisServer
+from tests.support.tls import make_certs
 
 
 def test_pack_and_parse_every_reply_type_even_split_anywhere() -> None:
@@ -96,3 +101,47 @@ def test_a_password_is_required_checked_and_a_restarted_server_reconnected(
             await c.aclose()
 
     asyncio.run(go())
+
+
+@pytest.mark.redis
+def test_tls_verifies_the_server_against_the_urls_ca_or_the_systems(tmp_path: Path) -> None:
+    """A redis-server with TLS on (Debian's build has it) and a certificate from a private CA,
+    for ``localhost``, like a managed Redis with its own server CA: ``rediss://`` with
+    ``ssl_ca_certs`` naming that CA connects; without it (the system's trust store) the server
+    is refused, as it is when the name connected to is not the certificate's. The state URL's
+    check refuses the parameter without TLS and a CA file it cannot read, in one line."""
+    certs = make_certs(tmp_path)
+    tls_port = free_port()
+    server = RedisServer(tmp_path, args=(
+        "--tls-port", str(tls_port), "--tls-cert-file", str(certs.cert),
+        "--tls-key-file", str(certs.key), "--tls-ca-cert-file", str(certs.ca),
+        "--tls-auth-clients", "no",
+    )).start()  # fmt: skip
+
+    async def go() -> None:
+        url = f"rediss://localhost:{tls_port}/2?ssl_ca_certs={certs.ca}"
+        assert check(url) == url
+        trusted = RespClient(url, timeout_s=5.0)
+        try:
+            await trusted.execute("SET", "over-tls", "1")
+            assert await trusted.execute("GET", "over-tls") == "1"
+        finally:
+            await trusted.aclose()
+        plain = RespClient(server.url_for(2), timeout_s=5.0)  # the same server, db 2
+        assert await plain.execute("GET", "over-tls") == "1"
+        await plain.aclose()
+        for refused in (f"rediss://localhost:{tls_port}/2",  # the system's CAs: not ours
+                        f"rediss://127.0.0.1:{tls_port}/2?ssl_ca_certs={certs.ca}"):  # fmt: skip
+            c = RespClient(refused, timeout_s=5.0)
+            with pytest.raises(ssl.SSLCertVerificationError):
+                await c.execute("PING")
+            await c.aclose()
+
+    try:
+        asyncio.run(go())
+    finally:
+        server.stop()
+    with pytest.raises(StateUrlError, match="needs rediss://"):
+        check(f"redis://localhost:{tls_port}/0?ssl_ca_certs={certs.ca}")
+    with pytest.raises(StateUrlError, match="not a readable file"):
+        check(f"rediss://:pw@localhost:{tls_port}/0?ssl_ca_certs={tmp_path}/missing.pem")

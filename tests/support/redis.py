@@ -40,6 +40,7 @@ class RedisServer:
     workdir: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    args: tuple[str, ...] = ()  # more of redis-server's options (TLS)
 
     @property
     def url(self) -> str:
@@ -53,7 +54,7 @@ class RedisServer:
     def start(self, timeout_s: float = 10.0) -> RedisServer:
         argv = [
             redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--dir", str(self.workdir),
+            "--save", "", "--appendonly", "no", "--dir", str(self.workdir), *self.args,
         ]  # fmt: skip
         log = (self.workdir / "redis.log").open("ab")
         self.proc = subprocess.Popen(
