@@ -7,6 +7,13 @@ always), then one lease from ``SharedSlots`` (the key's concurrency and the in-f
 every gateway, freed slots going to the fleet's waiters in the fair queue's order: the request's
 class, weight and cost travel with it), within what is left of the request's queue wait.
 Released in reverse order on every exit path.
+
+While a request waits at the fleet's door its local slot is lent to the next local request
+(``lend``: at most the queue depth of them at once, so the door's waiters stay bounded). Kept,
+the slot made the two queues one behind the other: with a flood coming through every gateway,
+a gateway's slots were all held by its share of the flood, half of it waiting at the door, and
+another key's request waited for one of those before it could even take its place in the
+fleet's order (twice the wait measured through one gateway: gateway/README.md).
 """
 
 from __future__ import annotations
@@ -37,12 +44,29 @@ class FleetAdmission(Admission):
         super().__init__(*args, **kwargs)
         self.shared = shared
         self.leasing = 0  # local slots granted, their fleet lease not yet
+        self.lent = 0  # of those, the slots lent to the next local request meanwhile
 
     def gauges(self) -> tuple[int, int]:
         """The slots still waiting for their lease are waiting, not upstream: with two gateways
         on a cap of 2, a third request holds a local slot while it waits, and the fleet's
         ``gateway_inflight`` would sum to 3."""
-        return self.inflight - self.leasing, self.queued + self.leasing
+        return self.inflight - self.leasing + self.lent, self.queued + self.leasing
+
+    def lend(self) -> bool:
+        """Lend a slot waiting for its lease to the next local request (False: not lent, the
+        door already has the queue depth's worth of this gateway's waiters)."""
+        if self.lent >= self.queue_depth:
+            return False
+        self.lent += 1
+        self._inflight -= 1
+        self._pump()
+        return True
+
+    def take_back(self) -> None:
+        """The lent slot is its request's again (leased, or leaving): the local count may pass
+        the cap for a moment; the fleet's lease is what bounds the requests upstream."""
+        self.lent -= 1
+        self._inflight += 1
 
     def slot(
         self,
@@ -63,6 +87,7 @@ class FleetSlot(Slot):
         sched = self._sched
         left = max(0.0, adm._timeout(sched) - ticket.queued_s)
         adm.leasing += 1
+        lent = adm.lend()
         try:
             cap = adm.max_inflight
             self._lease = await adm.shared.acquire(
@@ -73,10 +98,14 @@ class FleetSlot(Slot):
                 class_share(sched.inflight_share, cap) if adm.fair else 0,
             )  # fmt: skip
         except BaseException:
+            if lent:
+                adm.take_back()
             adm.release(ticket)
             raise
         finally:
             adm.leasing -= 1
+        if lent:
+            adm.take_back()
         return ticket
 
     async def __aexit__(

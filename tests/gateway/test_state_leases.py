@@ -277,9 +277,10 @@ def test_admission_takes_a_fleet_lease_per_slot_and_gives_it_back(
 def test_a_slot_waiting_for_the_fleet_lease_is_counted_waiting_not_upstream(
     redis_server: RedisServer,
 ) -> None:
-    """Two gateways on a fleet cap of 1: the second one's request holds its local slot while it
-    waits for the lease. Its gauges say waiting (``gateway_queue_depth``), not in flight, so the
-    fleet's ``gateway_inflight`` never sums above the cap; once the lease is its, upstream."""
+    """Two gateways on a fleet cap of 1: the second one's request waits for the lease, its
+    local slot lent meanwhile (a third request goes to the fleet's door too). Its gauges say
+    waiting (``gateway_queue_depth``), not in flight, so the fleet's ``gateway_inflight`` never
+    sums above the cap; once the lease is its, upstream."""
 
     async def go() -> None:
         fleet = await fresh(redis_server.url, 2)
@@ -295,12 +296,16 @@ def test_a_slot_waiting_for_the_fleet_lease_is_counted_waiting_not_upstream(
             async with adms[0].slot("a"):
                 task = asyncio.create_task(second())
                 await until(_now(lambda: adms[1].leasing), lambda n: n == 1)  # it waits
-                assert adms[1].inflight == 1 and adms[1].gauges() == (0, 1)
+                assert adms[1].gauges() == (0, 1) and adms[1].lent == 1
                 assert sum(a.gauges()[0] for a in adms) == 1
+                third = asyncio.create_task(second())  # not held back by the local cap
+                await until(_now(lambda: adms[1].leasing), lambda n: n == 2)
+                assert adms[1].gauges() == (0, 2)
             await asyncio.wait_for(entered.wait(), 30)
-            assert adms[1].gauges() == (1, 0)
-            await task
-            assert adms[1].gauges() == (0, 0) and adms[1].leasing == 0
+            assert adms[1].gauges() == (1, 1)
+            await asyncio.wait_for(asyncio.gather(task, third), 30)
+            assert adms[1].gauges() == (0, 0) and adms[1].leasing == adms[1].lent == 0
+            assert adms[1].inflight == 0
         finally:
             await close(fleet)
 
