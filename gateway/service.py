@@ -193,6 +193,7 @@ class CompletionService:
         # then what it generated, settled on release (``fairqueue``: not the loose tpm bound).
         prompt = final.prompt_tokens if final.prompt_tokens is not None else len(final.body) / 4
         sched = replace(tenant.sched, cost=prompt)
+        used: Used | None = None  # what the engine reported, once it answered
         try:
             async with self.admission.slot(tenant.label, on_wait, tick, sched) as t:
                 p.phase = "upstream"
@@ -206,10 +207,9 @@ class CompletionService:
                 try:
                     return await self._forward(call, final, sink)
                 finally:
-                    used = _used(call)
+                    used = _used(call)  # known here, so that the slot's release settles it
                     t.used = None if used is None else used.prompt + used.completion
         finally:
-            used = _used(call)
             self.tenancy.settle(reservation, p.phase == "upstream", used)
             if self.ledger is not None and used is not None and p.replica is not None:
                 self.ledger.finished(p.replica, tenant.label, used.prompt, used.cached,
