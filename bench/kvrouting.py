@@ -223,9 +223,11 @@ def _router(policy: str, ups: list[str]) -> Iterator[tuple[str, int]]:
             )  # fmt: skip
         port = free_port()
         with tempfile.TemporaryDirectory(prefix=f"{peer}-") as tmp:
-            argv = vllm_router_argv(binary, port, free_port(), ups, peer_policy)
-            if peer == "smg":  # its router-only command; its log level is "warn"
-                argv = [binary, "launch", *argv[1:-1], "warn"]
+            smg = peer == "smg"  # the same flags; its level is "warn"
+            argv = vllm_router_argv(binary, port, free_port(), ups, peer_policy,
+                                    "warn" if smg else "warning")  # fmt: skip
+            if smg:
+                argv.insert(1, "launch")  # its router-only command
             server = ServerProcess(argv=argv, env={"NO_COLOR": "1"},
                                    ready_url=f"http://127.0.0.1:{port}/health",
                                    log_path=Path(tmp) / "router.log")  # fmt: skip

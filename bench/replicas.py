@@ -435,13 +435,13 @@ def smg_binary() -> str | None:
 
 
 def vllm_router_argv(binary: str, port: int, metrics_port: int, urls: Sequence[str],
-                     policy: str) -> list[str]:  # fmt: skip
+                     policy: str, log_level: str = "warning") -> list[str]:  # fmt: skip
     """The command line: loopback only, our ports, the replicas, the policy; its request
     timeout and health checks left at their defaults."""
     return [
         binary, "--host", "127.0.0.1", "--port", str(port), "--worker-urls", *urls,
         "--policy", policy, "--prometheus-host", "127.0.0.1",
-        "--prometheus-port", str(metrics_port), "--log-level", "warning",
+        "--prometheus-port", str(metrics_port), "--log-level", log_level,
     ]  # fmt: skip
 
 

@@ -28,6 +28,8 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from gateway.state.url import CA_PARAM
+
 
 class ReplyError(Exception):
     """An error reply from the server (``-ERR ...``, ``-NOSCRIPT ...``, ``-WRONGPASS ...``)."""
@@ -139,7 +141,7 @@ class RespClient:
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 6379
         self.tls = parts.scheme == "rediss"
-        self.ca = query.get("ssl_ca_certs", [None])[0]
+        self.ca = query.get(CA_PARAM, [None])[0]
         db = query.get("db", [""])[0] if self.unix else parts.path.lstrip("/")
         self.db = int(db) if db else 0
         self.username = unquote(parts.username) if parts.username else None

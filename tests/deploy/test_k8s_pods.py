@@ -89,8 +89,12 @@ class Pods:
             d.chmod(0o755)
             for key, text in self.secrets[spec["secret"]["secretName"]].items():
                 (d / key).write_text(text)
-                os.chown(d / key, 0, fs_group if fs_group is not None else 0)
-                (d / key).chmod(spec["secret"].get("defaultMode", 0o644))
+                mode = spec["secret"].get("defaultMode", 0o644)
+                try:
+                    os.chown(d / key, 0, fs_group if fs_group is not None else 0)
+                except PermissionError:  # not root (CI is): readable to the pod's user anyway
+                    mode |= 0o004
+                (d / key).chmod(mode)
             return str(d)
         if "configMap" in spec:
             d = self.tmp / f"{pod}-{spec['name']}"
